@@ -1,0 +1,103 @@
+"""Helpers shared by the rules: per-dataset settings, the params each stage depends on, input lists."""
+
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
+
+from negflow.config import ConfigError, dataset_settings, is_local_data, load_schema, stage_params
+
+
+try:
+    DATASETS = dataset_settings(
+        config,
+        load_schema(os.path.join(workflow.basedir, "config", "schema.yaml")),
+        os.path.join(workflow.basedir, "config", "datasets"),
+    )
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+# The settings each stage's output depends on. They go into `params:`, so changing one reruns that
+# stage and everything downstream of it, and nothing upstream. Batch sizes are performance-only and
+# travel as resources instead, which never trigger a rerun.
+STAGE_KEYS = {
+    "prepare": [
+        "corpus",
+        "queries",
+        "qrels",
+        "embedding",
+        "query_prompt",
+        "doc_prompt",
+        "embedding_seq_len",
+        "min_positive_score",
+    ],
+    "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
+    "search": ["candidates", "index", "seed", "device"],
+    "prepare_pairs": ["ce", "ce_seq_len"],
+    "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
+    "export": ["num_negatives", "selection_score", "relative_margin", "seed"],
+}
+INDEX_KEYS = {
+    "flat": [],
+    "hnsw": ["hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"],
+    "ivf": ["ivf_nlist", "ivf_nprobe"],
+}
+
+
+def settings_for(stage):
+    """A params function: the settings `stage` depends on, for the job's dataset."""
+
+    def params(wildcards):
+        settings = DATASETS[wildcards.dataset]
+        keys = STAGE_KEYS[stage]
+        if stage == "search":
+            keys = keys + INDEX_KEYS[settings["index"]]
+        return stage_params(settings, keys)
+
+    return params
+
+
+def setting(key):
+    """A function returning one setting of the job's dataset (for resources and threads)."""
+    return lambda wildcards: DATASETS[wildcards.dataset][key]
+
+
+def all_negatives():
+    return expand("results/{dataset}/negatives.jsonl", dataset=sorted(DATASETS))
+
+
+def local_inputs(wildcards):
+    """The corpus, queries and qrels files that exist locally (hub ids are not files)."""
+    settings = DATASETS[wildcards.dataset]
+    return {
+        key: settings[key]
+        for key in ("corpus", "queries", "qrels")
+        if is_local_data(settings[key])
+    }
+
+
+def embedding_shards(part):
+    """All shard files of the corpus or query embeddings of the job's dataset."""
+
+    def shards(wildcards):
+        count = DATASETS[wildcards.dataset]["embed_shards"]
+        return [
+            f"results/{wildcards.dataset}/embed/{part}/{i}-of-{count}.npy"
+            for i in range(count)
+        ]
+
+    return shards
+
+
+def export_inputs(wildcards):
+    """Search results and corpus embeddings, plus cross-encoder scores when a `ce` is configured."""
+    inputs = {
+        "mined": f"results/{wildcards.dataset}/search/mined_qrels.parquet",
+        "qrels": f"results/{wildcards.dataset}/search/qrels_cosine.parquet",
+        "corpus": embedding_shards("corpus")(wildcards),
+    }
+    if DATASETS[wildcards.dataset]["ce"] is not None:
+        inputs["scored"] = f"results/{wildcards.dataset}/score/scored_qrels.parquet"
+    return inputs

@@ -1,0 +1,19 @@
+rule prepare_pairs:
+    input:
+        mined="results/{dataset}/search/mined_qrels.parquet",
+        qrels="results/{dataset}/search/qrels_cosine.parquet",
+        corpus_dir="results/{dataset}/prepare/corpus",
+        queries_dir="results/{dataset}/prepare/queries",
+    output:
+        directory("results/{dataset}/score_prepare/pairs"),
+    params:
+        settings=settings_for("prepare_pairs"),
+    threads: 4
+    log:
+        "logs/prepare_pairs/{dataset}.log",
+    benchmark:
+        "benchmarks/prepare_pairs/{dataset}.tsv"
+    conda:
+        "../envs/negflow.yaml"
+    script:
+        "../scripts/prepare_pairs.py"

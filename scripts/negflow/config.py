@@ -1,0 +1,126 @@
+"""Merge and validate per-dataset settings, so a bad key stops the run before any job starts."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key."""
+
+
+def load_schema(path: str | os.PathLike) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def setting_defaults(schema: dict) -> dict:
+    """Defaults of every per-dataset setting, as the schema declares them."""
+    props = schema["$defs"]["settings"]["properties"]
+    return {key: copy.deepcopy(spec.get("default")) for key, spec in props.items()}
+
+
+def _known_keys(schema: dict, *extra_defs: str) -> set[str]:
+    keys = set(schema["$defs"]["settings"]["properties"])
+    for name in extra_defs:
+        keys |= set(schema["$defs"][name].get("properties", {}))
+    return keys
+
+
+def _reject_unknown(block: dict, known: set[str], where: str) -> None:
+    for key in block:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"config: {where}: unknown key '{key}'{hint}")
+
+
+def _validate(instance: dict, schema: dict, where: str) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path)
+        location = f"{where}.{key}" if key else where
+        raise ConfigError(f"config: {location}: {error.message}")
+
+
+def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLike | None) -> dict[str, dict]:
+    """Validated settings of every dataset: schema defaults < top-level keys < overrides file < dataset block."""
+    top = {k: v for k, v in config.items() if k != "datasets"}
+    _reject_unknown(top, _known_keys(schema) | {"datasets"}, "top level")
+    _validate(top, schema["$defs"]["settings"] | {"$defs": schema["$defs"]}, "top level")
+    datasets = config.get("datasets") or {}
+    if not isinstance(datasets, dict):
+        raise ConfigError("config: datasets: must be a mapping of dataset name to settings")
+    dataset_keys = _known_keys(schema, "dataset")
+    merged_all = {}
+    for name, block in datasets.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
+            raise ConfigError(f"config: datasets.{name}: dataset names may use letters, digits, '_', '.', '-' only")
+        if not isinstance(block, dict):
+            raise ConfigError(f"config: datasets.{name}: must be a mapping with corpus, queries and qrels")
+        merged = setting_defaults(schema) | top
+        override_file = Path(overrides_dir, f"{name}.yaml") if overrides_dir else None
+        if override_file is not None and override_file.is_file():
+            override = yaml.safe_load(override_file.read_text(encoding="utf-8")) or {}
+            _reject_unknown(override, _known_keys(schema), str(override_file))
+            merged |= override
+        _reject_unknown(block, dataset_keys, f"datasets.{name}")
+        merged |= block
+        _validate(merged, schema["$defs"]["dataset"] | {"$defs": schema["$defs"]}, f"datasets.{name}")
+        check_model_ref(merged["embedding"], f"datasets.{name}.embedding")
+        if merged["ce"] is not None:
+            check_model_ref(merged["ce"], f"datasets.{name}.ce")
+        if merged["selection_score"] == "ce" and merged["ce"] is None:
+            raise ConfigError(f"config: datasets.{name}.selection_score: 'ce' needs a cross-encoder in 'ce'")
+        merged_all[name] = merged
+    return merged_all
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def looks_like_path(ref: str) -> bool:
+    """A reference is a local path when it cannot be a hub id ('org/name' has at most one slash)."""
+    return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or os.path.exists(ref)
+
+
+def resolve_model_ref(ref: str) -> str:
+    """Turn `package:MODULE/SUBDIR` into the folder inside that installed package; other refs pass through."""
+    if ref.startswith(PACKAGE_PREFIX):
+        module, _, subdir = ref[len(PACKAGE_PREFIX) :].partition("/")
+        import importlib.util
+
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"model {ref}: Python package '{module}' is not installed")
+        return str(Path(next(iter(spec.submodule_search_locations)), subdir))
+    return os.path.expanduser(ref) if ref.startswith("~") else ref
+
+
+def check_model_ref(ref: str, where: str) -> None:
+    """Fail early on a local model folder that does not exist; hub ids are checked when loaded."""
+    try:
+        resolved = resolve_model_ref(ref)
+    except ConfigError as e:
+        raise ConfigError(f"config: {where}: {e}") from None
+    if (ref.startswith(PACKAGE_PREFIX) or looks_like_path(ref)) and not os.path.isdir(resolved):
+        raise ConfigError(f"config: {where}: model folder '{resolved}' does not exist")
+
+
+def is_local_data(ref: str) -> bool:
+    """Data references: local files are paths or end in a BEIR file suffix; everything else is a hub id."""
+    return looks_like_path(ref) or bool(re.search(r"\.(jsonl|tsv|json)(\.gz)?$", ref))
+
+
+def stage_params(settings: dict, keys: list[str]) -> dict[str, Any]:
+    """The settings one stage depends on: what goes in its `params:` so a change reruns it."""
+    return {key: settings[key] for key in keys}

@@ -1,0 +1,100 @@
+"""Stage 2: embed one shard of a tokenized dataset into a memory-mappable `.npy` of unit vectors."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+
+import numpy as np
+
+from negflow.files import atomic_output
+
+log = logging.getLogger("negflow")
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """'2-of-8' -> (2, 8)."""
+    match = re.fullmatch(r"(\d+)-of-(\d+)", shard)
+    if not match or int(match[1]) >= int(match[2]):
+        raise ValueError(f"shard must look like 'I-of-N' with I < N, got {shard!r}")
+    return int(match[1]), int(match[2])
+
+
+def shard_range(n_rows: int, index: int, count: int) -> range:
+    """Contiguous rows of shard `index` of `count`; shards differ in size by at most one row."""
+    start = n_rows * index // count
+    stop = n_rows * (index + 1) // count
+    return range(start, stop)
+
+
+def embed_shard(
+    dataset_dir: str,
+    shard: str,
+    model_ref: str,
+    seq_len: int | None,
+    dtype_setting: str,
+    device_setting: str,
+    batch_size: int,
+    out_path: str,
+) -> int:
+    """Embed the rows of one shard with the model's own pooling, L2-normalised so inner product = cosine."""
+    import datasets
+    import torch
+
+    from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model
+    from negflow.prepare import load_extras
+
+    index, count = parse_shard(shard)
+    rows = datasets.load_from_disk(dataset_dir)
+    part = shard_range(len(rows), index, count)
+    rows = rows.select(part)
+    device = pick_device(device_setting)
+    dtype = compute_dtype(dtype_setting, device)
+    model = load_embedding_model(model_ref, device, seq_len)
+    dim = model.get_embedding_dimension()
+    log.info(
+        "embedding rows %d-%d of %s (shard %s) on %s, dtype %s, dim %d",
+        part.start, part.stop, dataset_dir, shard, device, dtype or "fp32", dim,
+    )
+    with atomic_output(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
+        for idx, emb in run_model(
+            model, rows, load_extras(dataset_dir), "sentence_embedding", batch_size, device, dtype, f"embed {shard}"
+        ):
+            out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+        out.flush()
+        del out
+    log.info("wrote %d embeddings to %s", len(rows), out_path)
+    return len(rows)
+
+
+class ShardedEmbeddings:
+    """Embedding shards read as one matrix without concatenating them in memory."""
+
+    def __init__(self, paths: list[str]):
+        def shard_index(path: str) -> int:
+            return parse_shard(re.search(r"(\d+-of-\d+)\.npy$", path)[1])[0]
+
+        self.parts = [np.load(p, mmap_mode="r") for p in sorted(paths, key=shard_index)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.dim = self.parts[0].shape[1]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """Contiguous blocks of at most `rows` rows, in order."""
+        for part in self.parts:
+            for start in range(0, len(part), rows):
+                yield np.ascontiguousarray(part[start : start + rows])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows by global index, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.parts[s][rows[sel] - self.offsets[s]]
+        return out

@@ -1,0 +1,63 @@
+"""Atomic outputs and logging, so a killed or failed job never leaves a file that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+        if final.is_dir():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def setup_logging(log_path: str | None) -> logging.Logger:
+    """Send stderr (tqdm bars, warnings, tracebacks) and negflow's log lines to the rule's log file."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the job
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    return logging.getLogger("negflow")
+
+
+def run_stage(log_path: str | None, stage) -> None:
+    """Run one stage with logging set up; a known input problem becomes one line in the log and on the
+    terminal (Snakemake shows the failing rule's log path), with exit status 1."""
+    from negflow.beir import InputError
+    from negflow.config import ConfigError
+
+    log = setup_logging(log_path)
+    try:
+        stage(log)
+    except (InputError, ConfigError) as e:
+        log.error("%s", e)
+        print(f"negflow error: {e}", file=sys.__stderr__)
+        sys.exit(1)

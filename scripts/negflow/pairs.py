@@ -1,0 +1,104 @@
+"""Stages 4-5: tokenize each unique (query, document) pair once for the cross-encoder, then score them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from negflow.files import atomic_output
+
+log = logging.getLogger("negflow")
+
+
+def unique_pairs(mined: pa.Table, qrels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(query_row, doc_row) of every mined candidate and qrels document, each pair once, sorted."""
+    q = np.concatenate([mined["query_row"].to_numpy(), qrels["query_row"].to_numpy()]).astype(np.int64)
+    d = np.concatenate([mined["doc_row"].to_numpy(), qrels["doc_row"].to_numpy()]).astype(np.int64)
+    pairs = np.unique(np.stack([q, d], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def prepare_pairs(
+    mined_path: str, qrels_path: str, corpus_dir: str, queries_dir: str, ce_ref: str, seq_len: int, out_dir: str
+) -> int:
+    import datasets
+
+    from negflow.models import load_cross_encoder, pick_device, tokenize
+    from negflow.prepare import EXTRAS_FILE
+
+    datasets.disable_caching()
+    corpus = datasets.load_from_disk(corpus_dir).select_columns(["text"])
+    queries = datasets.load_from_disk(queries_dir).select_columns(["text"])
+    query_rows, doc_rows = unique_pairs(pq.read_table(mined_path), pq.read_table(qrels_path))
+    model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len)
+    log.info("%d unique (query, document) pairs; cross-encoder %s, max length %d", len(query_rows), ce_ref, seq_len)
+
+    pairs = datasets.Dataset.from_dict({"query_row": query_rows, "doc_row": doc_rows})
+    extras_seen: list[dict] = []
+
+    def add_tokens(batch):
+        query_texts = queries[batch["query_row"]]["text"]
+        doc_texts = corpus[batch["doc_row"]]["text"]
+        tokens, extras = tokenize(model, list(zip(query_texts, doc_texts)))
+        if not extras_seen:
+            extras_seen.append(extras)
+        return tokens
+
+    with atomic_output(out_dir) as tmp:
+        scratch = Path(str(tmp) + "-cache.arrow")
+        try:
+            tokenized = pairs.map(
+                add_tokens,
+                batched=True,
+                batch_size=1000,
+                new_fingerprint="negflow-pairs",
+                cache_file_name=str(scratch),
+                desc="tokenize pairs",
+            )
+            tokenized.save_to_disk(str(tmp))
+        finally:
+            scratch.unlink(missing_ok=True)
+        import json
+
+        (tmp / EXTRAS_FILE).write_text(json.dumps(extras_seen[0] if extras_seen else {}), encoding="utf-8")
+    return len(query_rows)
+
+
+SCORED_SCHEMA = pa.schema([("query_row", pa.int32()), ("doc_row", pa.int64()), ("ce_score", pa.float32())])
+
+
+def score_pairs(
+    pairs_dir: str, ce_ref: str, seq_len: int, dtype_setting: str, device_setting: str, batch_size: int, out_path: str
+) -> int:
+    """Score every tokenized pair with the CrossEncoder's own head and activation (as `predict` does)."""
+    import datasets
+
+    from negflow.models import compute_dtype, load_cross_encoder, pick_device, run_model
+    from negflow.prepare import load_extras
+
+    pairs = datasets.load_from_disk(pairs_dir)
+    device = pick_device(device_setting)
+    dtype = compute_dtype(dtype_setting, device)
+    model = load_cross_encoder(ce_ref, device, seq_len)
+    activation = model.activation_fn
+    log.info("scoring %d pairs on %s, dtype %s, activation %s", len(pairs), device, dtype or "fp32", activation)
+    scores = np.empty(len(pairs), dtype=np.float32)
+    for idx, out in run_model(model, pairs, load_extras(pairs_dir), "scores", batch_size, device, dtype, "score"):
+        if activation is not None:
+            out = activation(out)
+        scores[idx] = out.reshape(len(idx), -1)[:, 0].cpu().numpy()
+    table = pa.table(
+        {
+            "query_row": pairs.data.table["query_row"].cast(pa.int32()),
+            "doc_row": pairs.data.table["doc_row"].cast(pa.int64()),
+            "ce_score": pa.array(scores, pa.float32()),
+        },
+        schema=SCORED_SCHEMA,
+    )
+    with atomic_output(out_path) as tmp:
+        pq.write_table(table, str(tmp))
+    return len(pairs)

@@ -1,0 +1,212 @@
+"""Stage 1: validate corpus, queries and qrels, then tokenize them once for the embedding model.
+
+The corpus streams into an Arrow file in chunks (never a Python list of all texts), so memory stays
+bounded by the id index. All validation runs before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from negflow.beir import InputError, ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
+from negflow.files import atomic_output
+
+log = logging.getLogger("negflow")
+
+CHUNK_ROWS = 10_000
+EXTRAS_FILE = "negflow_features.json"
+
+
+@dataclass
+class Qrels:
+    """Validated qrels restricted to the queries that have at least one positive."""
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    doc_rows: list[int]
+    scores: list[int]
+    positive: list[bool]
+
+
+def stream_corpus(ref: str, arrow_path: Path) -> tuple[dict[str, int], ReadStats]:
+    """Write (id, text) rows of the corpus to an Arrow stream file; return id -> row and counts."""
+    schema = pa.schema([("id", pa.string()), ("text", pa.string())])
+    stats = ReadStats()
+    rows: dict[str, int] = {}
+    ids: list[str] = []
+    texts: list[str] = []
+    with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for doc_id, text in iter_corpus(ref, stats):
+            rows[doc_id] = len(rows)
+            ids.append(doc_id)
+            texts.append(text)
+            if len(ids) == CHUNK_ROWS:
+                writer.write_batch(pa.record_batch([ids, texts], schema=schema))
+                ids, texts = [], []
+        if ids:
+            writer.write_batch(pa.record_batch([ids, texts], schema=schema))
+    if not rows:
+        raise InputError(f"{ref}: the corpus has no documents with text")
+    return rows, stats
+
+
+def match_qrels(
+    qrels_ref: str,
+    rows: list[tuple[str, str, int]],
+    query_ids: set[str],
+    doc_rows: dict[str, int],
+    empty_docs: set[str],
+    empty_queries: set[str],
+    min_positive_score: int,
+) -> tuple[Qrels, dict[str, int]]:
+    """Check every qrels id exists; keep rows of queries with a positive. Ids of empty texts are dropped
+    (counted), ids found nowhere are an error naming the count and the first ids."""
+    unknown_q = [q for q, _, _ in rows if q not in query_ids and q not in empty_queries]
+    if unknown_q:
+        raise InputError(unknown_ids_message("query ids", qrels_ref, unknown_q))
+    unknown_d = [d for _, d, _ in rows if d not in doc_rows and d not in empty_docs]
+    if unknown_d:
+        raise InputError(unknown_ids_message("corpus ids", qrels_ref, unknown_d))
+    counts = {"qrels_rows": len(rows), "dropped_empty_text": 0, "duplicate_rows": 0}
+    kept: dict[tuple[str, str], int] = {}
+    for q, d, score in rows:
+        if q in empty_queries or d in empty_docs:
+            counts["dropped_empty_text"] += 1
+        elif (q, d) in kept:
+            counts["duplicate_rows"] += 1
+        else:
+            kept[(q, d)] = score
+    with_positive = {q for (q, _), s in kept.items() if s >= min_positive_score}
+    qrels = Qrels([], [], [], [], [])
+    for (q, d), score in kept.items():
+        if q in with_positive:
+            qrels.query_ids.append(q)
+            qrels.doc_ids.append(d)
+            qrels.doc_rows.append(doc_rows[d])
+            qrels.scores.append(score)
+            qrels.positive.append(score >= min_positive_score)
+    return qrels, counts
+
+
+def _tokenize_dataset(dataset, model, prompt: str, out_dir: Path, cache_dir: Path) -> None:
+    from negflow.models import tokenize
+
+    extras_seen: list[dict] = []
+
+    def add_tokens(batch):
+        tokens, extras = tokenize(model, batch["text"], prompt)
+        if not extras_seen:
+            extras_seen.append(extras)
+        elif extras != extras_seen[0]:
+            raise ValueError(f"model preprocessing returned batch extras that differ: {extras} vs {extras_seen[0]}")
+        return tokens
+
+    tokenized = dataset.map(
+        add_tokens,
+        batched=True,
+        batch_size=1000,
+        new_fingerprint="negflow-tokenize",
+        cache_file_name=str(cache_dir / f"{out_dir.name}-tokens.arrow"),
+        desc=f"tokenize {out_dir.name}",
+    )
+    tokenized.save_to_disk(str(out_dir))
+    (out_dir / EXTRAS_FILE).write_text(json.dumps(extras_seen[0] if extras_seen else {}), encoding="utf-8")
+
+
+def load_table(dataset_dir: str | Path, columns: list[str]) -> pa.Table:
+    """Columns of a prepared dataset as a (memory-mapped) Arrow table."""
+    import datasets
+
+    return datasets.load_from_disk(str(dataset_dir)).select_columns(columns).with_format("arrow")[:]
+
+
+def load_extras(dataset_dir: str | Path) -> dict:
+    """Batch-level model inputs (e.g. prompt_length) saved beside a tokenized dataset."""
+    return json.loads(Path(dataset_dir, EXTRAS_FILE).read_text(encoding="utf-8"))
+
+
+def prepare(
+    corpus: str,
+    queries: str,
+    qrels: str,
+    embedding: str,
+    query_prompt: str | None,
+    doc_prompt: str | None,
+    seq_len: int | None,
+    min_positive_score: int,
+    out_corpus: str,
+    out_queries: str,
+    out_qrels: str,
+) -> dict[str, int]:
+    """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets."""
+    import datasets
+
+    from negflow.models import load_embedding_model, model_prompt, pick_device
+
+    datasets.disable_caching()
+    scratch = Path(out_corpus).parent / f".prepare-scratch-{Path(out_corpus).parent.parent.name}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        doc_rows, corpus_stats = stream_corpus(corpus, scratch / "corpus.arrow")
+        log.info("corpus: %d documents read, %d kept, %d empty skipped", corpus_stats.rows, len(doc_rows),
+                 corpus_stats.empty)
+
+        query_stats = ReadStats()
+        query_list = list(iter_queries(queries, query_stats))
+        log.info("queries: %d read, %d empty skipped", query_stats.rows, query_stats.empty)
+
+        qrels_rows = read_qrels(qrels)
+        matched, qrels_counts = match_qrels(
+            qrels,
+            qrels_rows,
+            {q for q, _ in query_list},
+            doc_rows,
+            set(corpus_stats.empty_ids),
+            set(query_stats.empty_ids),
+            min_positive_score,
+        )
+        kept_queries = set(matched.query_ids)
+        query_list = [(q, t) for q, t in query_list if q in kept_queries]
+        if not query_list:
+            raise InputError(f"{qrels}: no query has a positive (score >= {min_positive_score}); nothing to mine")
+        skipped = query_stats.rows - query_stats.empty - len(query_list)
+        log.info(
+            "qrels: %d rows, %d positives; %d queries have positives, %d queries without positives skipped; "
+            "%d rows dropped for empty texts, %d duplicate rows",
+            qrels_counts["qrels_rows"], sum(matched.positive), len(query_list), skipped,
+            qrels_counts["dropped_empty_text"], qrels_counts["duplicate_rows"],
+        )
+
+        device = pick_device("cpu")
+        model = load_embedding_model(embedding, device, seq_len)
+        log.info("tokenizer of %s, max_seq_length %d", embedding, model.max_seq_length)
+
+        corpus_ds = datasets.Dataset.from_file(str(scratch / "corpus.arrow"), in_memory=False)
+        query_ds = datasets.Dataset.from_dict(
+            {"id": [q for q, _ in query_list], "text": [t for _, t in query_list]}
+        )
+        qrels_ds = datasets.Dataset.from_dict(
+            {
+                "query_id": matched.query_ids,
+                "doc_id": matched.doc_ids,
+                "doc_row": matched.doc_rows,
+                "score": matched.scores,
+                "positive": matched.positive,
+            }
+        )
+        with atomic_output(out_corpus) as tmp:
+            _tokenize_dataset(corpus_ds, model, model_prompt(model, doc_prompt, "document"), tmp, scratch)
+        with atomic_output(out_queries) as tmp:
+            _tokenize_dataset(query_ds, model, model_prompt(model, query_prompt, "query"), tmp, scratch)
+        with atomic_output(out_qrels) as tmp:
+            qrels_ds.save_to_disk(str(tmp))
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"documents": len(doc_rows), "queries": len(query_list), "qrels": len(matched.query_ids)}

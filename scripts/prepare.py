@@ -1,0 +1,31 @@
+"""Rule prepare: validate corpus, queries and qrels, then tokenize them for the embedding model."""
+
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.files import run_stage
+from negflow.prepare import prepare
+
+
+def main(log):
+    s = snakemake.params.settings
+    counts = prepare(
+        corpus=s["corpus"],
+        queries=s["queries"],
+        qrels=s["qrels"],
+        embedding=s["embedding"],
+        query_prompt=s["query_prompt"],
+        doc_prompt=s["doc_prompt"],
+        seq_len=s["embedding_seq_len"],
+        min_positive_score=s["min_positive_score"],
+        out_corpus=snakemake.output.corpus,
+        out_queries=snakemake.output.queries,
+        out_qrels=snakemake.output.qrels,
+    )
+    log.info("prepared %s", counts)
+
+
+run_stage(snakemake.log[0], main)

@@ -1,0 +1,26 @@
+"""Rule prepare_pairs: tokenize every unique (query, document) pair for the cross-encoder."""
+
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.files import run_stage
+from negflow.pairs import prepare_pairs
+
+
+def main(log):
+    s = snakemake.params.settings
+    prepare_pairs(
+        mined_path=snakemake.input.mined,
+        qrels_path=snakemake.input.qrels,
+        corpus_dir=snakemake.input.corpus_dir,
+        queries_dir=snakemake.input.queries_dir,
+        ce_ref=s["ce"],
+        seq_len=s["ce_seq_len"],
+        out_dir=snakemake.output[0],
+    )
+
+
+run_stage(snakemake.log[0], main)

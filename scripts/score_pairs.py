@@ -1,0 +1,28 @@
+"""Rule score_pairs: score the tokenized pairs with the cross-encoder."""
+
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.files import run_stage
+from negflow.models import limit_threads
+from negflow.pairs import score_pairs
+
+
+def main(log):
+    s = snakemake.params.settings
+    limit_threads(snakemake.threads)
+    score_pairs(
+        pairs_dir=snakemake.input[0],
+        ce_ref=s["ce"],
+        seq_len=s["ce_seq_len"],
+        dtype_setting=s["ce_dtype"],
+        device_setting=s["device"],
+        batch_size=snakemake.resources.batch_size,
+        out_path=snakemake.output[0],
+    )
+
+
+run_stage(snakemake.log[0], main)
