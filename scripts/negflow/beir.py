@@ -7,7 +7,6 @@ user can fix the input before any model runs.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,22 +18,21 @@ class InputError(ValueError):
     """Bad input data; the message is one line naming the file and line or id."""
 
 
-def open_text(path: str) -> io.TextIOBase:
-    """Open a UTF-8 text file, gunzipping `.gz`; undecodable bytes raise with the line number."""
-    raw = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) decoding each line on its own, so a bad byte names its line."""
     try:
-        with open_text(path) as f:
-            line_no = 0
-            for line_no, line in enumerate(f, start=1):  # noqa: B007 - line_no is used after the loop
-                yield line_no, line
+        with _open_binary(path) as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    yield line_no, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}:{line_no + 1}: not valid UTF-8 ({e.reason})") from None
     except (OSError, EOFError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
 

