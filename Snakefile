@@ -26,6 +26,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         all_negatives(),
-    default_target: True

@@ -7,8 +7,13 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
-from negflow.config import ConfigError, dataset_settings, is_local_data, load_schema, stage_params
-
+from negflow.config import (
+    ConfigError,
+    dataset_settings,
+    is_local_data,
+    load_schema,
+    stage_params,
+)
 
 try:
     DATASETS = dataset_settings(

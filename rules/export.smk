@@ -3,13 +3,13 @@ rule export_negatives:
         unpack(export_inputs),
     output:
         "results/{dataset}/negatives.jsonl",
-    params:
-        settings=settings_for("export"),
     log:
         "logs/export_negatives/{dataset}.log",
     benchmark:
         "benchmarks/export_negatives/{dataset}.tsv"
     conda:
         "../envs/negflow.yaml"
+    params:
+        settings=settings_for("export"),
     script:
         "../scripts/export_negatives.py"

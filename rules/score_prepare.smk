@@ -6,14 +6,14 @@ rule prepare_pairs:
         queries_dir="results/{dataset}/prepare/queries",
     output:
         directory("results/{dataset}/score_prepare/pairs"),
-    params:
-        settings=settings_for("prepare_pairs"),
-    threads: 4
     log:
         "logs/prepare_pairs/{dataset}.log",
     benchmark:
         "benchmarks/prepare_pairs/{dataset}.tsv"
     conda:
         "../envs/negflow.yaml"
+    threads: 4
+    params:
+        settings=settings_for("prepare_pairs"),
     script:
         "../scripts/prepare_pairs.py"

@@ -8,16 +8,16 @@ rule search:
     output:
         mined="results/{dataset}/search/mined_qrels.parquet",
         qrels="results/{dataset}/search/qrels_cosine.parquet",
-    params:
-        settings=settings_for("search"),
-    threads: 8
-    resources:
-        batch_size=setting("search_batch_size"),
     log:
         "logs/search/{dataset}.log",
     benchmark:
         "benchmarks/search/{dataset}.tsv"
     conda:
         "../envs/negflow.yaml"
+    threads: 8
+    resources:
+        batch_size=setting("search_batch_size"),
+    params:
+        settings=settings_for("search"),
     script:
         "../scripts/search.py"

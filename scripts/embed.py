@@ -1,6 +1,5 @@
 """Rule embed: embed one shard of the tokenized corpus or queries into an .npy of unit vectors."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -1,6 +1,5 @@
 """Rule export_negatives: select negatives per query and write negatives.jsonl."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -1,6 +1,5 @@
 """Rule make_demo_dataset: build the offline demo set from standard-library docstrings."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

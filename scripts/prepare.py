@@ -1,6 +1,5 @@
 """Rule prepare: validate corpus, queries and qrels, then tokenize them for the embedding model."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -1,6 +1,5 @@
 """Rule prepare_pairs: tokenize every unique (query, document) pair for the cross-encoder."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -1,6 +1,5 @@
 """Rule score_pairs: score the tokenized pairs with the cross-encoder."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

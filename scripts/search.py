@@ -1,6 +1,5 @@
 """Rule search: FAISS top candidates per query (the mined qrels) and the cosines of the qrels documents."""
 
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -104,10 +104,20 @@ def write_config(workdir: Path, datasets: dict, **top) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir` with the workdir's config.yaml."""
+    """Run the repository's workflow in `workdir` with the workdir's config.yaml. The `=` keeps Snakemake's
+    multi-file --configfile option from swallowing targets given after it."""
     cmd = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--cores", "2", "--configfile", str(workdir / "config.yaml"), *args,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        f"--configfile={workdir / 'config.yaml'}",
+        *args,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if check and proc.returncode != 0:

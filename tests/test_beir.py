@@ -28,6 +28,11 @@ def test_corpus_joins_title_like_sentence_transformers_and_skips_empty(tmp_path)
     assert (stats.rows, stats.empty, stats.empty_ids) == (3, 1, ["d3"])
 
 
+def test_unicode_line_separators_inside_text_are_not_line_breaks(tmp_path):
+    path = write(tmp_path / "c.jsonl", '{"_id": "d1", "text": "a\u2028b\x85c"}\n')
+    assert list(iter_corpus(path, ReadStats())) == [("d1", "a\u2028b\x85c")]
+
+
 def test_gzipped_files_read_the_same(tmp_path):
     path = tmp_path / "q.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as f:
@@ -94,3 +99,19 @@ def test_missing_file_is_named(tmp_path):
 def test_unknown_ids_message_counts_unique_ids_and_shows_first_five():
     msg = unknown_ids_message("corpus ids", "r.tsv", ["a", "b", "a", "c", "d", "e", "f"])
     assert msg == "r.tsv: 6 corpus ids not found (first: 'a', 'b', 'c', 'd', 'e', ...)"
+
+
+def test_empty_corpus_is_refused_before_tokenizing(tmp_path):
+    from negflow.prepare import stream_corpus
+
+    path = write(tmp_path / "c.jsonl", '{"_id": "a", "text": ""}\n')
+    with pytest.raises(InputError, match=r"c\.jsonl: the corpus has no documents with text"):
+        stream_corpus(path, tmp_path / "c.arrow")
+
+
+def test_hub_dataset_id_offline_fails_with_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError) as err:
+        list(iter_corpus("negflow-test/no-such-dataset", ReadStats()))
+    assert str(err.value).startswith("hub dataset negflow-test/no-such-dataset (corpus): cannot load")
+    assert "\n" not in str(err.value)

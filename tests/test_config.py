@@ -6,7 +6,14 @@ import pytest
 import yaml
 from conftest import REPO
 
-from negflow.config import ConfigError, dataset_settings, is_local_data, load_schema, resolve_model_ref, setting_defaults
+from negflow.config import (
+    ConfigError,
+    dataset_settings,
+    is_local_data,
+    load_schema,
+    resolve_model_ref,
+    setting_defaults,
+)
 
 SCHEMA = load_schema(REPO / "config" / "schema.yaml")
 DATA = {"corpus": "c.jsonl", "queries": "q.jsonl", "qrels": "r.tsv"}

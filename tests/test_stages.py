@@ -21,9 +21,17 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
     """Run prepare, embed (in 2 shards), search, prepare_pairs and score_pairs once for the module."""
     out = tmp_path_factory.mktemp("stages")
     prepare(
-        str(fixture_data["corpus"]), str(fixture_data["queries"]), str(fixture_data["qrels"]),
-        str(tiny_models["embedder"]), "query: ", None, 64, 1,
-        str(out / "corpus"), str(out / "queries"), str(out / "qrels"),
+        str(fixture_data["corpus"]),
+        str(fixture_data["queries"]),
+        str(fixture_data["qrels"]),
+        str(tiny_models["embedder"]),
+        "query: ",
+        None,
+        64,
+        1,
+        str(out / "corpus"),
+        str(out / "queries"),
+        str(out / "qrels"),
     )
     paths = {"corpus": [], "queries": []}
     for part in paths:
@@ -31,10 +39,26 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
             path = out / f"{part}-{shard}.npy"
             embed_shard(str(out / part), shard, str(tiny_models["embedder"]), 64, "fp32", "cpu", 7, str(path))
             paths[part].append(str(path))
-    search(paths["corpus"], paths["queries"], str(out / "corpus"), str(out / "queries"), str(out / "qrels"),
-           SEARCH, 5, str(out / "mined.parquet"), str(out / "qrels.parquet"))
-    prepare_pairs(str(out / "mined.parquet"), str(out / "qrels.parquet"), str(out / "corpus"), str(out / "queries"),
-                  str(tiny_models["ce"]), 100, str(out / "pairs"))
+    search(
+        paths["corpus"],
+        paths["queries"],
+        str(out / "corpus"),
+        str(out / "queries"),
+        str(out / "qrels"),
+        SEARCH,
+        5,
+        str(out / "mined.parquet"),
+        str(out / "qrels.parquet"),
+    )
+    prepare_pairs(
+        str(out / "mined.parquet"),
+        str(out / "qrels.parquet"),
+        str(out / "corpus"),
+        str(out / "queries"),
+        str(tiny_models["ce"]),
+        100,
+        str(out / "pairs"),
+    )
     score_pairs(str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", 9, str(out / "scored.parquet"))
     return out, paths
 
@@ -62,8 +86,7 @@ def test_embeddings_equal_sentence_transformers_encode(staged, tiny_models):
     np.testing.assert_allclose(ShardedEmbeddings(paths["corpus"]).take(np.arange(len(texts))), expected, atol=1e-5)
     queries = load_table(out / "queries", ["text"])["text"].to_pylist()
     expected_q = model.encode(queries, prompt="query: ", normalize_embeddings=True)
-    np.testing.assert_allclose(ShardedEmbeddings(paths["queries"]).take(np.arange(len(queries))), expected_q,
-                               atol=1e-5)
+    np.testing.assert_allclose(ShardedEmbeddings(paths["queries"]).take(np.arange(len(queries))), expected_q, atol=1e-5)
 
 
 def test_search_matches_brute_force_and_excludes_qrels_documents(staged):
@@ -94,14 +117,22 @@ def test_ce_scores_equal_cross_encoder_predict(staged, tiny_models):
     expected = model.predict([(queries[r["query_row"]], docs[r["doc_row"]]) for r in scored], batch_size=16)
     np.testing.assert_allclose([r["ce_score"] for r in scored], expected, atol=1e-5)
     assert all(0.0 < r["ce_score"] < 1.0 for r in scored)  # a 1-label CE's default activation is the sigmoid
-    assert len(scored) == len(unique_pairs(pq.read_table(out / "mined.parquet"), pq.read_table(out / "qrels.parquet"))[0])
+    assert len(scored) == len(
+        unique_pairs(pq.read_table(out / "mined.parquet"), pq.read_table(out / "qrels.parquet"))[0]
+    )
 
 
 def test_export_selects_below_95_percent_of_the_weakest_positive(staged, tmp_path):
     out, paths = staged
     settings = {"num_negatives": 3, "selection_score": "auto", "relative_margin": 0.05, "seed": 1}
-    counts = export_negatives(str(out / "mined.parquet"), str(out / "qrels.parquet"), paths["corpus"],
-                              str(out / "scored.parquet"), settings, str(tmp_path / "neg.jsonl"))
+    counts = export_negatives(
+        str(out / "mined.parquet"),
+        str(out / "qrels.parquet"),
+        paths["corpus"],
+        str(out / "scored.parquet"),
+        settings,
+        str(tmp_path / "neg.jsonl"),
+    )
     records = [json.loads(line) for line in (tmp_path / "neg.jsonl").read_text().splitlines()]
     qrels = pq.read_table(out / "qrels.parquet").to_pylist()
     assert counts["queries"] == len(records) == len({r["query_id"] for r in qrels})
@@ -144,3 +175,29 @@ def test_filter_hits_drops_excluded_and_padding():
 
 def test_group_bounds():
     assert list(group_bounds(np.array([0, 0, 2, 5, 5, 5]))) == [(0, 0, 2), (2, 2, 3), (5, 3, 6)]
+
+
+@pytest.mark.parametrize(
+    "index_settings",
+    [
+        {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_construction": 200, "hnsw_ef_search": 256},
+        {"index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4},
+    ],
+)
+def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged, tmp_path, index_settings):
+    out, paths = staged
+    args = (paths["corpus"], paths["queries"], str(out / "corpus"), str(out / "queries"), str(out / "qrels"))
+    search(*args, {**SEARCH, **index_settings}, 5, str(tmp_path / "m.parquet"), str(tmp_path / "q.parquet"))
+    approx = pq.read_table(tmp_path / "m.parquet").select(["query_row", "doc_row", "rank"]).to_pylist()
+    exact = pq.read_table(out / "mined.parquet").select(["query_row", "doc_row", "rank"]).to_pylist()
+    assert approx == exact  # every IVF cell probed, HNSW beam wider than the corpus: nothing may be missed
+
+
+def test_cpu_bf16_stays_close_to_fp32(staged, tiny_models, tmp_path):
+    out, paths = staged
+    embed_shard(
+        str(out / "queries"), "0-of-1", str(tiny_models["embedder"]), 64, "bf16", "cpu", 7, str(tmp_path / "bf16.npy")
+    )
+    fp32 = ShardedEmbeddings(paths["queries"]).take(np.arange(len(np.load(tmp_path / "bf16.npy"))))
+    cosines = np.einsum("ij,ij->i", np.load(tmp_path / "bf16.npy"), fp32)
+    assert cosines.min() > 0.99

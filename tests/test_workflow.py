@@ -4,6 +4,7 @@ and bad input stopping before any expensive stage with nothing half-written."""
 
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -73,8 +74,10 @@ def test_output_schema_and_invariants(mined, fixture_data):
     assert multi["doc_scores"][:2] == [1.0, 2.0]
     log = (mined / "logs/prepare/fx.log").read_text()
     assert "1 queries without positives skipped" in log
-    assert re.search(r"selected on cosine: \d+ queries, \d+ candidates, \d+ dropped by relative_margin=0.0",
-                     (mined / "logs/export_negatives/fx.log").read_text())
+    assert re.search(
+        r"selected on cosine: \d+ queries, \d+ candidates, \d+ dropped by relative_margin=0.0",
+        (mined / "logs/export_negatives/fx.log").read_text(),
+    )
 
 
 def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
@@ -88,7 +91,10 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     assert plan(relative_margin=0.1) == {"export_negatives": 1, "all": 1}
     assert plan(num_negatives=2) == {"export_negatives": 1, "all": 1}
     assert plan(ce=dataset_block["embedding"].replace("embedder", "cross-encoder")) == {
-        "prepare_pairs": 1, "score_pairs": 1, "export_negatives": 1, "all": 1,
+        "prepare_pairs": 1,
+        "score_pairs": 1,
+        "export_negatives": 1,
+        "all": 1,
     }
     assert plan(query_prompt="query: ") == everything
     assert plan(doc_prompt="passage: ") == everything
@@ -121,7 +127,7 @@ def _results_files(workdir):
 
 def test_malformed_corpus_stops_in_prepare_naming_file_and_line(tmp_path, dataset_block):
     corpus = tmp_path / "corpus.jsonl"
-    lines = open(dataset_block["corpus"]).read().splitlines()
+    lines = Path(dataset_block["corpus"]).read_text().splitlines()
     lines[5] = lines[5][:-3]
     corpus.write_text("\n".join(lines) + "\n")
     write_config(tmp_path, {"bad": {**dataset_block, "corpus": str(corpus)}})
@@ -134,7 +140,7 @@ def test_malformed_corpus_stops_in_prepare_naming_file_and_line(tmp_path, datase
 
 def test_qrels_with_unknown_ids_stop_with_count_and_first_ids(tmp_path, dataset_block):
     qrels = tmp_path / "qrels.tsv"
-    qrels.write_text(open(dataset_block["qrels"]).read() + "q0\tnot-a-doc\t1\nq0\talso-missing\t1\n")
+    qrels.write_text(Path(dataset_block["qrels"]).read_text() + "q0\tnot-a-doc\t1\nq0\talso-missing\t1\n")
     write_config(tmp_path, {"bad": {**dataset_block, "qrels": str(qrels)}})
     proc = snakemake(tmp_path, check=False)
     assert proc.returncode != 0

@@ -55,7 +55,13 @@ def embed_shard(
     dim = model.get_embedding_dimension()
     log.info(
         "embedding rows %d-%d of %s (shard %s) on %s, dtype %s, dim %d",
-        part.start, part.stop, dataset_dir, shard, device, dtype or "fp32", dim,
+        part.start,
+        part.stop,
+        dataset_dir,
+        shard,
+        device,
+        dtype or "fp32",
+        dim,
     )
     with atomic_output(out_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))

@@ -25,7 +25,7 @@ def group_bounds(sorted_keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
         return
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
     stops = np.r_[starts[1:], len(sorted_keys)]
-    for start, stop in zip(starts.tolist(), stops.tolist()):
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
         yield int(sorted_keys[start]), start, stop
 
 
@@ -128,7 +128,13 @@ def export_negatives(
     log.info(
         "selected on %s: %d queries, %d candidates, %d dropped by relative_margin=%s, %d negatives, "
         "%d queries short of %d",
-        score_name, counts["queries"], counts["candidates"], counts["dropped_relative_margin"],
-        settings["relative_margin"], counts["negatives"], counts["short"], settings["num_negatives"],
+        score_name,
+        counts["queries"],
+        counts["candidates"],
+        counts["dropped_relative_margin"],
+        settings["relative_margin"],
+        counts["negatives"],
+        counts["short"],
+        settings["num_negatives"],
     )
     return dict(counts)

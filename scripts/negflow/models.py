@@ -111,7 +111,7 @@ def tokenize(model, inputs: Sequence, prompt: str | None = None) -> tuple[dict[s
         if key == "attention_mask":
             continue
         if isinstance(value, torch.Tensor) and value.shape[:2] == mask.shape:
-            rows[key] = [v[m].tolist() for v, m in zip(value, mask)]
+            rows[key] = [v[m].tolist() for v, m in zip(value, mask, strict=True)]
         else:
             extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
     rows["length"] = mask.sum(dim=1).tolist()

@@ -35,8 +35,12 @@ def prepare_pairs(
     queries = datasets.load_from_disk(queries_dir).select_columns(["text"])
     query_rows, doc_rows = unique_pairs(pq.read_table(mined_path), pq.read_table(qrels_path))
     model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len)
-    log.info("%d unique (query, document) pairs; cross-encoder %s, max length %d", len(query_rows), ce_ref,
-             model.max_seq_length)
+    log.info(
+        "%d unique (query, document) pairs; cross-encoder %s, max length %d",
+        len(query_rows),
+        ce_ref,
+        model.max_seq_length,
+    )
 
     pairs = datasets.Dataset.from_dict({"query_row": query_rows, "doc_row": doc_rows})
     extras_seen: list[dict] = []
@@ -44,7 +48,7 @@ def prepare_pairs(
     def add_tokens(batch):
         query_texts = queries[batch["query_row"]]["text"]
         doc_texts = corpus[batch["doc_row"]]["text"]
-        tokens, extras = tokenize(model, list(zip(query_texts, doc_texts)))
+        tokens, extras = tokenize(model, list(zip(query_texts, doc_texts, strict=True)))
         if not extras_seen:
             extras_seen.append(extras)
         return tokens

@@ -153,8 +153,9 @@ def prepare(
     scratch.mkdir(parents=True, exist_ok=True)
     try:
         doc_rows, corpus_stats = stream_corpus(corpus, scratch / "corpus.arrow")
-        log.info("corpus: %d documents read, %d kept, %d empty skipped", corpus_stats.rows, len(doc_rows),
-                 corpus_stats.empty)
+        log.info(
+            "corpus: %d documents read, %d kept, %d empty skipped", corpus_stats.rows, len(doc_rows), corpus_stats.empty
+        )
 
         query_stats = ReadStats()
         query_list = list(iter_queries(queries, query_stats))
@@ -178,8 +179,12 @@ def prepare(
         log.info(
             "qrels: %d rows, %d positives; %d queries have positives, %d queries without positives skipped; "
             "%d rows dropped for empty texts, %d duplicate rows",
-            qrels_counts["qrels_rows"], sum(matched.positive), len(query_list), skipped,
-            qrels_counts["dropped_empty_text"], qrels_counts["duplicate_rows"],
+            qrels_counts["qrels_rows"],
+            sum(matched.positive),
+            len(query_list),
+            skipped,
+            qrels_counts["dropped_empty_text"],
+            qrels_counts["duplicate_rows"],
         )
 
         device = pick_device("cpu")
@@ -187,9 +192,7 @@ def prepare(
         log.info("tokenizer of %s, max_seq_length %d", embedding, model.max_seq_length)
 
         corpus_ds = datasets.Dataset.from_file(str(scratch / "corpus.arrow"), in_memory=False)
-        query_ds = datasets.Dataset.from_dict(
-            {"id": [q for q, _ in query_list], "text": [t for _, t in query_list]}
-        )
+        query_ds = datasets.Dataset.from_dict({"id": [q for q, _ in query_list], "text": [t for _, t in query_list]})
         qrels_ds = datasets.Dataset.from_dict(
             {
                 "query_id": matched.query_ids,

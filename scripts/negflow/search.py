@@ -74,7 +74,7 @@ def faiss_has_gpu(device_setting: str) -> bool:
 
 def exclusions_by_query(qrels_query_rows: np.ndarray, qrels_doc_rows: np.ndarray) -> dict[int, set[int]]:
     excluded: dict[int, set[int]] = defaultdict(set)
-    for q, d in zip(qrels_query_rows.tolist(), qrels_doc_rows.tolist()):
+    for q, d in zip(qrels_query_rows.tolist(), qrels_doc_rows.tolist(), strict=True):
         excluded[q].add(d)
     return excluded
 
@@ -123,7 +123,13 @@ def search(
         use_gpu = False
     log.info(
         "index %s over %d documents (dim %d, %s); %d queries, k=%d (candidates %d + up to %d qrels documents)",
-        settings["index"], len(corpus), corpus.dim, "GPU" if use_gpu else "CPU", len(queries), k, candidates,
+        settings["index"],
+        len(corpus),
+        corpus.dim,
+        "GPU" if use_gpu else "CPU",
+        len(queries),
+        k,
+        candidates,
         max_excluded,
     )
     index = build_index(corpus, settings["index"], settings, use_gpu, settings["seed"])
@@ -166,6 +172,5 @@ def search(
             }
         )
         pq.write_table(table, str(tmp))
-    log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(queries), short,
-             candidates)
+    log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(queries), short, candidates)
     return {"queries": len(queries), "candidates": total, "short": short}
