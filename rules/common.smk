@@ -51,6 +51,16 @@ INDEX_KEYS = {
 }
 
 
+def library(*modules):
+    """Library modules a rule's script relies on. Snakemake's code trigger sees only the script itself,
+    so these are inputs: editing one reruns the rules that use it (and what depends on them).
+    """
+    return [
+        os.path.join(workflow.basedir, "scripts", "negflow", f"{module}.py")
+        for module in modules
+    ]
+
+
 def settings_for(stage):
     """A params function: the settings `stage` depends on, for the job's dataset."""
 

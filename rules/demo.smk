@@ -1,4 +1,6 @@
 rule make_demo_dataset:
+    input:
+        code=library("demo"),
     output:
         corpus="resources/demo/corpus.jsonl",
         queries="resources/demo/queries.jsonl",

@@ -1,6 +1,7 @@
 rule embed:
     input:
         dataset="results/{dataset}/prepare/{part}",
+        code=library("embed", "models"),
     output:
         "results/{dataset}/embed/{part}/{shard}.npy",
     log:

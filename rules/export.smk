@@ -1,6 +1,7 @@
 rule export_negatives:
     input:
         unpack(export_inputs),
+        code=library("export", "selection"),
     output:
         "results/{dataset}/negatives.jsonl",
     log:

@@ -1,6 +1,7 @@
 rule prepare:
     input:
         unpack(local_inputs),
+        code=library("prepare", "beir", "models"),
     output:
         corpus=directory("results/{dataset}/prepare/corpus"),
         queries=directory("results/{dataset}/prepare/queries"),

@@ -1,6 +1,7 @@
 rule score_pairs:
     input:
-        "results/{dataset}/score_prepare/pairs",
+        pairs="results/{dataset}/score_prepare/pairs",
+        code=library("pairs", "models"),
     output:
         "results/{dataset}/score/scored_qrels.parquet",
     log:

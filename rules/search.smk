@@ -5,6 +5,7 @@ rule search:
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
         qrels_dir="results/{dataset}/prepare/qrels",
+        code=library("search"),
     output:
         mined="results/{dataset}/search/mined_qrels.parquet",
         qrels="results/{dataset}/search/qrels_cosine.parquet",

@@ -14,7 +14,7 @@ def main(log):
     s = snakemake.params.settings
     limit_threads(snakemake.threads)
     score_pairs(
-        pairs_dir=snakemake.input[0],
+        pairs_dir=snakemake.input.pairs,
         ce_ref=s["ce"],
         seq_len=s["ce_seq_len"],
         dtype_setting=s["ce_dtype"],

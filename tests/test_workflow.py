@@ -2,14 +2,16 @@
 fixtures: output schema and invariants, with and without a cross-encoder, what reruns after a change,
 and bad input stopping before any expensive stage with nothing half-written."""
 
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import read_jsonl, snakemake, write_config
+from conftest import REPO, read_jsonl, snakemake, write_config
 
 from negflow.embed import ShardedEmbeddings
 
@@ -96,6 +98,16 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         "export_negatives": 1,
         "all": 1,
     }
+    selection_code = REPO / "scripts/negflow/selection.py"  # editing library code reruns the rules using it
+    original, stat = selection_code.read_bytes(), selection_code.stat()
+    try:
+        os.utime(selection_code, ns=(stat.st_atime_ns, time.time_ns()))
+        assert plan() == {}  # a touch alone changes no checksum: nothing reruns
+        selection_code.write_bytes(original + b"\n# edited by test_reruns_touch_only_what_a_change_affects\n")
+        assert plan() == {"export_negatives": 1, "all": 1}
+    finally:
+        selection_code.write_bytes(original)
+        os.utime(selection_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert plan(query_prompt="query: ") == everything
     assert plan(doc_prompt="passage: ") == everything
     moved = dataset_block["embedding"] + "-copy"

@@ -86,11 +86,10 @@ def export_negatives(
     order = np.argsort(p_query, kind="stable")  # keeps qrels order within a query
     p_query = p_query[order]
     p_doc_row = pos_table["doc_row"].to_numpy()[order]
-    p_doc_id = [pos_table["doc_id"][int(i)].as_py() for i in order]
+    p_doc_id = np.array(pos_table["doc_id"].to_pylist(), dtype=object)[order].tolist()
     p_score = pos_table["score"].to_numpy()[order]
     p_cos = pos_table["cosine"].to_numpy()[order]
-    query_ids = pos_table["query_id"].to_pylist()
-    p_query_id = [query_ids[int(i)] for i in order]
+    p_query_id = np.array(pos_table["query_id"].to_pylist(), dtype=object)[order].tolist()
 
     counts: Counter = Counter()
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
