@@ -201,3 +201,17 @@ def test_cpu_bf16_stays_close_to_fp32(staged, tiny_models, tmp_path):
     fp32 = ShardedEmbeddings(paths["queries"]).take(np.arange(len(np.load(tmp_path / "bf16.npy"))))
     cosines = np.einsum("ij,ij->i", np.load(tmp_path / "bf16.npy"), fp32)
     assert cosines.min() > 0.99
+
+
+def test_a_folder_that_is_no_model_is_one_line(tmp_path):
+    import torch
+
+    from negflow.config import ConfigError
+    from negflow.models import load_cross_encoder, load_embedding_model
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    for load, kind in ((load_embedding_model, "SentenceTransformer"), (load_cross_encoder, "CrossEncoder")):
+        with pytest.raises(ConfigError) as err:
+            load(str(tmp_path), torch.device("cpu"))
+        assert f"'{tmp_path}': cannot load as a {kind}" in str(err.value)
+        assert "\n" not in str(err.value)

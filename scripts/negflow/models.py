@@ -46,7 +46,8 @@ def _load(cls, ref: str, what: str, device: torch.device):
     try:
         return cls(path, device=str(device))
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for a folder that is no model
-        raise ConfigError(f"{what} '{ref}': cannot load as a {cls.__name__} ({type(e).__name__}: {e})") from None
+        reason = " ".join(str(e).split())[:300]
+        raise ConfigError(f"{what} '{ref}': cannot load as a {cls.__name__} ({type(e).__name__}: {reason})") from None
 
 
 POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert")  # position ids start after the pad id

@@ -28,7 +28,7 @@ def prepare_pairs(
     import datasets
 
     from negflow.models import load_cross_encoder, pick_device, tokenize
-    from negflow.prepare import EXTRAS_FILE
+    from negflow.prepare import save_tokenized
 
     datasets.disable_caching()
     corpus = datasets.load_from_disk(corpus_dir).select_columns(["text"])
@@ -43,33 +43,14 @@ def prepare_pairs(
     )
 
     pairs = datasets.Dataset.from_dict({"query_row": query_rows, "doc_row": doc_rows})
-    extras_seen: list[dict] = []
 
-    def add_tokens(batch):
+    def encode_batch(batch):
         query_texts = queries[batch["query_row"]]["text"]
         doc_texts = corpus[batch["doc_row"]]["text"]
-        tokens, extras = tokenize(model, list(zip(query_texts, doc_texts, strict=True)))
-        if not extras_seen:
-            extras_seen.append(extras)
-        return tokens
+        return tokenize(model, list(zip(query_texts, doc_texts, strict=True)))
 
     with atomic_output(out_dir) as tmp:
-        scratch = Path(str(tmp) + "-cache.arrow")
-        try:
-            tokenized = pairs.map(
-                add_tokens,
-                batched=True,
-                batch_size=1000,
-                new_fingerprint="negflow-pairs",
-                cache_file_name=str(scratch),
-                desc="tokenize pairs",
-            )
-            tokenized.save_to_disk(str(tmp))
-        finally:
-            scratch.unlink(missing_ok=True)
-        import json
-
-        (tmp / EXTRAS_FILE).write_text(json.dumps(extras_seen[0] if extras_seen else {}), encoding="utf-8")
+        save_tokenized(pairs, encode_batch, tmp, Path(f"{tmp}.tokens"), "pairs")
     return len(query_rows)
 
 

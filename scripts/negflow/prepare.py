@@ -93,28 +93,31 @@ def match_qrels(
     return qrels, counts
 
 
-def _tokenize_dataset(dataset, model, prompt: str, out_dir: Path, cache_dir: Path) -> None:
-    from negflow.models import tokenize
-
+def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc: str) -> None:
+    """Map `encode_batch(batch) -> (token columns, extras)` over a dataset and save it, with the batch-level
+    extras (identical for every batch) beside it for the model stage to pass back."""
     extras_seen: list[dict] = []
 
     def add_tokens(batch):
-        tokens, extras = tokenize(model, batch["text"], prompt)
+        tokens, extras = encode_batch(batch)
         if not extras_seen:
             extras_seen.append(extras)
         elif extras != extras_seen[0]:
             raise ValueError(f"model preprocessing returned batch extras that differ: {extras} vs {extras_seen[0]}")
         return tokens
 
-    tokenized = dataset.map(
-        add_tokens,
-        batched=True,
-        batch_size=1000,
-        new_fingerprint="negflow-tokenize",
-        cache_file_name=str(cache_dir / f"{out_dir.name}-tokens.arrow"),
-        desc=f"tokenize {out_dir.name}",
-    )
-    tokenized.save_to_disk(str(out_dir))
+    try:
+        tokenized = dataset.map(
+            add_tokens,
+            batched=True,
+            batch_size=1000,
+            new_fingerprint=f"negflow-{desc}",
+            cache_file_name=str(cache_file),
+            desc=desc,
+        )
+        tokenized.save_to_disk(str(out_dir))
+    finally:
+        cache_file.unlink(missing_ok=True)
     (out_dir / EXTRAS_FILE).write_text(json.dumps(extras_seen[0] if extras_seen else {}), encoding="utf-8")
 
 
@@ -146,7 +149,7 @@ def prepare(
     """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets."""
     import datasets
 
-    from negflow.models import load_embedding_model, model_prompt, pick_device
+    from negflow.models import load_embedding_model, model_prompt, pick_device, tokenize
 
     datasets.disable_caching()
     scratch = Path(out_corpus).parent / f".prepare-scratch-{Path(out_corpus).parent.parent.name}"
@@ -202,10 +205,14 @@ def prepare(
                 "positive": matched.positive,
             }
         )
-        with atomic_output(out_corpus) as tmp:
-            _tokenize_dataset(corpus_ds, model, model_prompt(model, doc_prompt, "document"), tmp, scratch)
-        with atomic_output(out_queries) as tmp:
-            _tokenize_dataset(query_ds, model, model_prompt(model, query_prompt, "query"), tmp, scratch)
+        for ds, out, prompt, name in (
+            (corpus_ds, out_corpus, model_prompt(model, doc_prompt, "document"), "corpus"),
+            (query_ds, out_queries, model_prompt(model, query_prompt, "query"), "queries"),
+        ):
+            with atomic_output(out) as tmp:
+                save_tokenized(
+                    ds, lambda b, p=prompt: tokenize(model, b["text"], p), tmp, scratch / f"{name}.tokens", name
+                )
         with atomic_output(out_qrels) as tmp:
             qrels_ds.save_to_disk(str(tmp))
     finally:
