@@ -39,15 +39,15 @@ STAGE_KEYS = {
         "min_positive_score",
     ],
     "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
-    "search": ["candidates", "index", "seed", "device"],
+    "search": ["candidates", "index", "device"],
     "prepare_pairs": ["ce", "ce_seq_len"],
     "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
-    "export": ["num_negatives", "selection_score", "relative_margin", "seed"],
+    "export": ["num_negatives", "selection_score", "relative_margin"],
 }
 INDEX_KEYS = {
     "flat": [],
     "hnsw": ["hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"],
-    "ivf": ["ivf_nlist", "ivf_nprobe"],
+    "ivf": ["ivf_nlist", "ivf_nprobe", "seed"],
 }
 
 

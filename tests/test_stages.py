@@ -13,7 +13,7 @@ from negflow.pairs import prepare_pairs, score_pairs, unique_pairs
 from negflow.prepare import load_table, prepare
 from negflow.search import filter_hits, search
 
-SEARCH = {"candidates": 10, "index": "flat", "seed": 1, "device": "cpu"}
+SEARCH = {"candidates": 10, "index": "flat", "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_ce_scores_equal_cross_encoder_predict(staged, tiny_models):
 
 def test_export_selects_below_95_percent_of_the_weakest_positive(staged, tmp_path):
     out, paths = staged
-    settings = {"num_negatives": 3, "selection_score": "auto", "relative_margin": 0.05, "seed": 1}
+    settings = {"num_negatives": 3, "selection_score": "auto", "relative_margin": 0.05}
     counts = export_negatives(
         str(out / "mined.parquet"),
         str(out / "qrels.parquet"),
@@ -181,7 +181,7 @@ def test_group_bounds():
     "index_settings",
     [
         {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_construction": 200, "hnsw_ef_search": 256},
-        {"index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4},
+        {"index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4, "seed": 1},
     ],
 )
 def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged, tmp_path, index_settings):

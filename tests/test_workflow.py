@@ -92,6 +92,8 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     assert plan(embedding_batch_size=3, search_batch_size=2) == {}  # performance-only knobs
     assert plan(relative_margin=0.1) == {"export_negatives": 1, "all": 1}
     assert plan(num_negatives=2) == {"export_negatives": 1, "all": 1}
+    assert plan(seed=7) == {}  # the seed only draws the IVF training sample
+    assert plan(index="ivf") == {"search": 1, "export_negatives": 1, "all": 1}
     assert plan(ce=dataset_block["embedding"].replace("embedder", "cross-encoder")) == {
         "prepare_pairs": 1,
         "score_pairs": 1,

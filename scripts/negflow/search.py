@@ -35,7 +35,7 @@ MINED_SCHEMA = pa.schema(
 )
 
 
-def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict, use_gpu: bool, seed: int):
+def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict, use_gpu: bool):
     """A FAISS inner-product index over the corpus, added chunk by chunk from the memory-mapped shards."""
     import faiss
 
@@ -50,7 +50,7 @@ def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict, use_gpu: b
         nlist = min(nlist, n)
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, nlist * 64), replace=False))
+        sample = np.sort(np.random.default_rng(settings["seed"]).choice(n, size=min(n, nlist * 64), replace=False))
         index.train(corpus.take(sample))
         index.nprobe = min(settings["ivf_nprobe"], nlist)
     else:
@@ -132,7 +132,7 @@ def search(
         candidates,
         max_excluded,
     )
-    index = build_index(corpus, settings["index"], settings, use_gpu, settings["seed"])
+    index = build_index(corpus, settings["index"], settings, use_gpu)
     if settings["index"] == "hnsw":
         index.hnsw.efSearch = max(settings["hnsw_ef_search"], k)
 
