@@ -98,12 +98,10 @@ def export_negatives(
             cand_rows = m_doc_row[ma:mb]
             pos_ce = ce.get(q, p_doc_row[a:b]) if ce else None
             cand_ce = ce.get(q, cand_rows) if ce else None
-            if score_name == "ce":
-                selection = select_negatives(cand_ce, pos_ce, settings["num_negatives"], settings["relative_margin"])
-            else:
-                selection = select_negatives(
-                    m_cos[ma:mb], p_cos[a:b], settings["num_negatives"], settings["relative_margin"]
-                )
+            cand_scores, pos_scores = (cand_ce, pos_ce) if score_name == "ce" else (m_cos[ma:mb], p_cos[a:b])
+            selection = select_negatives(
+                cand_scores, pos_scores, settings["num_negatives"], settings["relative_margin"]
+            )
             chosen = selection.chosen
             counts["queries"] += 1
             counts["candidates"] += mb - ma

@@ -10,6 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from negflow.beir import InputError
+from negflow.config import ConfigError
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
@@ -51,9 +54,6 @@ def setup_logging(log_path: str | None) -> logging.Logger:
 def run_stage(log_path: str | None, stage) -> None:
     """Run one stage with logging set up; a known input problem becomes one line in the log and on the
     terminal (Snakemake shows the failing rule's log path), with exit status 1."""
-    from negflow.beir import InputError
-    from negflow.config import ConfigError
-
     log = setup_logging(log_path)
     try:
         stage(log)

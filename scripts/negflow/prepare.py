@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,7 +217,5 @@ def prepare(
         with atomic_output(out_qrels) as tmp:
             qrels_ds.save_to_disk(str(tmp))
     finally:
-        import shutil
-
         shutil.rmtree(scratch, ignore_errors=True)
     return {"documents": len(doc_rows), "queries": len(query_list), "qrels": len(matched.query_ids)}
