@@ -28,4 +28,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        all_negatives(),
+        all_outputs(),

@@ -14,6 +14,7 @@ from negflow.config import (
     load_schema,
     stage_params,
 )
+from negflow.selection import SELECTION_KEYS
 
 try:
     DATASETS = dataset_settings(
@@ -37,13 +38,25 @@ STAGE_KEYS = {
         "doc_prompt",
         "embedding_seq_len",
         "min_positive_score",
+        "audit_holdout",
     ],
     "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
     "search": ["candidates", "index", "device"],
     "prepare_pairs": ["ce", "ce_seq_len"],
     "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
-    "export": ["num_negatives", "selection_score", "relative_margin"],
+    "export": ["selection_score", *SELECTION_KEYS],
+    "export_flag": ["flag_layout"],
+    "export_sentence_transformers": ["num_negatives", "train_scores"],
+    "audit": ["audit_qrels", "min_positive_score", "selection_score", *SELECTION_KEYS],
 }
+# What a provenance sidecar records: every setting that changes a result.
+STAGE_KEYS["provenance"] = list(
+    dict.fromkeys(
+        key
+        for stage in ("prepare", "embed", "search", "score_pairs", "export")
+        for key in STAGE_KEYS[stage]
+    )
+)
 INDEX_KEYS = {
     "flat": [],
     "hnsw": ["hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"],
@@ -67,8 +80,10 @@ def settings_for(stage):
     def params(wildcards):
         settings = DATASETS[wildcards.dataset]
         keys = STAGE_KEYS[stage]
-        if stage == "search":
+        if stage in ("search", "provenance"):
             keys = keys + INDEX_KEYS[settings["index"]]
+        if stage == "prepare" and settings["audit_holdout"]:
+            keys = keys + ["seed"]  # the seed picks which positive stays visible
         return stage_params(settings, keys)
 
     return params
@@ -79,8 +94,18 @@ def setting(key):
     return lambda wildcards: DATASETS[wildcards.dataset][key]
 
 
-def all_negatives():
-    return expand("results/{dataset}/negatives.jsonl", dataset=sorted(DATASETS))
+def all_outputs():
+    """Per dataset: negatives, selection report, the configured training files, and the audit when
+    it has something to measure against."""
+    targets = []
+    for name, settings in sorted(DATASETS.items()):
+        targets += [f"results/{name}/negatives.jsonl", f"results/{name}/selection.json"]
+        for fmt in settings["train_formats"]:
+            ext = "jsonl" if fmt == "flag" else "parquet"
+            targets.append(f"results/{name}/train/{fmt}.{ext}")
+        if settings["audit_qrels"] or settings["audit_holdout"]:
+            targets.append(f"results/{name}/audit.json")
+    return targets
 
 
 def local_inputs(wildcards):
@@ -112,6 +137,9 @@ def export_inputs(wildcards):
         "mined": f"results/{wildcards.dataset}/search/mined_qrels.parquet",
         "qrels": f"results/{wildcards.dataset}/search/qrels_cosine.parquet",
         "corpus": embedding_shards("corpus")(wildcards),
+        "queries": embedding_shards("queries")(wildcards),
+        "corpus_dir": f"results/{wildcards.dataset}/prepare/corpus",
+        "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
     }
     if DATASETS[wildcards.dataset]["ce"] is not None:
         inputs["scored"] = f"results/{wildcards.dataset}/score/scored_qrels.parquet"

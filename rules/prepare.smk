@@ -1,11 +1,13 @@
 rule prepare:
     input:
         unpack(local_inputs),
-        code=library("prepare", "beir", "models"),
+        code=library("prepare", "beir", "models", "provenance"),
     output:
         corpus=directory("results/{dataset}/prepare/corpus"),
         queries=directory("results/{dataset}/prepare/queries"),
         qrels=directory("results/{dataset}/prepare/qrels"),
+        holdout="results/{dataset}/prepare/holdout.parquet",
+        manifest="results/{dataset}/prepare/manifest.json",
     log:
         "logs/prepare/{dataset}.log",
     benchmark:

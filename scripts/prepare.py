@@ -20,9 +20,13 @@ def main(log):
         doc_prompt=s["doc_prompt"],
         seq_len=s["embedding_seq_len"],
         min_positive_score=s["min_positive_score"],
+        audit_holdout=s["audit_holdout"],
+        seed=s.get("seed"),  # only tracked (and used) with audit_holdout
         out_corpus=snakemake.output.corpus,
         out_queries=snakemake.output.queries,
         out_qrels=snakemake.output.qrels,
+        out_holdout=snakemake.output.holdout,
+        out_manifest=snakemake.output.manifest,
     )
     log.info("prepared %s", counts)
 

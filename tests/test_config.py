@@ -36,7 +36,7 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
     merged = dataset_settings(config, SCHEMA, tmp_path)
     assert (merged["a"]["candidates"], merged["a"]["num_negatives"], merged["a"]["seed"]) == (30, 2, 7)
     assert (merged["b"]["candidates"], merged["b"]["num_negatives"]) == (50, 8)
-    assert merged["b"]["relative_margin"] == 0.05 and merged["b"]["index"] == "flat"
+    assert merged["b"]["relative_margin"] == 0.1 and merged["b"]["index"] == "flat"
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,10 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
         ({"datasets": {"a": {**DATA, "embedding": "/no/such/model"}}}, "model folder '/no/such/model' does not"),
         ({"datasets": {"a": {**DATA, "ce": "./missing-ce"}}}, "datasets.a.ce: model folder './missing-ce'"),
         ({"datasets": {"a b": DATA}}, "datasets.a b: dataset names may use"),
+        ({"datasets": {"a": {**DATA, "ce_max": 0.1}}}, "config: datasets.a.ce_max: needs a cross-encoder"),
+        ({"datasets": {"a": {**DATA, "range_min": 10, "range_max": 5}}}, "range_max (5) must be above range_min"),
+        ({"datasets": {"a": {**DATA, "sampling": "best"}}}, "config: datasets.a.sampling: 'best' is not one of"),
+        ({"datasets": {"a": {**DATA, "train_formats": ["csv"]}}}, "config: datasets.a.train_formats.0: 'csv' is not"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(config, message):

@@ -12,6 +12,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from negflow.selection import SelectionSettings
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the key."""
@@ -81,6 +83,12 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
             check_model_ref(merged["ce"], f"datasets.{name}.ce")
         if merged["selection_score"] == "ce" and merged["ce"] is None:
             raise ConfigError(f"config: datasets.{name}.selection_score: 'ce' needs a cross-encoder in 'ce'")
+        if merged["ce_max"] is not None and merged["ce"] is None:
+            raise ConfigError(f"config: datasets.{name}.ce_max: needs a cross-encoder in 'ce'")
+        try:
+            SelectionSettings.from_settings(merged)
+        except ValueError as e:
+            raise ConfigError(f"config: datasets.{name}: {e}") from None
         merged_all[name] = merged
     return merged_all
 

@@ -1,4 +1,9 @@
-"""Stage 6: select negatives per query and write `negatives.jsonl` (negminer's documented schema)."""
+"""Stage 6: select negatives per query, write `negatives.jsonl` (negminer's schema) and `selection.json`.
+
+`MinedCandidates` loads what selection needs once (candidates, positives, embeddings, cross-encoder
+scores, text hashes) and hands out one query at a time; the audit reuses it to replay other strategies
+on the same candidates.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,21 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from negflow.embed import ShardedEmbeddings
 from negflow.files import atomic_output
-from negflow.selection import select_negatives
+from negflow.prepare import load_table
+from negflow.selection import QueryScores, Selection, SelectionSettings, filter_mask, select_negatives
 
 log = logging.getLogger("negflow")
 
 DECIMALS = 6
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+PAD_DRAWS = 8  # rounds of random corpus draws before a query is left short
 
 
 def group_bounds(sorted_keys: np.ndarray) -> Iterator[tuple[int, int, int]]:
@@ -46,92 +55,278 @@ class PairScores:
         return self.scores[pos]
 
 
-def _rounded(values) -> list[float]:
-    return [round(float(v), DECIMALS) for v in values]
+def text_hashes(corpus_dir: str) -> np.ndarray:
+    """A 64-bit hash of every document's text, to spot exact duplicates of a positive."""
+    table = load_table(corpus_dir, ["text"])
+    out = np.empty(table.num_rows, dtype=np.int64)
+    row = 0
+    for batch in table.to_batches(max_chunksize=65_536):
+        texts = batch.column(0).to_pylist()
+        out[row : row + len(texts)] = [hash(t) for t in texts]
+        row += len(texts)
+    return out
+
+
+@dataclass
+class QueryCandidates:
+    """One query: its positives and its retrieved candidates in rank order, with their scores."""
+
+    query_row: int
+    query_id: str
+    pos_rows: np.ndarray
+    pos_ids: list[str]
+    pos_grades: np.ndarray
+    pos_cos: np.ndarray
+    pos_ce: np.ndarray | None
+    cand_rows: np.ndarray
+    cand_ids: list[str]
+    cand_ranks: np.ndarray
+    cand_cos: np.ndarray
+    cand_ce: np.ndarray | None
+    cand_emb: np.ndarray
+    pos_emb: np.ndarray
+    cand_hashes: np.ndarray
+    pos_hashes: np.ndarray
+
+    def scores(self, score_name: str) -> QueryScores:
+        ce = score_name == "ce"
+        return QueryScores(
+            scores=self.cand_ce if ce else self.cand_cos,
+            positive_scores=self.pos_ce if ce else self.pos_cos,
+            ranks=self.cand_ranks,
+            ce_scores=self.cand_ce,
+            positive_cos=self.cand_emb @ self.pos_emb.T,
+            positive_query_cos=self.pos_cos,
+            candidate_cos=self.cand_emb @ self.cand_emb.T,
+            same_text=np.isin(self.cand_hashes, self.pos_hashes),
+        )
+
+
+class MinedCandidates:
+    """Search results, positives, embeddings and (optional) cross-encoder scores of one dataset."""
+
+    def __init__(
+        self,
+        mined_path: str,
+        qrels_path: str,
+        corpus_shards: list[str],
+        query_shards: list[str],
+        corpus_dir: str,
+        scored_path: str | None,
+        selection_score: str,
+    ):
+        mined = pq.read_table(mined_path).sort_by([("query_row", "ascending"), ("rank", "ascending")])
+        self.corpus = ShardedEmbeddings(corpus_shards)
+        self.queries = ShardedEmbeddings(query_shards)
+        self.corpus_dir = corpus_dir
+        self.hashes = text_hashes(corpus_dir)
+        score_name = selection_score
+        if score_name == "auto":
+            score_name = "ce" if scored_path else "cosine"
+        if score_name == "ce" and not scored_path:
+            raise ValueError("selection_score 'ce' needs cross-encoder scores")
+        self.score_name = score_name
+        self.ce = None
+        if scored_path:
+            scored = pq.read_table(scored_path)
+            self.ce = PairScores(
+                scored["query_row"].to_numpy(),
+                scored["doc_row"].to_numpy(),
+                scored["ce_score"].to_numpy(),
+                len(self.corpus),
+            )
+        self.m_query = mined["query_row"].to_numpy()
+        self.m_doc_row = mined["doc_row"].to_numpy()
+        self.m_doc_id = mined["doc_id"].to_pylist()
+        self.m_rank = mined["rank"].to_numpy()
+        self.m_cos = mined["cosine"].to_numpy()
+        self.m_bounds = {q: (a, b) for q, a, b in group_bounds(self.m_query)}
+
+        qrels = pq.read_table(qrels_path)
+        self.judged = {}  # query_row -> every qrels doc row (positives and judged non-relevant)
+        for q, d in zip(qrels["query_row"].to_numpy().tolist(), qrels["doc_row"].to_numpy().tolist(), strict=True):
+            self.judged.setdefault(q, set()).add(d)
+        pos = qrels.filter(qrels["positive"].to_numpy(zero_copy_only=False))
+        order = np.argsort(pos["query_row"].to_numpy(), kind="stable")  # keeps qrels order within a query
+        self.p_query = pos["query_row"].to_numpy()[order]
+        self.p_doc_row = pos["doc_row"].to_numpy()[order]
+        self.p_doc_id = np.array(pos["doc_id"].to_pylist(), dtype=object)[order].tolist()
+        self.p_score = pos["score"].to_numpy()[order]
+        self.p_cos = pos["cosine"].to_numpy()[order]
+        self.p_query_id = np.array(pos["query_id"].to_pylist(), dtype=object)[order].tolist()
+
+    def __iter__(self) -> Iterator[QueryCandidates]:
+        for q, a, b in group_bounds(self.p_query):
+            ma, mb = self.m_bounds.get(q, (0, 0))
+            pos_rows = self.p_doc_row[a:b]
+            cand_rows = self.m_doc_row[ma:mb]
+            yield QueryCandidates(
+                query_row=q,
+                query_id=self.p_query_id[a],
+                pos_rows=pos_rows,
+                pos_ids=self.p_doc_id[a:b],
+                pos_grades=self.p_score[a:b],
+                pos_cos=self.p_cos[a:b].astype(np.float64),
+                pos_ce=self.ce.get(q, pos_rows) if self.ce else None,
+                cand_rows=cand_rows,
+                cand_ids=self.m_doc_id[ma:mb],
+                cand_ranks=self.m_rank[ma:mb],
+                cand_cos=self.m_cos[ma:mb].astype(np.float64),
+                cand_ce=self.ce.get(q, cand_rows) if self.ce else None,
+                cand_emb=self.corpus.take(cand_rows),
+                pos_emb=self.corpus.take(pos_rows),
+                cand_hashes=self.hashes[cand_rows],
+                pos_hashes=self.hashes[pos_rows],
+            )
+
+    def doc_ids(self, rows: np.ndarray) -> list[str]:
+        if len(rows) == 0:
+            return []
+        return load_table(self.corpus_dir, ["id"])["id"].take(rows).to_pylist()
+
+    def pad(self, query: QueryCandidates, selection: Selection, s: SelectionSettings) -> list[tuple[int, float]]:
+        """Random corpus documents (row, cosine) that pass the filters, to fill a short query. On a
+        cross-encoder selection score the score filters cannot see them (they have no CE score): they
+        rank below every candidate, so a ceiling rarely matters there."""
+        missing = s.num_negatives - len(selection.chosen)
+        rng = np.random.default_rng([s.seed, query.query_row, 1])
+        q_emb = self.queries.take(np.array([query.query_row]))[0]
+        taken = set(self.judged.get(query.query_row, ())) | set(query.cand_rows.tolist())
+        kept_emb = [query.cand_emb[i] for i in selection.chosen]
+        unranked = {"range_min": 0, "range_max": None}
+        if self.score_name != "cosine":
+            unranked |= dict(max_score=None, min_score=None, absolute_margin=None, relative_margin=None, ce_max=None)
+        filters = SelectionSettings(**(asdict(s) | unranked))
+        picks: list[tuple[int, float]] = []
+        n = len(self.corpus)
+        for _ in range(PAD_DRAWS):
+            draws = rng.choice(n, size=min(n, 4 * missing + 8), replace=False).tolist()
+            rows = np.array([r for r in draws if r not in taken], dtype=np.int64)
+            if len(rows) == 0:
+                continue
+            emb = self.corpus.take(rows)
+            cos = (emb @ q_emb).astype(np.float64)
+            scores = QueryScores(
+                scores=cos,
+                positive_scores=query.pos_cos,
+                positive_cos=emb @ query.pos_emb.T,
+                positive_query_cos=query.pos_cos,
+                same_text=np.isin(self.hashes[rows], query.pos_hashes),
+            )
+            keep, _ = filter_mask(scores, filters)
+            for i in np.flatnonzero(keep).tolist():
+                taken.add(int(rows[i]))
+                if s.dup_threshold is not None and kept_emb and np.max(np.array(kept_emb) @ emb[i]) > s.dup_threshold:
+                    continue
+                picks.append((int(rows[i]), float(cos[i])))
+                kept_emb.append(emb[i])
+                if len(picks) == missing:
+                    return picks
+        return picks
+
+
+def query_rng(s: SelectionSettings, query_row: int) -> np.random.Generator:
+    """Per-query stream: a query's picks do not depend on which other queries are mined."""
+    return np.random.default_rng([s.seed, query_row])
+
+
+def quantiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    qs = np.quantile(np.asarray(values, dtype=np.float64), QUANTILES)
+    return {f"q{int(q * 100):02d}": round(float(v), 4) for q, v in zip(QUANTILES, qs, strict=True)}
+
+
+def _rounded(values) -> list[float | None]:
+    return [None if v is None or np.isnan(v) else round(float(v), DECIMALS) for v in values]
 
 
 def export_negatives(
-    mined_path: str,
-    qrels_path: str,
-    corpus_shards: list[str],
-    scored_path: str | None,
-    settings: dict,
+    mined: MinedCandidates,
+    settings: SelectionSettings,
     out_path: str,
-) -> dict[str, int]:
-    """Write one JSON line per query with positives: its positives, then its selected negatives."""
-    mined = pq.read_table(mined_path).sort_by([("query_row", "ascending"), ("rank", "ascending")])
-    qrels = pq.read_table(qrels_path)
-    corpus = ShardedEmbeddings(corpus_shards)
-    score_name = settings["selection_score"]
-    if score_name == "auto":
-        score_name = "ce" if scored_path else "cosine"
-    if score_name == "ce" and not scored_path:
-        raise ValueError("selection_score 'ce' needs cross-encoder scores")
-    ce = None
-    if scored_path:
-        scored = pq.read_table(scored_path)
-        ce = PairScores(
-            scored["query_row"].to_numpy(), scored["doc_row"].to_numpy(), scored["ce_score"].to_numpy(), len(corpus)
-        )
-
-    m_query = mined["query_row"].to_numpy()
-    m_doc_row = mined["doc_row"].to_numpy()
-    m_doc_id = mined["doc_id"].to_pylist()
-    m_cos = mined["cosine"].to_numpy()
-    m_bounds = {q: (a, b) for q, a, b in group_bounds(m_query)}
-
-    positive = qrels["positive"].to_numpy(zero_copy_only=False)
-    pos_table = qrels.filter(positive)
-    p_query = pos_table["query_row"].to_numpy()
-    order = np.argsort(p_query, kind="stable")  # keeps qrels order within a query
-    p_query = p_query[order]
-    p_doc_row = pos_table["doc_row"].to_numpy()[order]
-    p_doc_id = np.array(pos_table["doc_id"].to_pylist(), dtype=object)[order].tolist()
-    p_score = pos_table["score"].to_numpy()[order]
-    p_cos = pos_table["cosine"].to_numpy()[order]
-    p_query_id = np.array(pos_table["query_id"].to_pylist(), dtype=object)[order].tolist()
-
+    report_path: str,
+    report_settings: dict,
+) -> dict:
+    """Select negatives for every query with positives; write one JSON line per kept query (positives
+    first, then negatives) and selection.json with drop counts and score distributions."""
     counts: Counter = Counter()
+    enabled = settings.enabled_filters(has_ce=mined.ce is not None)
+    dist = {"positive_cosine": [], "negative_cosine": [], "positive_ce": [], "negative_ce": [], "negative_rank": []}
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for q, a, b in group_bounds(p_query):
-            ma, mb = m_bounds.get(q, (0, 0))
-            cand_rows = m_doc_row[ma:mb]
-            pos_ce = ce.get(q, p_doc_row[a:b]) if ce else None
-            cand_ce = ce.get(q, cand_rows) if ce else None
-            cand_scores, pos_scores = (cand_ce, pos_ce) if score_name == "ce" else (m_cos[ma:mb], p_cos[a:b])
-            selection = select_negatives(
-                cand_scores, pos_scores, settings["num_negatives"], settings["relative_margin"]
-            )
+        for query in mined:
+            selection = select_negatives(query.scores(mined.score_name), settings, query_rng(settings, query.query_row))
             chosen = selection.chosen
             counts["queries"] += 1
-            counts["candidates"] += mb - ma
-            counts["negatives"] += len(chosen)
-            counts["short"] += len(chosen) < settings["num_negatives"]
+            counts["candidates"] += len(query.cand_rows)
             for reason, n in selection.dropped.items():
                 counts[f"dropped_{reason}"] += n
-
-            doc_rows = np.r_[p_doc_row[a:b], cand_rows[chosen]]
-            emb = corpus.take(doc_rows)
+            padded = []
+            if len(chosen) < settings.num_negatives:
+                counts["queries_short"] += 1
+                if settings.short_queries == "drop":
+                    counts["queries_dropped"] += 1
+                    continue
+                if settings.short_queries == "pad":
+                    padded = mined.pad(query, selection, settings)
+                    counts["padded"] += len(padded)
+                    counts["queries_short_after_padding"] += len(chosen) + len(padded) < settings.num_negatives
+            pad_rows = np.array([r for r, _ in padded], dtype=np.int64)
+            neg_rows = np.r_[query.cand_rows[chosen], pad_rows]
+            neg_cos = np.r_[query.cand_cos[chosen], [c for _, c in padded]]
+            emb = mined.corpus.take(np.r_[query.pos_rows, neg_rows])
             record = {
-                "query": p_query_id[a],
-                "docs": p_doc_id[a:b] + [m_doc_id[ma + int(i)] for i in chosen],
-                "doc_scores": [float(s) for s in p_score[a:b]] + [0.0] * len(chosen),
-                "query_doc_cos": _rounded(np.r_[p_cos[a:b], m_cos[ma:mb][chosen]]),
+                "query": query.query_id,
+                "docs": query.pos_ids + [query.cand_ids[i] for i in chosen.tolist()] + mined.doc_ids(pad_rows),
+                "doc_scores": [float(s) for s in query.pos_grades] + [0.0] * len(neg_rows),
+                "query_doc_cos": _rounded(np.r_[query.pos_cos, neg_cos]),
             }
-            if ce:
-                record["query_doc_ce"] = _rounded(np.r_[pos_ce, cand_ce[chosen]])
+            if mined.ce is not None:
+                neg_ce = list(query.cand_ce[chosen]) + [None] * len(padded)
+                record["query_doc_ce"] = _rounded(list(query.pos_ce) + neg_ce)
+                dist["positive_ce"] += query.pos_ce.tolist()
+                dist["negative_ce"] += query.cand_ce[chosen].tolist()
             record["doc_doc_cos"] = _rounded((emb @ emb.T).ravel())
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            counts["queries_written"] += 1
+            counts["negatives"] += len(neg_rows)
+            dist["positive_cosine"] += query.pos_cos.tolist()
+            dist["negative_cosine"] += neg_cos.tolist()
+            dist["negative_rank"] += query.cand_ranks[chosen].tolist()
+
+    report = {
+        "selection_score": mined.score_name,
+        "counts": {
+            key: counts[key]
+            for key in (
+                "queries",
+                "queries_written",
+                "candidates",
+                "negatives",
+                "queries_short",
+                "queries_dropped",
+                "padded",
+                "queries_short_after_padding",
+            )
+        },
+        "dropped": {name: counts[f"dropped_{name}"] for name in enabled},
+        "distributions": {name: quantiles(values) for name, values in dist.items() if values},
+        "settings": report_settings,
+    }
+    with atomic_output(report_path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info(
-        "selected on %s: %d queries, %d candidates, %d dropped by relative_margin=%s, %d negatives, "
-        "%d queries short of %d",
-        score_name,
+        "selected on %s: %d queries, %d candidates, %d negatives; %d queries short of %d (%s: %d dropped, %d padded); "
+        "dropped %s",
+        mined.score_name,
         counts["queries"],
         counts["candidates"],
-        counts["dropped_relative_margin"],
-        settings["relative_margin"],
         counts["negatives"],
-        counts["short"],
-        settings["num_negatives"],
+        counts["queries_short"],
+        settings.num_negatives,
+        settings.short_queries,
+        counts["queries_dropped"],
+        counts["padded"],
+        ", ".join(f"{k} {v}" for k, v in report["dropped"].items()),
     )
-    return dict(counts)
+    return report

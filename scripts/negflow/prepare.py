@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from negflow.beir import InputError, ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
 from negflow.files import atomic_output
@@ -94,6 +96,38 @@ def match_qrels(
     return qrels, counts
 
 
+def hold_out_positives(qrels: Qrels, seed: int) -> tuple[Qrels, list[tuple[str, str, int]]]:
+    """For each query with several positives keep one top-graded positive (seeded choice) and hide the
+    others, so the audit can count how many hidden positives the selection picks as negatives."""
+    rng = np.random.default_rng(seed)
+    positives: dict[str, list[int]] = {}
+    for i, (q, pos) in enumerate(zip(qrels.query_ids, qrels.positive, strict=True)):
+        if pos:
+            positives.setdefault(q, []).append(i)
+    hidden: set[int] = set()
+    for rows in positives.values():
+        if len(rows) > 1:
+            top = max(qrels.scores[i] for i in rows)
+            visible = rng.choice([i for i in rows if qrels.scores[i] == top])
+            hidden.update(i for i in rows if i != visible)
+    keep = [i for i in range(len(qrels.query_ids)) if i not in hidden]
+    kept = Qrels(*([getattr(qrels, f.name)[i] for i in keep] for f in fields(Qrels)))
+    held = [(qrels.query_ids[i], qrels.doc_ids[i], qrels.scores[i]) for i in sorted(hidden)]
+    return kept, held
+
+
+def write_holdout(rows: list[tuple[str, str, int]], path: str) -> None:
+    table = pa.table(
+        {
+            "query_id": pa.array([r[0] for r in rows], pa.string()),
+            "doc_id": pa.array([r[1] for r in rows], pa.string()),
+            "score": pa.array([r[2] for r in rows], pa.int32()),
+        }
+    )
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+
+
 def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc: str) -> None:
     """Map `encode_batch(batch) -> (token columns, extras)` over a dataset and save it, with the batch-level
     extras (identical for every batch) beside it for the model stage to pass back."""
@@ -122,6 +156,20 @@ def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc:
     (out_dir / EXTRAS_FILE).write_text(json.dumps(extras_seen[0] if extras_seen else {}), encoding="utf-8")
 
 
+def write_manifest(path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int) -> None:
+    """What the provenance sidecars quote about this stage: input hashes and the prompts really used."""
+    from negflow.provenance import data_fingerprint
+
+    manifest = {
+        "inputs": {name: data_fingerprint(ref) for name, ref in inputs.items()},
+        "query_prompt": query_prompt,
+        "doc_prompt": doc_prompt,
+        "embedding_seq_len": max_seq_length,
+    }
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def load_table(dataset_dir: str | Path, columns: list[str]) -> pa.Table:
     """Columns of a prepared dataset as a (memory-mapped) Arrow table."""
     import datasets
@@ -143,9 +191,13 @@ def prepare(
     doc_prompt: str | None,
     seq_len: int | None,
     min_positive_score: int,
+    audit_holdout: bool,
+    seed: int,
     out_corpus: str,
     out_queries: str,
     out_qrels: str,
+    out_holdout: str,
+    out_manifest: str,
 ) -> dict[str, int]:
     """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets."""
     import datasets
@@ -175,6 +227,10 @@ def prepare(
             set(query_stats.empty_ids),
             min_positive_score,
         )
+        held: list[tuple[str, str, int]] = []
+        if audit_holdout:
+            matched, held = hold_out_positives(matched, seed)
+            log.info("audit hold-out: %d positives of multi-positive queries hidden from the miner", len(held))
         kept_queries = set(matched.query_ids)
         query_list = [(q, t) for q, t in query_list if q in kept_queries]
         if not query_list:
@@ -216,6 +272,14 @@ def prepare(
                 )
         with atomic_output(out_qrels) as tmp:
             qrels_ds.save_to_disk(str(tmp))
+        write_holdout(held, out_holdout)
+        write_manifest(
+            out_manifest,
+            inputs={"corpus": corpus, "queries": queries, "qrels": qrels},
+            query_prompt=model_prompt(model, query_prompt, "query"),
+            doc_prompt=model_prompt(model, doc_prompt, "document"),
+            max_seq_length=model.max_seq_length,
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"documents": len(doc_rows), "queries": len(query_list), "qrels": len(matched.query_ids)}

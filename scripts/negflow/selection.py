@@ -1,40 +1,191 @@
-"""Choose negatives among a query's ranked candidates. Pure functions over score arrays, no I/O."""
+"""Choose negatives among one query's ranked candidates. Pure functions over score arrays, no I/O.
+
+Filters run in a fixed order and each counts the candidates it removes from those still in play, so
+the counts add up to everything that was dropped. A sampler then orders the survivors and they are
+taken greedily, skipping near-duplicates of negatives already kept.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+SAMPLERS = ("top", "random", "simans")
+SHORT_POLICIES = ("keep", "pad", "drop")
 
-def relative_ceiling(positive_scores: np.ndarray, relative_margin: float) -> float:
-    """Highest score a negative may have: pos_min - |pos_min| * margin (NV-Retriever's TopK-PercPos,
-    written so that it also tightens, not loosens, when scores are negative, e.g. CE logits)."""
-    pos_min = float(np.min(positive_scores))
-    return pos_min - abs(pos_min) * relative_margin
+# Every filter, in the order it runs; selection.json reports a count for each that is enabled.
+FILTERS = (
+    "window",
+    "same_text_as_positive",
+    "max_score",
+    "min_score",
+    "absolute_margin",
+    "relative_margin",
+    "ce_max",
+    "positive_doc_margin",
+    "duplicate_of_positive",
+    "duplicate_of_negative",
+)
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The export-stage settings that decide which candidates become negatives (see config/schema.yaml)."""
+
+    num_negatives: int = 8
+    range_min: int = 0
+    range_max: int | None = None
+    max_score: float | None = None
+    min_score: float | None = None
+    absolute_margin: float | None = None
+    relative_margin: float | None = 0.1
+    ce_max: float | None = None
+    positive_doc_margin: float | None = 0.1
+    dup_threshold: float | None = 0.95
+    sampling: str = "random"
+    simans_a: float = 50.0
+    simans_b: float = -0.1
+    short_queries: str = "keep"
+    seed: int = 42
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> SelectionSettings:
+        """The selection subset of a dataset's settings (other keys are ignored)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLERS:
+            raise ValueError(f"sampling must be one of {SAMPLERS}, got {self.sampling!r}")
+        if self.short_queries not in SHORT_POLICIES:
+            raise ValueError(f"short_queries must be one of {SHORT_POLICIES}, got {self.short_queries!r}")
+        if self.range_max is not None and self.range_max <= self.range_min:
+            raise ValueError(f"range_max ({self.range_max}) must be above range_min ({self.range_min})")
+
+    def enabled_filters(self, has_ce: bool) -> list[str]:
+        on = {
+            "window": self.range_min > 0 or self.range_max is not None,
+            "same_text_as_positive": True,
+            "max_score": self.max_score is not None,
+            "min_score": self.min_score is not None,
+            "absolute_margin": self.absolute_margin is not None,
+            "relative_margin": self.relative_margin is not None,
+            "ce_max": self.ce_max is not None and has_ce,
+            "positive_doc_margin": self.positive_doc_margin is not None,
+            "duplicate_of_positive": self.dup_threshold is not None,
+            "duplicate_of_negative": self.dup_threshold is not None,
+        }
+        return [name for name in FILTERS if on[name]]
+
+
+SELECTION_KEYS = [f.name for f in fields(SelectionSettings)]
+
+
+def relative_ceiling(reference: np.ndarray | float, margin: float) -> np.ndarray | float:
+    """Highest score allowed: ref - |ref| * margin (NV-Retriever's TopK-PercPos, written so that it also
+    tightens, not loosens, when scores are negative, e.g. CE logits)."""
+    return reference - np.abs(reference) * margin
+
+
+@dataclass
+class QueryScores:
+    """One query's candidates (in retrieval-rank order) and positives, as the filters need them.
+
+    `positive_cos` is the embedding cosine of each candidate to each positive (n_candidates x n_positives),
+    `positive_query_cos` the cosine of each positive to the query, `candidate_cos` the cosines among
+    candidates (only needed for near-duplicate removal).
+    """
+
+    scores: np.ndarray
+    positive_scores: np.ndarray
+    ranks: np.ndarray | None = None
+    ce_scores: np.ndarray | None = None
+    positive_cos: np.ndarray | None = None
+    positive_query_cos: np.ndarray | None = None
+    candidate_cos: np.ndarray | None = None
+    same_text: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 @dataclass
 class Selection:
-    """Indices of the chosen candidates (into the query's rank-ordered arrays) and why others went."""
+    """Indices of the chosen candidates (into the query's rank-ordered arrays, ascending) and why others went."""
 
     chosen: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
+    eligible: int = 0
 
 
-def select_negatives(
-    candidate_scores: np.ndarray,
-    positive_scores: np.ndarray,
-    num_negatives: int,
-    relative_margin: float | None,
-) -> Selection:
-    """Drop candidates scoring too close to (or above) the query's weakest positive, then take the
-    first `num_negatives` survivors in retrieval-rank order."""
-    candidate_scores = np.asarray(candidate_scores, dtype=np.float64)
-    keep = np.ones(len(candidate_scores), dtype=bool)
-    dropped = {}
-    if relative_margin is not None:
-        too_close = candidate_scores > relative_ceiling(positive_scores, relative_margin)
-        dropped["relative_margin"] = int(too_close.sum())
-        keep &= ~too_close
-    return Selection(np.flatnonzero(keep)[:num_negatives], dropped)
+def filter_mask(query: QueryScores, s: SelectionSettings) -> tuple[np.ndarray, dict[str, int]]:
+    """Candidates that pass every per-candidate filter, and each filter's drop count."""
+    n = len(query)
+    scores = np.asarray(query.scores, dtype=np.float64)
+    ranks = np.arange(n) if query.ranks is None else np.asarray(query.ranks)
+    pos_min = float(np.min(query.positive_scores)) if len(query.positive_scores) else None
+    keep = np.ones(n, dtype=bool)
+    dropped: dict[str, int] = {}
+
+    def apply(name: str, bad: np.ndarray) -> None:
+        hit = keep & bad
+        dropped[name] = int(hit.sum())
+        keep[hit] = False
+
+    if s.range_min > 0 or s.range_max is not None:
+        apply("window", (ranks < s.range_min) | ((ranks >= s.range_max) if s.range_max is not None else False))
+    if query.same_text is not None:
+        apply("same_text_as_positive", np.asarray(query.same_text, dtype=bool))
+    if s.max_score is not None:
+        apply("max_score", scores > s.max_score)
+    if s.min_score is not None:
+        apply("min_score", scores < s.min_score)
+    if s.absolute_margin is not None and pos_min is not None:
+        apply("absolute_margin", scores > pos_min - s.absolute_margin)
+    if s.relative_margin is not None and pos_min is not None:
+        apply("relative_margin", scores > relative_ceiling(pos_min, s.relative_margin))
+    if s.ce_max is not None and query.ce_scores is not None:
+        apply("ce_max", np.asarray(query.ce_scores, dtype=np.float64) > s.ce_max)
+    if query.positive_cos is not None and query.positive_cos.size:
+        if s.positive_doc_margin is not None and query.positive_query_cos is not None:
+            ceiling = relative_ceiling(np.asarray(query.positive_query_cos, dtype=np.float64), s.positive_doc_margin)
+            apply("positive_doc_margin", (query.positive_cos > ceiling[None, :]).any(axis=1))
+        if s.dup_threshold is not None:
+            apply("duplicate_of_positive", (query.positive_cos > s.dup_threshold).any(axis=1))
+    return keep, dropped
+
+
+def sampling_order(
+    query: QueryScores, candidates: np.ndarray, s: SelectionSettings, rng: np.random.Generator
+) -> np.ndarray:
+    """The order in which surviving candidates are taken: rank order (`top`), a seeded shuffle
+    (`random`), or SimANS: weighted sampling without replacement, weight exp(-a (s - s_pos - b)^2)
+    with s_pos the query's lowest positive score (Gumbel top-k, so weights that underflow still order)."""
+    if s.sampling == "top" or len(candidates) == 0:
+        return candidates
+    if s.sampling == "random":
+        return rng.permutation(candidates)
+    pos = float(np.min(query.positive_scores))
+    log_weight = -s.simans_a * (np.asarray(query.scores, dtype=np.float64)[candidates] - pos - s.simans_b) ** 2
+    keys = log_weight + rng.gumbel(size=len(candidates))
+    return candidates[np.argsort(-keys, kind="stable")]
+
+
+def select_negatives(query: QueryScores, s: SelectionSettings, rng: np.random.Generator) -> Selection:
+    """Filter, order by the sampler, then take up to `num_negatives`, skipping a candidate whose cosine
+    to a negative already taken is above `dup_threshold`."""
+    keep, dropped = filter_mask(query, s)
+    order = sampling_order(query, np.flatnonzero(keep), s, rng)
+    chosen: list[int] = []
+    near_duplicates = 0
+    check_duplicates = s.dup_threshold is not None and query.candidate_cos is not None
+    for i in order.tolist():
+        if len(chosen) == s.num_negatives:
+            break
+        if check_duplicates and chosen and np.any(query.candidate_cos[i, chosen] > s.dup_threshold):
+            near_duplicates += 1
+            continue
+        chosen.append(i)
+    if s.dup_threshold is not None:
+        dropped["duplicate_of_negative"] = near_duplicates
+    return Selection(np.sort(np.array(chosen, dtype=np.int64)), dropped, int(keep.sum()))

@@ -1,0 +1,87 @@
+"""Provenance sidecars: enough to tell, months later, which data, models and settings made a file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from negflow.config import is_local_data, resolve_model_ref
+from negflow.files import atomic_output
+
+WEIGHT_FILES = re.compile(r"\.(safetensors|bin|pt|onnx)$")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(ref: str) -> dict:
+    """A local input file with its size and hash; a hub dataset id as given (its revision is the hub's)."""
+    if is_local_data(ref) and os.path.isfile(ref):
+        return {"path": os.path.abspath(ref), "bytes": os.path.getsize(ref), "sha256": file_sha256(ref)}
+    return {"hub_id": ref}
+
+
+def model_fingerprint(ref: str) -> dict:
+    """A model by reference, with the hub commit when it resolves to a cached snapshot and the hash of
+    each weight file when it is on disk."""
+    info: dict = {"ref": ref}
+    folder = resolve_model_ref(ref)
+    if not os.path.isdir(folder):
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(ref, local_files_only=True)
+        except Exception:  # not cached here: the reference is all we can record
+            return info
+    match = re.search(r"/snapshots/([0-9a-f]{40})", folder)
+    if match:
+        info["revision"] = match[1]
+    info["path"] = os.path.abspath(folder)
+    weights = [p for p in sorted(Path(folder).rglob("*")) if WEIGHT_FILES.search(p.name)]
+    info["weights_sha256"] = {str(p.relative_to(folder)): file_sha256(p) for p in weights}
+    return info
+
+
+def negflow_version() -> str:
+    try:
+        return version("negflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_provenance(manifest_path: str, settings: dict) -> dict:
+    """The part shared by every export of a dataset: inputs, models, prompts, settings."""
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    models = {"embedding": model_fingerprint(settings["embedding"])}
+    if settings.get("ce"):
+        models["ce"] = model_fingerprint(settings["ce"])
+    return {
+        "negflow_version": negflow_version(),
+        "inputs": manifest["inputs"],
+        "models": models,
+        "query_prompt": manifest["query_prompt"],
+        "doc_prompt": manifest["doc_prompt"],
+        "embedding_seq_len": manifest["embedding_seq_len"],
+        "ce_seq_len": settings.get("ce_seq_len") if settings.get("ce") else None,
+        "seed": settings["seed"],
+        "settings": settings,
+    }
+
+
+def write_sidecar(export_path: str, provenance: dict, **details) -> str:
+    """Write EXPORT.provenance.json (beside the export, extension replaced) with the export's own hash."""
+    path = Path(export_path)
+    sidecar = path.with_name(path.name.split(".")[0] + ".provenance.json")
+    record = {"file": path.name, "sha256": file_sha256(path), **details, **provenance}
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return str(sidecar)
