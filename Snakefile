@@ -18,6 +18,7 @@ include: "rules/search.smk"
 include: "rules/score_prepare.smk"
 include: "rules/score.smk"
 include: "rules/export.smk"
+include: "rules/audit.smk"
 
 
 localrules:

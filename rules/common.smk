@@ -47,7 +47,18 @@ STAGE_KEYS = {
     "export": ["selection_score", *SELECTION_KEYS],
     "export_flag": ["flag_layout"],
     "export_sentence_transformers": ["num_negatives", "train_scores"],
-    "audit": ["audit_qrels", "min_positive_score", "selection_score", *SELECTION_KEYS],
+    "audit": [
+        "audit_qrels",
+        "audit_holdout",
+        "min_positive_score",
+        "queries",
+        "embedding",
+        "embedding_seq_len",
+        "embedding_dtype",
+        "device",
+        "selection_score",
+        *SELECTION_KEYS,
+    ],
 }
 # What a provenance sidecar records: every setting that changes a result.
 STAGE_KEYS["provenance"] = list(
@@ -143,4 +154,15 @@ def export_inputs(wildcards):
     }
     if DATASETS[wildcards.dataset]["ce"] is not None:
         inputs["scored"] = f"results/{wildcards.dataset}/score/scored_qrels.parquet"
+    return inputs
+
+
+def audit_inputs(wildcards):
+    """Everything selection reads, plus the judgments the audit measures against."""
+    settings = DATASETS[wildcards.dataset]
+    inputs = export_inputs(wildcards)
+    inputs["holdout"] = f"results/{wildcards.dataset}/prepare/holdout.parquet"
+    for key in ("audit_qrels", "queries"):
+        if settings["audit_qrels"] and is_local_data(settings[key]):
+            inputs[f"{key}_file"] = settings[key]
     return inputs

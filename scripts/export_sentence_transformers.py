@@ -1,6 +1,7 @@
 """Rule export_sentence_transformers: one mine_hard_negatives output format as Parquet."""
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -12,7 +13,7 @@ from negflow.training import iter_examples, write_sentence_transformers
 
 
 def main(log):
-    provenance = json.loads(open(snakemake.input.provenance, encoding="utf-8").read())
+    provenance = json.loads(Path(snakemake.input.provenance).read_text(encoding="utf-8"))
     settings = snakemake.params.settings
     fmt = snakemake.wildcards.format
     examples = iter_examples(snakemake.input.negatives, snakemake.input.corpus_dir, snakemake.input.queries_dir)

@@ -93,7 +93,7 @@ class QueryCandidates:
         return QueryScores(
             scores=self.cand_ce if ce else self.cand_cos,
             positive_scores=self.pos_ce if ce else self.pos_cos,
-            ranks=self.cand_ranks,
+            ranks=self.cand_ranks - 1,  # 0-based: range_min=10 skips the 10 best, as hn_mine does
             ce_scores=self.cand_ce,
             positive_cos=self.cand_emb @ self.pos_emb.T,
             positive_query_cos=self.pos_cos,

@@ -91,6 +91,8 @@ def relative_ceiling(reference: np.ndarray | float, margin: float) -> np.ndarray
 class QueryScores:
     """One query's candidates (in retrieval-rank order) and positives, as the filters need them.
 
+    `ranks` are 0-based retrieval positions (default: the array order), so the window keeps
+    range_min <= rank < range_max.
     `positive_cos` is the embedding cosine of each candidate to each positive (n_candidates x n_positives),
     `positive_query_cos` the cosine of each positive to the query, `candidate_cos` the cosines among
     candidates (only needed for near-duplicate removal).

@@ -1,0 +1,19 @@
+rule audit:
+    input:
+        unpack(audit_inputs),
+        code=library("audit", "evaluate", "export", "selection"),
+    output:
+        "results/{dataset}/audit.json",
+    log:
+        "logs/audit/{dataset}.log",
+    benchmark:
+        "benchmarks/audit/{dataset}.tsv"
+    conda:
+        "../envs/negflow.yaml"
+    resources:
+        gpu=1,
+        batch_size=setting("embedding_batch_size"),
+    params:
+        settings=settings_for("audit"),
+    script:
+        "../scripts/audit.py"

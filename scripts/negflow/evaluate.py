@@ -1,0 +1,122 @@
+"""Retrieval quality (nDCG@10, MRR@10, Recall@100) of an embedding model on a qrels file, by exact search.
+
+Gains follow trec_eval / BEIR: nDCG uses the qrels grade as the gain; MRR and recall count a document as
+relevant when its grade reaches `min_positive_score`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from negflow.beir import InputError, read_qrels, unknown_ids_message
+
+log = logging.getLogger("negflow")
+
+CORPUS_CHUNK = 65_536
+
+
+def read_judgments(ref: str, known_docs: set[str] | dict, known_queries: Iterable[str] | None = None) -> dict:
+    """query id -> {doc id: grade}; unknown ids are a one-line error naming the file."""
+    rows = read_qrels(ref)
+    unknown = [d for _, d, _ in rows if d not in known_docs]
+    if unknown:
+        raise InputError(unknown_ids_message("corpus ids", ref, unknown))
+    if known_queries is not None:
+        known_queries = set(known_queries)
+        unknown = [q for q, _, _ in rows if q not in known_queries]
+        if unknown:
+            raise InputError(unknown_ids_message("query ids", ref, unknown))
+    judged: dict[str, dict[str, int]] = {}
+    for q, d, grade in rows:
+        judged.setdefault(q, {})[d] = grade
+    return judged
+
+
+def exact_top_k(queries: np.ndarray, corpus_chunks: Iterable[np.ndarray], k: int) -> np.ndarray:
+    """Row indices of the k best documents per query (inner product), merging corpus chunks so memory
+    stays queries x (chunk + k)."""
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    offset = 0
+    for chunk in corpus_chunks:
+        scores = queries @ chunk.T
+        rows = np.broadcast_to(np.arange(offset, offset + len(chunk)), scores.shape)
+        offset += len(chunk)
+        scores = np.concatenate([best_scores, scores], axis=1)
+        rows = np.concatenate([best_rows, rows], axis=1)
+        keep = min(k, scores.shape[1])
+        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+        best_scores = np.take_along_axis(scores, top, axis=1)
+        best_rows = np.take_along_axis(rows, top, axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    return np.take_along_axis(best_rows, order, axis=1)
+
+
+def ndcg_at(ranked: list[str], grades: dict[str, int], k: int) -> float:
+    dcg = sum(grades.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
+    ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def mrr_at(ranked: list[str], relevant: set[str], k: int) -> float:
+    return next((1.0 / (i + 1) for i, d in enumerate(ranked[:k]) if d in relevant), 0.0)
+
+
+def recall_at(ranked: list[str], relevant: set[str], k: int) -> float:
+    return len(relevant.intersection(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def retrieval_quality(ranked: dict[str, list[str]], judged: dict, min_positive_score: int) -> dict:
+    """Mean metrics over the judged queries that have at least one relevant document."""
+    per_query = {"ndcg@10": [], "mrr@10": [], "recall@100": []}
+    for q, docs in ranked.items():
+        grades = judged[q]
+        relevant = {d for d, g in grades.items() if g >= min_positive_score}
+        if not relevant:
+            continue
+        per_query["ndcg@10"].append(ndcg_at(docs, grades, 10))
+        per_query["mrr@10"].append(mrr_at(docs, relevant, 10))
+        per_query["recall@100"].append(recall_at(docs, relevant, 100))
+    result = {name: round(float(np.mean(v)), 4) if v else None for name, v in per_query.items()}
+    return {"queries": len(per_query["ndcg@10"]), **result}
+
+
+def embed_texts(model, texts: list[str], prompt: str | None, batch_size: int, device, dtype) -> np.ndarray:
+    """Unit vectors of `texts` through the same tokenize / length-sorted path the embed stage uses."""
+    import datasets
+    import torch
+
+    from negflow.models import run_model, tokenize
+
+    tokens, extras = tokenize(model, texts, prompt)
+    rows = datasets.Dataset.from_dict(tokens)
+    out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    with torch.inference_mode():
+        for idx, emb in run_model(model, rows, extras, "sentence_embedding", batch_size, device, dtype, "embed"):
+            out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+    return out
+
+
+def evaluate_model(
+    model,
+    query_texts: dict[str, str],
+    judged: dict,
+    corpus_chunks: Iterable[np.ndarray],
+    doc_ids: list[str],
+    query_prompt: str | None,
+    min_positive_score: int,
+    batch_size: int,
+    device,
+    dtype,
+) -> dict:
+    """Embed the judged queries, search the corpus exactly, score the top 100."""
+    ids = [q for q in judged if q in query_texts]
+    q_emb = embed_texts(model, [query_texts[q] for q in ids], query_prompt, batch_size, device, dtype)
+    top = exact_top_k(q_emb, corpus_chunks, 100)
+    ranked = {q: [doc_ids[r] for r in row] for q, row in zip(ids, top.tolist(), strict=True)}
+    return retrieval_quality(ranked, judged, min_positive_score)
