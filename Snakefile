@@ -19,6 +19,7 @@ include: "rules/score_prepare.smk"
 include: "rules/score.smk"
 include: "rules/export.smk"
 include: "rules/audit.smk"
+include: "rules/finetune.smk"
 
 
 localrules:

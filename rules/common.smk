@@ -59,6 +59,20 @@ STAGE_KEYS = {
         "selection_score",
         *SELECTION_KEYS,
     ],
+    "finetune": [
+        "finetune_eval_qrels",
+        "finetune_negatives",
+        "finetune_epochs",
+        "finetune_batch_size",
+        "finetune_learning_rate",
+        "embedding",
+        "embedding_seq_len",
+        "doc_prompt",
+        "queries",
+        "min_positive_score",
+        "device",
+        "seed",
+    ],
 }
 # What a provenance sidecar records: every setting that changes a result.
 STAGE_KEYS["provenance"] = list(
@@ -164,5 +178,24 @@ def audit_inputs(wildcards):
     inputs["holdout"] = f"results/{wildcards.dataset}/prepare/holdout.parquet"
     for key in ("audit_qrels", "queries"):
         if settings["audit_qrels"] and is_local_data(settings[key]):
+            inputs[f"{key}_file"] = settings[key]
+    return inputs
+
+
+def finetune_inputs(wildcards):
+    """The mined negatives and texts, plus the evaluation qrels and queries when they are local files."""
+    settings = DATASETS[wildcards.dataset]
+    if not settings["finetune_eval_qrels"]:
+        raise WorkflowError(
+            f"finetune of dataset {wildcards.dataset} needs finetune_eval_qrels (qrels to evaluate nDCG@10 on)"
+        )
+    inputs = {
+        "negatives": f"results/{wildcards.dataset}/negatives.jsonl",
+        "corpus_dir": f"results/{wildcards.dataset}/prepare/corpus",
+        "queries_dir": f"results/{wildcards.dataset}/prepare/queries",
+        "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
+    }
+    for key in ("finetune_eval_qrels", "queries"):
+        if is_local_data(settings[key]):
             inputs[f"{key}_file"] = settings[key]
     return inputs

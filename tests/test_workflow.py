@@ -2,6 +2,8 @@
 fixtures: output schema and invariants, with and without a cross-encoder, what reruns after a change,
 and bad input stopping before any expensive stage with nothing half-written."""
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +36,13 @@ def dataset_block(fixture_data, tiny_models):
         "candidates": 100,
         "num_negatives": 4,
         "embed_shards": 2,
-        "relative_margin": 0.0,  # random-init cosines cluster near 0.97: drop only what beats the positive
+        # random-init cosines cluster near 0.97: drop only what beats the positive; the doc-doc filters
+        # (tuned for real models) would drop nearly everything
+        "relative_margin": 0.0,
+        "positive_doc_margin": None,
+        "dup_threshold": None,
+        "train_formats": ["flag", "triplet", "n-tuple", "labeled-pair", "labeled-list"],
+        "audit_qrels": str(fixture_data["qrels"]),
     }
 
 
@@ -77,9 +85,90 @@ def test_output_schema_and_invariants(mined, fixture_data):
     log = (mined / "logs/prepare/fx.log").read_text()
     assert "1 queries without positives skipped" in log
     assert re.search(
-        r"selected on cosine: \d+ queries, \d+ candidates, \d+ dropped by relative_margin=0.0",
+        r"selected on cosine: \d+ queries, \d+ candidates, \d+ negatives; \d+ queries short of 4 .*"
+        r"dropped same_text_as_positive 0, relative_margin \d+$",
         (mined / "logs/export_negatives/fx.log").read_text(),
+        re.M,
     )
+    report = json.loads((mined / "results/fx/selection.json").read_text())
+    assert report["counts"]["negatives"] == sum(r["doc_scores"].count(0.0) for r in records)
+    assert report["counts"]["queries"] == len(records)
+    assert set(report["dropped"]) == {"same_text_as_positive", "relative_margin"}
+    assert report["settings"]["sampling"] == "random" and report["settings"]["num_negatives"] == 4
+    q = report["distributions"]["negative_cosine"]
+    assert q["q00"] <= q["q50"] <= q["q100"] <= report["distributions"]["positive_cosine"]["q100"]
+
+
+def test_training_files_load_and_match_the_negatives(mined, fixture_data):
+    import datasets
+
+    records = read_jsonl(mined / "results/fx/negatives.jsonl")
+    corpus = {json.loads(line)["_id"]: json.loads(line) for line in fixture_data["corpus"].read_text().splitlines()}
+    text = {d: f"{c['title']} {c['text']}".strip() if c.get("title") else c["text"] for d, c in corpus.items()}
+    queries = {
+        json.loads(line)["_id"]: json.loads(line)["text"] for line in fixture_data["queries"].read_text().splitlines()
+    }
+    split = [(r, sum(s > 0 for s in r["doc_scores"])) for r in records]
+    train = mined / "results/fx/train"
+
+    flag = read_jsonl(train / "flag.jsonl")
+    assert len(flag) == len(records)
+    for line, (rec, n_pos) in zip(flag, split, strict=True):
+        assert set(line) == {"query", "pos", "neg", "pos_scores", "neg_scores", "prompt"}
+        assert line["query"] == queries[rec["query"]] and line["prompt"] == ""
+        assert line["pos"] == [text[d] for d in rec["docs"][:n_pos]]
+        assert line["neg"] == [text[d] for d in rec["docs"][n_pos:]]
+        assert line["neg_scores"] == rec["query_doc_cos"][n_pos:]
+
+    def load(fmt):
+        return datasets.load_dataset("parquet", data_files=str(train / f"{fmt}.parquet"), split="train")
+
+    with_negs = [(r, n) for r, n in split if len(r["docs"]) > n]
+    triplet = load("triplet")
+    assert triplet.column_names == ["anchor", "positive", "negative"]
+    assert len(triplet) == sum(max(n, len(r["docs"]) - n) for r, n in with_negs)  # no n_pos x n_neg blow-up
+    full = [(r, n) for r, n in split if len(r["docs"]) - n == 4]
+    ntuple = load("n-tuple")
+    assert ntuple.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3", "negative_4"]
+    assert len(ntuple) == sum(n for _, n in full)
+    pair = load("labeled-pair")
+    assert pair.column_names == ["anchor", "positive", "label"]
+    assert sum(pair["label"]) == sum(n for _, n in with_negs) and len(pair) == sum(len(r["docs"]) for r, _ in with_negs)
+    listed = load("labeled-list")
+    assert listed.column_names == ["anchor", "positive", "labels"] and len(listed) == len(with_negs)
+    multi = next(row for row in listed if sum(row["labels"]) > 1)  # q0: two positives in one row
+    assert multi["labels"][:2] == [1, 1] and set(multi["labels"][2:]) == {0}
+
+    for name in (
+        "negatives",
+        "train/flag",
+        "train/triplet",
+        "train/n-tuple",
+        "train/labeled-pair",
+        "train/labeled-list",
+    ):
+        side = json.loads((mined / f"results/fx/{name}.provenance.json").read_text())
+        exported = next((mined / "results/fx").glob(f"{name}.*[!n]"))
+        assert side["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
+        assert side["inputs"]["corpus"]["sha256"] == hashlib.sha256(fixture_data["corpus"].read_bytes()).hexdigest()
+        assert side["models"]["embedding"]["weights_sha256"]["model.safetensors"]
+        assert side["settings"]["relative_margin"] == 0.0 and side["seed"] == 42
+        assert side["negflow_version"] == "0.1.0"
+
+
+def test_audit_reports_strategies_and_retrieval_quality(mined):
+    audit = json.loads((mined / "results/fx/audit.json").read_text())
+    assert audit["judgments"] == {"audit_qrels": audit["judgments"]["audit_qrels"]}
+    assert audit["queries_audited"] == 16
+    strategies = audit["strategies"]
+    assert list(strategies)[:2] == ["negflow (configured)", "sentence-transformers top"]
+    for r in strategies.values():
+        assert r["false_negatives"] == 0  # the audit qrels are the mining qrels: their documents never are candidates
+        assert r["negatives"] == 0 or 1 <= r["median_rank"] <= 100
+    assert strategies["sentence-transformers top"]["median_rank"] == 2.5  # ranks 1-4 of every query
+    assert strategies["FlagEmbedding ranks 10-210 random"]["median_rank"] > 10
+    retrieval = audit["retrieval"]
+    assert retrieval["queries"] == 16 and all(0 <= retrieval[m] <= 1 for m in ("ndcg@10", "mrr@10", "recall@100"))
 
 
 def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
@@ -87,18 +176,21 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         write_config(mined, {"fx": {**dataset_block, **changes}})
         return planned_jobs(snakemake(mined, "-n"))
 
-    everything = {"prepare": 1, "embed": 4, "search": 1, "export_negatives": 1, "all": 1}
+    selection = {"export_negatives": 1, "export_flag": 1, "export_sentence_transformers": 4, "audit": 1, "all": 1}
+    everything = {"prepare": 1, "embed": 4, "search": 1, **selection}
     assert plan() == {}
     assert plan(embedding_batch_size=3, search_batch_size=2) == {}  # performance-only knobs
-    assert plan(relative_margin=0.1) == {"export_negatives": 1, "all": 1}
-    assert plan(num_negatives=2) == {"export_negatives": 1, "all": 1}
-    assert plan(seed=7) == {}  # the seed only draws the IVF training sample
-    assert plan(index="ivf") == {"search": 1, "export_negatives": 1, "all": 1}
+    assert plan(relative_margin=0.1) == selection
+    assert plan(sampling="top") == selection
+    assert plan(seed=7) == selection  # random sampling; not prepare (no hold-out) nor search (flat index)
+    assert plan(num_negatives=2) == selection
+    assert plan(train_scores=True) == {"export_sentence_transformers": 4, "all": 1}
+    assert plan(flag_layout="pair") == {"export_flag": 1, "all": 1}
+    assert plan(index="ivf") == {"search": 1, **selection}
     assert plan(ce=dataset_block["embedding"].replace("embedder", "cross-encoder")) == {
         "prepare_pairs": 1,
         "score_pairs": 1,
-        "export_negatives": 1,
-        "all": 1,
+        **selection,
     }
     selection_code = REPO / "scripts/negflow/selection.py"  # editing library code reruns the rules using it
     original, stat = selection_code.read_bytes(), selection_code.stat()
@@ -106,7 +198,7 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         os.utime(selection_code, ns=(stat.st_atime_ns, time.time_ns()))
         assert plan() == {}  # a touch alone changes no checksum: nothing reruns
         selection_code.write_bytes(original + b"\n# edited by test_reruns_touch_only_what_a_change_affects\n")
-        assert plan() == {"export_negatives": 1, "all": 1}
+        assert plan() == selection
     finally:
         selection_code.write_bytes(original)
         os.utime(selection_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -133,6 +225,24 @@ def test_changing_ce_reruns_only_scoring_and_export(mined, dataset_block, tiny_m
     assert scored.num_rows >= 100
     assert "selected on ce" in (mined / "logs/export_negatives/fx.log").read_text()
     write_config(mined, {"fx": dataset_block})
+
+
+def test_audit_holdout_replays_exactly_what_was_exported(tmp_path, dataset_block):
+    """With audit_holdout the miner never sees q0's weaker positive; the audit's replay of the configured
+    selection must flag it exactly when negatives.jsonl lists it as a negative."""
+    block = {**dataset_block, "audit_qrels": None, "audit_holdout": True, "train_formats": [], "num_negatives": 40}
+    write_config(tmp_path, {"fx": block})
+    snakemake(tmp_path)
+    held = pq.read_table(tmp_path / "results/fx/prepare/holdout.parquet").to_pylist()
+    assert [(r["query_id"], r["score"]) for r in held] == [("q0", 1)]
+    audit = json.loads((tmp_path / "results/fx/audit.json").read_text())
+    assert audit["judgments"] == {"audit_holdout": "1 hidden positives of 1 queries"}
+    assert audit["queries_audited"] == 1 and "retrieval" not in audit
+    q0 = next(r for r in read_jsonl(tmp_path / "results/fx/negatives.jsonl") if r["query"] == "q0")
+    assert q0["docs"][0] != held[0]["doc_id"] and q0["doc_scores"][0] == 2.0
+    configured = audit["strategies"]["negflow (configured)"]
+    assert configured["negatives"] == q0["doc_scores"].count(0.0)
+    assert configured["false_negatives"] == int(held[0]["doc_id"] in q0["docs"])
 
 
 def _results_files(workdir):

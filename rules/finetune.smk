@@ -1,0 +1,21 @@
+rule finetune:
+    """Opt-in proof stage (not part of `all`): request results/NAME/finetune/report.json."""
+    input:
+        unpack(finetune_inputs),
+        code=library("finetune", "evaluate", "training"),
+    output:
+        "results/{dataset}/finetune/report.json",
+    log:
+        "logs/finetune/{dataset}.log",
+    benchmark:
+        "benchmarks/finetune/{dataset}.tsv"
+    conda:
+        "../envs/negflow.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        batch_size=setting("embedding_batch_size"),
+    params:
+        settings=settings_for("finetune"),
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,48 @@
+"""Rule finetune: train on the mined negatives and on random ones, report nDCG@10 before and after."""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.beir import ReadStats, iter_queries
+from negflow.evaluate import read_judgments
+from negflow.files import atomic_output, run_stage
+from negflow.finetune import finetune_report
+from negflow.models import limit_threads
+from negflow.prepare import load_table
+
+
+def main(log):
+    s = snakemake.params.settings
+    inp = snakemake.input
+    limit_threads(snakemake.threads)
+    query_texts = dict(iter_queries(s["queries"], ReadStats()))
+    doc_ids = set(load_table(inp.corpus_dir, ["id"])["id"].to_pylist())
+    judged = read_judgments(s["finetune_eval_qrels"], doc_ids, query_texts)
+    manifest = json.loads(Path(inp.manifest).read_text(encoding="utf-8"))
+    work_dir = tempfile.mkdtemp(prefix=".finetune-", dir=Path(snakemake.output[0]).parent)
+    try:
+        report = finetune_report(
+            inp.negatives,
+            inp.corpus_dir,
+            inp.queries_dir,
+            query_texts,
+            judged,
+            manifest["query_prompt"],
+            s,
+            snakemake.resources.batch_size,
+            work_dir,
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report["settings"] = s
+    with atomic_output(snakemake.output[0]) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+run_stage(snakemake.log[0], main)
