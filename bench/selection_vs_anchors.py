@@ -72,7 +72,7 @@ def run_negflow(data: Path, workdir: Path, visible: Path) -> dict:
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump({"datasets": {"msmarco": block}}))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--cores", str(os.cpu_count() or 2), f"--configfile={workdir / 'config.yaml'}", "-q", "rules"]
+    cmd += ["--cores", str(os.cpu_count() or 2), f"--configfile={workdir / 'config.yaml'}", "--quiet=rules"]
     subprocess.run([*cmd, "results/msmarco/audit.json"], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads((workdir / "results/msmarco/audit.json").read_text())
 
