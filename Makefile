@@ -29,13 +29,13 @@ test: install
 lint: install
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check Snakefile rules
-	$(BIN)/ruff check scripts tests
-	$(BIN)/ruff format --check scripts tests
+	$(BIN)/ruff check scripts tests bench
+	$(BIN)/ruff format --check scripts tests bench
 
 format: install
 	$(BIN)/snakefmt Snakefile rules
-	$(BIN)/ruff check --fix scripts tests
-	$(BIN)/ruff format scripts tests
+	$(BIN)/ruff check --fix scripts tests bench
+	$(BIN)/ruff format scripts tests bench
 
 clean:
 	rm -rf results resources logs benchmarks .snakemake

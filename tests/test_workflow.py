@@ -227,6 +227,27 @@ def test_changing_ce_reruns_only_scoring_and_export(mined, dataset_block, tiny_m
     write_config(mined, {"fx": dataset_block})
 
 
+def test_finetune_reports_untrained_mined_and_random(mined, dataset_block):
+    """The proof stage end to end with the tiny model: its untrained figures must equal the audit's
+    retrieval figures (same model, same qrels), and both trainings must run on the same rows."""
+    block = {**dataset_block, "finetune_eval_qrels": dataset_block["qrels"], "finetune_negatives": 2}
+    write_config(mined, {"fx": {**block, "finetune_batch_size": 4}})
+    snakemake(mined, "results/fx/finetune/report.json")
+    report = json.loads((mined / "results/fx/finetune/report.json").read_text())
+    records = read_jsonl(mined / "results/fx/negatives.jsonl")
+    expected_rows = sum(sum(s > 0 for s in r["doc_scores"]) for r in records if r["doc_scores"].count(0.0) >= 2)
+    assert report["training_rows"] == expected_rows > 0
+    audit = json.loads((mined / "results/fx/audit.json").read_text())["retrieval"]
+    for metric in ("ndcg@10", "mrr@10", "recall@100"):
+        assert report["untrained"][metric] == pytest.approx(audit[metric], abs=2e-4)
+        assert 0 <= report["mined_negatives"][metric] <= 1 and 0 <= report["random_negatives"][metric] <= 1
+    assert report["mined_negatives"]["train_seconds"] > 0 and report["random_negatives"]["train_seconds"] > 0
+    assert report["mined_negatives"] != report["untrained"]  # training changed the model
+    assert report["settings"]["finetune_batch_size"] == 4
+    assert planned_jobs(snakemake(mined, "-n")) == {}  # the proof target is not part of `all`
+    write_config(mined, {"fx": dataset_block})
+
+
 def test_audit_holdout_replays_exactly_what_was_exported(tmp_path, dataset_block):
     """With audit_holdout the miner never sees q0's weaker positive; the audit's replay of the configured
     selection must flag it exactly when negatives.jsonl lists it as a negative."""

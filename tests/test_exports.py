@@ -1,0 +1,85 @@
+"""Training-file rows, retrieval metrics and provenance on small hand-made inputs with exact expectations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from negflow.evaluate import exact_top_k, mrr_at, ndcg_at, recall_at, retrieval_quality
+from negflow.provenance import model_fingerprint
+from negflow.training import Example, st_rows
+
+# q1 has two positives and three negatives; q2 one positive and one negative
+EXAMPLES = [
+    Example("q1", ["p1", "p2"], ["n1", "n2", "n3"], [0.9, 0.8], [0.5, 0.4, 0.3]),
+    Example("q2", ["p3"], ["n4"], [0.7], [0.2]),
+    Example("q3", ["p4"], [], [0.6], []),
+]
+
+
+def test_triplet_pairs_each_negative_with_one_positive_in_turn():
+    cols, skipped = st_rows(EXAMPLES, "triplet", 3, scores=True)
+    rows = list(zip(cols["anchor"], cols["positive"], cols["negative"], strict=True))
+    assert rows == [("q1", "p1", "n1"), ("q1", "p2", "n2"), ("q1", "p1", "n3"), ("q2", "p3", "n4")]
+    assert cols["scores"] == [[0.9, 0.5], [0.8, 0.4], [0.9, 0.3], [0.7, 0.2]]
+    assert skipped == 1  # q3 has no negative
+
+
+def test_n_tuple_has_one_row_per_positive_and_skips_queries_short_of_the_columns():
+    cols, skipped = st_rows(EXAMPLES, "n-tuple", 3, scores=False)
+    assert list(cols) == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert cols["positive"] == ["p1", "p2"] and cols["negative_3"] == ["n3", "n3"]
+    assert skipped == 2
+
+
+def test_labeled_pair_and_list():
+    cols, _ = st_rows(EXAMPLES, "labeled-pair", 3, scores=False)
+    assert list(zip(cols["positive"], cols["label"], strict=True)) == [
+        ("p1", 1),
+        ("p2", 1),
+        ("n1", 0),
+        ("n2", 0),
+        ("n3", 0),
+        ("p3", 1),
+        ("n4", 0),
+    ]
+    cols, _ = st_rows(EXAMPLES, "labeled-pair", 3, scores=True)
+    assert "label" not in cols and cols["score"][:3] == [0.9, 0.8, 0.5]
+    cols, _ = st_rows(EXAMPLES, "labeled-list", 3, scores=False)
+    assert cols["positive"] == [["p1", "p2", "n1", "n2", "n3"], ["p3", "n4"]]
+    assert cols["labels"] == [[1, 1, 0, 0, 0], [1, 0]]
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="unknown sentence-transformers format"):
+        st_rows(EXAMPLES, "quadruplet", 3, scores=False)
+
+
+def test_metrics_on_a_hand_ranking():
+    grades = {"a": 2, "b": 1, "c": 0, "d": 2}
+    ranked = ["x", "a", "c", "b"]
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    idcg = 2 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at(ranked, grades, 10) == pytest.approx(dcg / idcg)
+    assert mrr_at(ranked, {"a", "d"}, 10) == 0.5
+    assert recall_at(ranked, {"a", "d"}, 100) == 0.5
+    quality = retrieval_quality({"q": ranked, "none": ["a"]}, {"q": grades, "none": {"a": 0}}, 2)
+    assert quality["queries"] == 1 and quality["mrr@10"] == 0.5
+
+
+def test_exact_top_k_over_chunks_equals_a_full_sort():
+    rng = np.random.default_rng(0)
+    corpus = rng.normal(size=(103, 8)).astype(np.float32)
+    queries = rng.normal(size=(5, 8)).astype(np.float32)
+    top = exact_top_k(queries, (corpus[i : i + 10] for i in range(0, 103, 10)), 7)
+    np.testing.assert_array_equal(top, np.argsort(-(queries @ corpus.T), axis=1)[:, :7])
+
+
+def test_model_fingerprint_hashes_local_weights_and_keeps_unreachable_hub_ids(tiny_models):
+    local = model_fingerprint(str(tiny_models["embedder"]))
+    assert local["ref"] == str(tiny_models["embedder"])
+    assert (
+        list(local["weights_sha256"]) == ["model.safetensors"]
+        and len(local["weights_sha256"]["model.safetensors"]) == 64
+    )
+    assert model_fingerprint("no-such-org/no-such-model") == {"ref": "no-such-org/no-such-model"}
