@@ -36,7 +36,7 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
     merged = dataset_settings(config, SCHEMA, tmp_path)
     assert (merged["a"]["candidates"], merged["a"]["num_negatives"], merged["a"]["seed"]) == (30, 2, 7)
     assert (merged["b"]["candidates"], merged["b"]["num_negatives"]) == (50, 8)
-    assert merged["b"]["relative_margin"] == 0.1 and merged["b"]["index"] == "flat"
+    assert merged["b"]["relative_margin"] == 0.05 and merged["b"]["index"] == "flat"
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ class SelectionSettings:
     max_score: float | None = None
     min_score: float | None = None
     absolute_margin: float | None = None
-    relative_margin: float | None = 0.1
+    relative_margin: float | None = 0.05
     ce_max: float | None = None
     positive_doc_margin: float | None = 0.1
     dup_threshold: float | None = 0.95
