@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from negflow.embed import ShardedEmbeddings
 from negflow.files import atomic_output
 from negflow.prepare import load_table
-from negflow.selection import QueryScores, Selection, SelectionSettings, filter_mask, select_negatives
+from negflow.selection import FILTERS, QueryScores, Selection, SelectionSettings, filter_mask, select_negatives
 
 log = logging.getLogger("negflow")
 
@@ -179,10 +180,15 @@ class MinedCandidates:
                 pos_hashes=self.hashes[pos_rows],
             )
 
+    @cached_property
+    def _corpus_ids(self):
+        return load_table(self.corpus_dir, ["id"])["id"]
+
     def doc_ids(self, rows: np.ndarray) -> list[str]:
+        """Ids of corpus rows outside the candidates (padding picks)."""
         if len(rows) == 0:
             return []
-        return load_table(self.corpus_dir, ["id"])["id"].take(rows).to_pylist()
+        return self._corpus_ids.take(rows).to_pylist()
 
     def pad(self, query: QueryCandidates, selection: Selection, s: SelectionSettings) -> list[tuple[int, float]]:
         """Random corpus documents (row, cosine) that pass the filters, to fill a short query. On a
@@ -251,7 +257,6 @@ def export_negatives(
     """Select negatives for every query with positives; write one JSON line per kept query (positives
     first, then negatives) and selection.json with drop counts and score distributions."""
     counts: Counter = Counter()
-    enabled = settings.enabled_filters(has_ce=mined.ce is not None)
     dist = {"positive_cosine": [], "negative_cosine": [], "positive_ce": [], "negative_ce": [], "negative_rank": []}
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for query in mined:
@@ -309,7 +314,7 @@ def export_negatives(
                 "queries_short_after_padding",
             )
         },
-        "dropped": {name: counts[f"dropped_{name}"] for name in enabled},
+        "dropped": {name: counts[f"dropped_{name}"] for name in FILTERS if f"dropped_{name}" in counts},
         "distributions": {name: quantiles(values) for name, values in dist.items() if values},
         "settings": report_settings,
     }

@@ -77,11 +77,18 @@ def build_provenance(manifest_path: str, settings: dict) -> dict:
     }
 
 
+def shared_provenance(sidecar_path: str) -> dict:
+    """The dataset-wide part of an export's sidecar, to build the sidecars of files derived from it."""
+    record = json.loads(Path(sidecar_path).read_text(encoding="utf-8"))
+    return {k: v for k, v in record.items() if k not in record["own_fields"]}
+
+
 def write_sidecar(export_path: str, provenance: dict, **details) -> str:
     """Write EXPORT.provenance.json (beside the export, extension replaced) with the export's own hash."""
     path = Path(export_path)
     sidecar = path.with_name(path.name.split(".")[0] + ".provenance.json")
-    record = {"file": path.name, "sha256": file_sha256(path), **details, **provenance}
+    own = {"file": path.name, "sha256": file_sha256(path), **details}
+    record = {**own, "own_fields": [*own, "own_fields"], **provenance}
     with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return str(sidecar)

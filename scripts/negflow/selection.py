@@ -14,7 +14,7 @@ import numpy as np
 SAMPLERS = ("top", "random", "simans")
 SHORT_POLICIES = ("keep", "pad", "drop")
 
-# Every filter, in the order it runs; selection.json reports a count for each that is enabled.
+# Every filter, in the order it runs; selection.json reports a count for each that ran.
 FILTERS = (
     "window",
     "same_text_as_positive",
@@ -61,21 +61,6 @@ class SelectionSettings:
             raise ValueError(f"short_queries must be one of {SHORT_POLICIES}, got {self.short_queries!r}")
         if self.range_max is not None and self.range_max <= self.range_min:
             raise ValueError(f"range_max ({self.range_max}) must be above range_min ({self.range_min})")
-
-    def enabled_filters(self, has_ce: bool) -> list[str]:
-        on = {
-            "window": self.range_min > 0 or self.range_max is not None,
-            "same_text_as_positive": True,
-            "max_score": self.max_score is not None,
-            "min_score": self.min_score is not None,
-            "absolute_margin": self.absolute_margin is not None,
-            "relative_margin": self.relative_margin is not None,
-            "ce_max": self.ce_max is not None and has_ce,
-            "positive_doc_margin": self.positive_doc_margin is not None,
-            "duplicate_of_positive": self.dup_threshold is not None,
-            "duplicate_of_negative": self.dup_threshold is not None,
-        }
-        return [name for name in FILTERS if on[name]]
 
 
 SELECTION_KEYS = [f.name for f in fields(SelectionSettings)]
