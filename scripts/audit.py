@@ -70,4 +70,4 @@ def main(log):
     write_report(report, snakemake.output[0])
 
 
-run_stage(snakemake.log[0], main)
+run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

@@ -45,4 +45,4 @@ def main(log):
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
-run_stage(snakemake.log[0], main)
+run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

@@ -51,10 +51,17 @@ def setup_logging(log_path: str | None) -> logging.Logger:
     return logging.getLogger("negflow")
 
 
-def run_stage(log_path: str | None, stage) -> None:
+def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> None:
     """Run one stage with logging set up; a known input problem becomes one line in the log and on the
-    terminal (Snakemake shows the failing rule's log path), with exit status 1."""
+    terminal (Snakemake shows the failing rule's log path), with exit status 1. A GPU stage passes its
+    `device` setting: the job leases its own GPU before the stage can touch CUDA."""
     log = setup_logging(log_path)
+    if os.environ.get("SLURM_JOB_ID"):
+        log.info("running as SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
+    if gpu_device is not None:
+        from negflow.devices import lease_device
+
+        lease_device(gpu_device)
     try:
         stage(log)
     except (InputError, ConfigError) as e:
