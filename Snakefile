@@ -11,6 +11,17 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+
+
+# Shard counts (config `scatter`, or `--set-scatter embed=8` for one run).
+scattergather:
+    **SCATTER,
+
+
 include: "rules/demo.smk"
 include: "rules/prepare.smk"
 include: "rules/embed.smk"

@@ -12,16 +12,17 @@ from negflow.config import (
     dataset_settings,
     is_local_data,
     load_schema,
+    scatter_counts,
     stage_params,
 )
 from negflow.selection import SELECTION_KEYS
 
 try:
+    SCHEMA = load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
     DATASETS = dataset_settings(
-        config,
-        load_schema(os.path.join(workflow.basedir, "config", "schema.yaml")),
-        os.path.join(workflow.basedir, "config", "datasets"),
+        config, SCHEMA, os.path.join(workflow.basedir, "config", "datasets")
     )
+    SCATTER = scatter_counts(config, SCHEMA)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -41,6 +42,7 @@ STAGE_KEYS = {
         "audit_holdout",
     ],
     "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
+    "build_index": ["index"],
     "search": ["candidates", "index", "device"],
     "prepare_pairs": ["ce", "ce_seq_len"],
     "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
@@ -105,7 +107,7 @@ def settings_for(stage):
     def params(wildcards):
         settings = DATASETS[wildcards.dataset]
         keys = STAGE_KEYS[stage]
-        if stage in ("search", "provenance"):
+        if stage in ("build_index", "search", "provenance"):
             keys = keys + INDEX_KEYS[settings["index"]]
         if stage == "prepare" and settings["audit_holdout"]:
             keys = keys + ["seed"]  # the seed picks which positive stays visible
@@ -147,13 +149,30 @@ def embedding_shards(part):
     """All shard files of the corpus or query embeddings of the job's dataset."""
 
     def shards(wildcards):
-        count = DATASETS[wildcards.dataset]["embed_shards"]
-        return [
-            f"results/{wildcards.dataset}/embed/{part}/{i}-of-{count}.npy"
-            for i in range(count)
-        ]
+        return gather.embed(
+            f"results/{wildcards.dataset}/embed/{part}/{{scatteritem}}.npy"
+        )
 
     return shards
+
+
+def search_index(wildcards):
+    """The prebuilt FAISS index that every search shard loads; a flat index is built in memory instead."""
+    if DATASETS[wildcards.dataset]["index"] == "flat":
+        return []
+    return f"results/{wildcards.dataset}/search/index.faiss"
+
+
+def candidate_shards(wildcards):
+    return gather.search(
+        f"results/{wildcards.dataset}/search/candidates/{{scatteritem}}.parquet"
+    )
+
+
+def score_shards(wildcards):
+    return gather.score(
+        f"results/{wildcards.dataset}/score/shards/{{scatteritem}}.parquet"
+    )
 
 
 def export_inputs(wildcards):

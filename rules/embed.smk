@@ -3,14 +3,14 @@ rule embed:
         dataset="results/{dataset}/prepare/{part}",
         code=library("embed", "models"),
     output:
-        "results/{dataset}/embed/{part}/{shard}.npy",
+        "results/{dataset}/embed/{part}/{scatteritem}.npy",
     log:
-        "logs/embed/{dataset}.{part}.{shard}.log",
+        "logs/embed/{dataset}.{part}.{scatteritem}.log",
     benchmark:
-        "benchmarks/embed/{dataset}.{part}.{shard}.tsv"
+        "benchmarks/embed/{dataset}.{part}.{scatteritem}.tsv"
     wildcard_constraints:
         part="corpus|queries",
-        shard=r"\d+-of-\d+",
+        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8

@@ -1,13 +1,15 @@
 rule score_pairs:
     input:
         pairs="results/{dataset}/score_prepare/pairs",
-        code=library("pairs", "models"),
+        code=library("pairs", "models", "embed"),
     output:
-        "results/{dataset}/score/scored_qrels.parquet",
+        "results/{dataset}/score/shards/{scatteritem}.parquet",
     log:
-        "logs/score_pairs/{dataset}.log",
+        "logs/score_pairs/{dataset}.{scatteritem}.log",
     benchmark:
-        "benchmarks/score_pairs/{dataset}.tsv"
+        "benchmarks/score_pairs/{dataset}.{scatteritem}.tsv"
+    wildcard_constraints:
+        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8
@@ -18,3 +20,17 @@ rule score_pairs:
         settings=settings_for("score_pairs"),
     script:
         "../scripts/score_pairs.py"
+
+
+rule merge_scores:
+    input:
+        shards=score_shards,
+        code=library("pairs"),
+    output:
+        "results/{dataset}/score/scored_qrels.parquet",
+    log:
+        "logs/merge_scores/{dataset}.log",
+    conda:
+        "../envs/negflow.yaml"
+    script:
+        "../scripts/merge_scores.py"

@@ -1,18 +1,39 @@
+rule build_index:
+    input:
+        corpus=embedding_shards("corpus"),
+        code=library("search", "embed"),
+    output:
+        "results/{dataset}/search/index.faiss",
+    log:
+        "logs/build_index/{dataset}.log",
+    benchmark:
+        "benchmarks/build_index/{dataset}.tsv"
+    conda:
+        "../envs/negflow.yaml"
+    threads: 8
+    params:
+        settings=settings_for("build_index"),
+    script:
+        "../scripts/build_index.py"
+
+
 rule search:
     input:
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
+        index=search_index,
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
         qrels_dir="results/{dataset}/prepare/qrels",
-        code=library("search"),
+        code=library("search", "embed"),
     output:
-        mined="results/{dataset}/search/mined_qrels.parquet",
-        qrels="results/{dataset}/search/qrels_cosine.parquet",
+        "results/{dataset}/search/candidates/{scatteritem}.parquet",
     log:
-        "logs/search/{dataset}.log",
+        "logs/search/{dataset}.{scatteritem}.log",
     benchmark:
-        "benchmarks/search/{dataset}.tsv"
+        "benchmarks/search/{dataset}.{scatteritem}.tsv"
+    wildcard_constraints:
+        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8
@@ -22,3 +43,22 @@ rule search:
         settings=settings_for("search"),
     script:
         "../scripts/search.py"
+
+
+rule merge_candidates:
+    input:
+        shards=candidate_shards,
+        corpus=embedding_shards("corpus"),
+        queries=embedding_shards("queries"),
+        queries_dir="results/{dataset}/prepare/queries",
+        qrels_dir="results/{dataset}/prepare/qrels",
+        code=library("search", "embed"),
+    output:
+        mined="results/{dataset}/search/mined_qrels.parquet",
+        qrels="results/{dataset}/search/qrels_cosine.parquet",
+    log:
+        "logs/merge_candidates/{dataset}.log",
+    conda:
+        "../envs/negflow.yaml"
+    script:
+        "../scripts/merge_candidates.py"

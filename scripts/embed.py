@@ -15,7 +15,7 @@ def main(log):
     limit_threads(snakemake.threads)
     embed_shard(
         dataset_dir=snakemake.input.dataset,
-        shard=snakemake.wildcards.shard,
+        shard=snakemake.wildcards.scatteritem,
         model_ref=s["embedding"],
         seq_len=s["embedding_seq_len"],
         dtype_setting=s["embedding_dtype"],
@@ -25,4 +25,4 @@ def main(log):
     )
 
 
-run_stage(snakemake.log[0], main)
+run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

@@ -21,7 +21,8 @@ def main(log):
         device_setting=s["device"],
         batch_size=snakemake.resources.batch_size,
         out_path=snakemake.output[0],
+        shard=snakemake.wildcards.scatteritem,
     )
 
 
-run_stage(snakemake.log[0], main)
+run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

@@ -1,4 +1,4 @@
-"""Rule search: FAISS top candidates per query (the mined qrels) and the cosines of the qrels documents."""
+"""Rule search: FAISS top candidates of one batch of queries (one scatter shard of the mined qrels)."""
 
 from typing import TYPE_CHECKING
 
@@ -6,14 +6,14 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.files import run_stage
-from negflow.search import search
+from negflow.search import search_shard
 
 
 def main(log):
     import faiss
 
     faiss.omp_set_num_threads(snakemake.threads)
-    search(
+    search_shard(
         corpus_shards=list(snakemake.input.corpus),
         query_shards=list(snakemake.input.queries),
         corpus_dir=snakemake.input.corpus_dir,
@@ -21,8 +21,9 @@ def main(log):
         qrels_dir=snakemake.input.qrels_dir,
         settings=snakemake.params.settings,
         batch_size=snakemake.resources.batch_size,
-        out_mined=snakemake.output.mined,
-        out_qrels=snakemake.output.qrels,
+        out_path=snakemake.output[0],
+        shard=snakemake.wildcards.scatteritem,
+        index_path=snakemake.input.index or None,
     )
 
 

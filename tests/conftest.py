@@ -103,7 +103,9 @@ def write_config(workdir: Path, datasets: dict, **top) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Run the repository's workflow in `workdir` with the workdir's config.yaml. The `=` keeps Snakemake's
     multi-file --configfile option from swallowing targets given after it."""
     cmd = [
@@ -119,7 +121,8 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         f"--configfile={workdir / 'config.yaml'}",
         *args,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -127,3 +130,46 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def dataset_block(fixture_data, tiny_models):
+    """The fixture dataset's config block for end-to-end runs."""
+    return {
+        "corpus": str(fixture_data["corpus"]),
+        "queries": str(fixture_data["queries"]),
+        "qrels": str(fixture_data["qrels"]),
+        "embedding": str(tiny_models["embedder"]),
+        "candidates": 100,
+        "num_negatives": 4,
+        # random-init cosines cluster near 0.97: drop only what beats the positive; the doc-doc filters
+        # (tuned for real models) would drop nearly everything
+        "relative_margin": 0.0,
+        "positive_doc_margin": None,
+        "dup_threshold": None,
+        "train_formats": ["flag", "triplet", "n-tuple", "labeled-pair", "labeled-list"],
+        "audit_qrels": str(fixture_data["qrels"]),
+    }
+
+
+@pytest.fixture(scope="session")
+def local_ce_run(tmp_path_factory, dataset_block, tiny_models):
+    """A plain local run with a cross-encoder, one shard per stage: the reference that sharded, multi-GPU
+    and SLURM runs must reproduce."""
+    workdir = tmp_path_factory.mktemp("local-ce")
+    write_config(workdir, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})
+    snakemake(workdir)
+    return workdir
+
+
+def assert_same_negatives(path: Path, reference: Path) -> None:
+    """Same queries, documents and labels; model scores equal to float32 rounding (sharded model passes
+    run other batch shapes, see test_stages)."""
+    import numpy as np
+
+    got, want = read_jsonl(path), read_jsonl(reference)
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want, strict=True):
+        assert (g["query"], g["docs"], g["doc_scores"]) == (w["query"], w["docs"], w["doc_scores"])
+        for key in set(w) - {"query", "docs", "doc_scores"}:
+            np.testing.assert_allclose(g[key], w[key], atol=1e-5, err_msg=key)

@@ -12,6 +12,7 @@ from negflow.config import (
     is_local_data,
     load_schema,
     resolve_model_ref,
+    scatter_counts,
     setting_defaults,
 )
 
@@ -22,7 +23,19 @@ DATA = {"corpus": "c.jsonl", "queries": "q.jsonl", "qrels": "r.tsv"}
 def test_config_yaml_states_exactly_the_schema_defaults():
     shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     assert shipped.pop("datasets") == {}
+    assert shipped.pop("scatter") == SCHEMA["properties"]["scatter"]["default"]
     assert shipped == setting_defaults(SCHEMA)
+
+
+def test_scatter_counts_are_workflow_wide_with_defaults():
+    assert scatter_counts({}, SCHEMA) == {"embed": 1, "search": 1, "score": 1}
+    assert scatter_counts({"scatter": {"embed": 8}}, SCHEMA) == {"embed": 8, "search": 1, "score": 1}
+    with pytest.raises(ConfigError, match=r"config: scatter.embed: 0 is less than the minimum of 1"):
+        scatter_counts({"scatter": {"embed": 0}}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"config: scatter: .*'rerank' was unexpected"):
+        scatter_counts({"scatter": {"rerank": 2}}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"config: datasets.a: unknown key 'scatter'"):
+        dataset_settings({"datasets": {"a": {**DATA, "scatter": {"embed": 2}}}}, SCHEMA, None)
 
 
 def test_every_setting_has_a_description():

@@ -12,9 +12,9 @@ import pytest
 from negflow.audit import audit_selection
 from negflow.embed import ShardedEmbeddings, embed_shard, parse_shard, shard_range
 from negflow.export import MinedCandidates, export_negatives, group_bounds
-from negflow.pairs import prepare_pairs, score_pairs, unique_pairs
+from negflow.pairs import merge_scores, prepare_pairs, score_pairs, unique_pairs
 from negflow.prepare import load_table, prepare
-from negflow.search import filter_hits, search
+from negflow.search import merge_candidates, search_shard, top_candidates, write_index
 from negflow.selection import SelectionSettings
 
 SEARCH = {"candidates": 10, "index": "flat", "device": "cpu"}
@@ -43,18 +43,24 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
     )
     paths = {"corpus": [], "queries": []}
     for part in paths:
-        for shard in ("0-of-2", "1-of-2"):
+        for shard in ("1-of-2", "2-of-2"):
             path = out / f"{part}-{shard}.npy"
             embed_shard(str(out / part), shard, str(tiny_models["embedder"]), 64, "fp32", "cpu", 7, str(path))
             paths[part].append(str(path))
-    search(
+    search_shard(
         paths["corpus"],
         paths["queries"],
-        str(out / "corpus"),
-        str(out / "queries"),
-        str(out / "qrels"),
+        *(str(out / p) for p in ("corpus", "queries", "qrels")),
         SEARCH,
         5,
+        str(out / "candidates-1-of-1.parquet"),
+    )
+    merge_candidates(
+        [str(out / "candidates-1-of-1.parquet")],
+        paths["corpus"],
+        paths["queries"],
+        str(out / "queries"),
+        str(out / "qrels"),
         str(out / "mined.parquet"),
         str(out / "qrels.parquet"),
     )
@@ -236,26 +242,45 @@ def test_audit_counts_judged_positives_picked_as_negatives(staged):
 
 
 def test_shards_cover_every_row_once():
-    rows = [list(shard_range(10, i, 3)) for i in range(3)]
+    rows = [list(shard_range(10, *parse_shard(f"{i}-of-3"))) for i in (1, 2, 3)]
     assert rows == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
-    assert parse_shard("2-of-8") == (2, 8)
-    with pytest.raises(ValueError):
-        parse_shard("8-of-8")
+    assert parse_shard("2-of-8") == (1, 8)  # Snakemake's scatter items count from 1
+    for bad in ("0-of-8", "9-of-8", "2of8"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
 
 
 def test_sharded_embeddings_take_across_shards(tmp_path):
     a, b = np.arange(6, dtype=np.float32).reshape(3, 2), np.arange(6, 10, dtype=np.float32).reshape(2, 2)
-    np.save(tmp_path / "1-of-2.npy", b)
-    np.save(tmp_path / "0-of-2.npy", a)
-    emb = ShardedEmbeddings([str(tmp_path / "1-of-2.npy"), str(tmp_path / "0-of-2.npy")])
+    np.save(tmp_path / "10-of-10.npy", b)
+    np.save(tmp_path / "9-of-10.npy", a)  # sorted by shard number, not by name
+    emb = ShardedEmbeddings([str(tmp_path / "10-of-10.npy"), str(tmp_path / "9-of-10.npy")])
     assert len(emb) == 5
     np.testing.assert_array_equal(emb.take(np.array([4, 0, 3])), [[8, 9], [0, 1], [6, 7]])
     np.testing.assert_array_equal(np.concatenate(list(emb.chunks(2))), np.concatenate([a, b]))
 
 
-def test_filter_hits_drops_excluded_and_padding():
-    rows, scores = filter_hits(np.array([0.9, 0.8, 0.7, 0.6]), np.array([4, 2, -1, 7]), {2}, 5)
-    assert rows.tolist() == [4, 7] and scores.tolist() == pytest.approx([0.9, 0.6])
+def test_top_candidates_drop_excluded_and_padding_and_rerank_exactly(tmp_path):
+    docs = np.array([[1, 0], [0, 1], [0.6, 0.8], [0.8, 0.6], [0.8, 0.6], [-1, 0]], dtype=np.float32)
+    np.save(tmp_path / "1-of-1.npy", docs)
+    corpus = ShardedEmbeddings([str(tmp_path / "1-of-1.npy")])
+    query = np.array([1, 0], dtype=np.float32)
+    # the index's order is off (as approximate or batched arithmetic may leave it); -1 is FAISS padding
+    rows, cosines = top_candidates(query, np.array([2, 4, -1, 3, 0, 5]), {0}, corpus, 3)
+    assert rows.tolist() == [3, 4, 2]  # exact order, the tie between the twins 3 and 4 broken by row
+    assert cosines.tolist() == pytest.approx([0.8, 0.8, 0.6])
+
+
+def test_search_shards_merge_to_the_one_shard_result(staged, tmp_path):
+    out, paths = staged
+    dirs = [str(out / p) for p in ("corpus", "queries", "qrels")]
+    shards = [str(tmp_path / f"{i}-of-3.parquet") for i in (3, 1, 2)]
+    for path in shards:
+        shard = path.rsplit("/", 1)[1].removesuffix(".parquet")
+        assert search_shard(paths["corpus"], paths["queries"], *dirs, SEARCH, 2, path, shard)["queries"] > 0
+    merge_candidates(shards, paths["corpus"], paths["queries"], dirs[1], dirs[2], *(str(tmp_path / n) for n in "mq"))
+    assert pq.read_table(tmp_path / "m").equals(pq.read_table(out / "mined.parquet"))
+    assert pq.read_table(tmp_path / "q").equals(pq.read_table(out / "qrels.parquet"))
 
 
 def test_group_bounds():
@@ -271,8 +296,10 @@ def test_group_bounds():
 )
 def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged, tmp_path, index_settings):
     out, paths = staged
+    settings = {**SEARCH, **index_settings}
+    write_index(paths["corpus"], settings, str(tmp_path / "index.faiss"))
     args = (paths["corpus"], paths["queries"], str(out / "corpus"), str(out / "queries"), str(out / "qrels"))
-    search(*args, {**SEARCH, **index_settings}, 5, str(tmp_path / "m.parquet"), str(tmp_path / "q.parquet"))
+    search_shard(*args, settings, 5, str(tmp_path / "m.parquet"), index_path=str(tmp_path / "index.faiss"))
     approx = pq.read_table(tmp_path / "m.parquet").to_pandas()
     exact = pq.read_table(out / "mined.parquet").to_pandas()
     # every IVF cell probed, HNSW beam wider than the corpus: nothing may be missed. Documents with
@@ -289,7 +316,7 @@ def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged,
 def test_cpu_bf16_stays_close_to_fp32(staged, tiny_models, tmp_path):
     out, paths = staged
     embed_shard(
-        str(out / "queries"), "0-of-1", str(tiny_models["embedder"]), 64, "bf16", "cpu", 7, str(tmp_path / "bf16.npy")
+        str(out / "queries"), "1-of-1", str(tiny_models["embedder"]), 64, "bf16", "cpu", 7, str(tmp_path / "bf16.npy")
     )
     fp32 = ShardedEmbeddings(paths["queries"]).take(np.arange(len(np.load(tmp_path / "bf16.npy"))))
     cosines = np.einsum("ij,ij->i", np.load(tmp_path / "bf16.npy"), fp32)
@@ -308,3 +335,21 @@ def test_a_folder_that_is_no_model_is_one_line(tmp_path):
             load(str(tmp_path), torch.device("cpu"))
         assert f"'{tmp_path}': cannot load as a {kind}" in str(err.value)
         assert "\n" not in str(err.value)
+
+
+def test_embed_and_score_shards_merge_to_the_one_shard_result(staged, tiny_models, tmp_path):
+    out, paths = staged
+    whole = tmp_path / "corpus-1-of-1.npy"
+    embed_shard(str(out / "corpus"), "1-of-1", str(tiny_models["embedder"]), 64, "fp32", "cpu", 7, str(whole))
+    sharded = ShardedEmbeddings(paths["corpus"])
+    # equal to float32 rounding, not bit for bit: a shard's length-sorted batches have other shapes
+    np.testing.assert_allclose(np.concatenate(list(sharded.chunks(1000))), np.load(whole), atol=1e-6)
+
+    shards = []
+    for i in (2, 1):
+        shards.append(str(tmp_path / f"scored-{i}-of-2.parquet"))
+        score_pairs(str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", 9, shards[-1], f"{i}-of-2")
+    merge_scores(shards, str(tmp_path / "scored.parquet"))
+    merged, single = pq.read_table(tmp_path / "scored.parquet"), pq.read_table(out / "scored.parquet")
+    assert merged.select(["query_row", "doc_row"]).equals(single.select(["query_row", "doc_row"]))
+    np.testing.assert_allclose(merged["ce_score"].to_numpy(), single["ce_score"].to_numpy(), atol=1e-6)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, read_jsonl, snakemake, write_config
+from conftest import REPO, assert_same_negatives, read_jsonl, snakemake, write_config
 
 from negflow.embed import ShardedEmbeddings
 
@@ -27,32 +27,50 @@ def planned_jobs(proc) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def dataset_block(fixture_data, tiny_models):
-    return {
-        "corpus": str(fixture_data["corpus"]),
-        "queries": str(fixture_data["queries"]),
-        "qrels": str(fixture_data["qrels"]),
-        "embedding": str(tiny_models["embedder"]),
-        "candidates": 100,
-        "num_negatives": 4,
-        "embed_shards": 2,
-        # random-init cosines cluster near 0.97: drop only what beats the positive; the doc-doc filters
-        # (tuned for real models) would drop nearly everything
-        "relative_margin": 0.0,
-        "positive_doc_margin": None,
-        "dup_threshold": None,
-        "train_formats": ["flag", "triplet", "n-tuple", "labeled-pair", "labeled-list"],
-        "audit_qrels": str(fixture_data["qrels"]),
-    }
-
-
-@pytest.fixture(scope="module")
 def mined(tmp_path_factory, dataset_block):
     """One complete run without a cross-encoder (a bare `snakemake` mines every configured dataset)."""
     workdir = tmp_path_factory.mktemp("run")
     write_config(workdir, {"fx": dataset_block})
     snakemake(workdir)
     return workdir
+
+
+def test_two_gpus_two_jobs_at_once_and_shards_merge_to_the_one_shard_run(
+    tmp_path, dataset_block, tiny_models, local_ce_run
+):
+    """Two fake GPU ids on a CPU machine: the lease logic is real, the models run on the CPU. Every stage
+    is split in two (score by `--set-scatter` over the config's 1); with `--resources gpu=2` two GPU jobs
+    run at once on different devices, and the merged result is the one-shard run's."""
+    block = {**dataset_block, "ce": str(tiny_models["ce"])}
+    write_config(tmp_path, {"fx": block}, scatter={"embed": 2, "search": 2, "score": 1})
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "NEGFLOW_GPU_LOCK_DIR": str(tmp_path / "locks")}
+    proc = snakemake(
+        tmp_path,
+        "--resources",
+        "gpu=2",
+        "--set-threads",
+        "embed=1",
+        "score_pairs=1",
+        "--set-scatter",
+        "score=2",
+        env=env,
+    )
+    planned = planned_jobs(proc)
+    assert (planned["embed"], planned["search"], planned["score_pairs"], planned["merge_scores"]) == (4, 2, 2, 1)
+    leases = {}
+    for log in sorted((tmp_path / "logs").rglob("*.log")):
+        found = re.search(r"leased GPU (\d) of 0,1", log.read_text())
+        if found:
+            leases[log.relative_to(tmp_path / "logs").as_posix()] = found[1]
+    assert sorted(leases) == [
+        "audit/fx.log",
+        *(f"embed/fx.{part}.{i}-of-2.log" for part in ("corpus", "queries") for i in (1, 2)),
+        "score_pairs/fx.1-of-2.log",
+        "score_pairs/fx.2-of-2.log",
+    ]
+    # devices are taken first-free, so a job only gets GPU 1 while another job holds GPU 0
+    assert set(leases.values()) == {"0", "1"}
+    assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
 
 
 def test_output_schema_and_invariants(mined, fixture_data):
@@ -177,7 +195,7 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         return planned_jobs(snakemake(mined, "-n"))
 
     selection = {"export_negatives": 1, "export_flag": 1, "export_sentence_transformers": 4, "audit": 1, "all": 1}
-    everything = {"prepare": 1, "embed": 4, "search": 1, **selection}
+    everything = {"prepare": 1, "embed": 2, "search": 1, "merge_candidates": 1, **selection}
     assert plan() == {}
     assert plan(embedding_batch_size=3, search_batch_size=2) == {}  # performance-only knobs
     assert plan(relative_margin=0.1) == selection
@@ -186,10 +204,11 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     assert plan(num_negatives=2) == selection
     assert plan(train_scores=True) == {"export_sentence_transformers": 4, "all": 1}
     assert plan(flag_layout="pair") == {"export_flag": 1, "all": 1}
-    assert plan(index="ivf") == {"search": 1, **selection}
+    assert plan(index="ivf") == {"build_index": 1, "search": 1, "merge_candidates": 1, **selection}
     assert plan(ce=dataset_block["embedding"].replace("embedder", "cross-encoder")) == {
         "prepare_pairs": 1,
         "score_pairs": 1,
+        "merge_scores": 1,
         **selection,
     }
     selection_code = REPO / "scripts/negflow/selection.py"  # editing library code reruns the rules using it

@@ -54,10 +54,25 @@ def _validate(instance: dict, schema: dict, where: str) -> None:
         raise ConfigError(f"config: {location}: {error.message}")
 
 
+WORKFLOW_KEYS = ("datasets", "scatter")  # top-level only: they shape the DAG, not one dataset's results
+
+
+def scatter_counts(config: dict, schema: dict) -> dict[str, int]:
+    """Shard counts of the scattered stages: schema defaults < the config's `scatter` block."""
+    spec = schema["properties"]["scatter"]
+    counts = {stage: sub["default"] for stage, sub in spec["properties"].items()}
+    block = config.get("scatter") or {}
+    if not isinstance(block, dict):
+        raise ConfigError("config: scatter: must be a mapping of stage to shard count, e.g. {embed: 4}")
+    counts |= block
+    _validate(counts, spec, "scatter")
+    return counts
+
+
 def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLike | None) -> dict[str, dict]:
     """Validated settings of every dataset: schema defaults < top-level keys < overrides file < dataset block."""
-    top = {k: v for k, v in config.items() if k != "datasets"}
-    _reject_unknown(top, _known_keys(schema) | {"datasets"}, "top level")
+    top = {k: v for k, v in config.items() if k not in WORKFLOW_KEYS}
+    _reject_unknown(config, _known_keys(schema) | set(WORKFLOW_KEYS), "top level")
     _validate(top, schema["$defs"]["settings"] | {"$defs": schema["$defs"]}, "top level")
     datasets = config.get("datasets") or {}
     if not isinstance(datasets, dict):

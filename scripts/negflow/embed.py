@@ -13,12 +13,15 @@ from negflow.files import atomic_output
 log = logging.getLogger("negflow")
 
 
+SHARD_FILE = r"(\d+-of-\d+)\.\w+$"  # a shard's file name ends in its scatter item
+
+
 def parse_shard(shard: str) -> tuple[int, int]:
-    """'2-of-8' -> (2, 8)."""
+    """Snakemake's scatter item, 1-based, to a 0-based shard index and the count: '2-of-8' -> (1, 8)."""
     match = re.fullmatch(r"(\d+)-of-(\d+)", shard)
-    if not match or int(match[1]) >= int(match[2]):
-        raise ValueError(f"shard must look like 'I-of-N' with I < N, got {shard!r}")
-    return int(match[1]), int(match[2])
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ValueError(f"shard must look like 'I-of-N' with 1 <= I <= N, got {shard!r}")
+    return int(match[1]) - 1, int(match[2])
 
 
 def shard_range(n_rows: int, index: int, count: int) -> range:
@@ -80,7 +83,7 @@ class ShardedEmbeddings:
 
     def __init__(self, paths: list[str]):
         def shard_index(path: str) -> int:
-            return parse_shard(re.search(r"(\d+-of-\d+)\.npy$", path)[1])[0]
+            return parse_shard(re.search(SHARD_FILE, path)[1])[0]
 
         self.parts = [np.load(p, mmap_mode="r") for p in sorted(paths, key=shard_index)]
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])

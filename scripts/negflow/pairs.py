@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,29 +59,49 @@ SCORED_SCHEMA = pa.schema([("query_row", pa.int32()), ("doc_row", pa.int64()), (
 
 
 def score_pairs(
-    pairs_dir: str, ce_ref: str, seq_len: int, dtype_setting: str, device_setting: str, batch_size: int, out_path: str
+    pairs_dir: str,
+    ce_ref: str,
+    seq_len: int,
+    dtype_setting: str,
+    device_setting: str,
+    batch_size: int,
+    out_path: str,
+    shard: str = "1-of-1",
 ) -> int:
-    """Score every tokenized pair with the CrossEncoder's own head and activation (as `predict` does)."""
+    """Score the pairs of one contiguous shard (`I-of-N`) with the CrossEncoder's own head and activation
+    (as `predict` does)."""
     import datasets
 
+    from negflow.embed import parse_shard, shard_range
     from negflow.models import compute_dtype, load_cross_encoder, pick_device, run_model
     from negflow.prepare import load_extras
 
     pairs = datasets.load_from_disk(pairs_dir)
+    part = shard_range(len(pairs), *parse_shard(shard))
+    pairs = pairs.select(part)
     device = pick_device(device_setting)
     dtype = compute_dtype(dtype_setting, device)
     model = load_cross_encoder(ce_ref, device, seq_len)
     activation = model.activation_fn
-    log.info("scoring %d pairs on %s, dtype %s, activation %s", len(pairs), device, dtype or "fp32", activation)
+    log.info(
+        "scoring pairs %d-%d (shard %s) on %s, dtype %s, activation %s",
+        part.start,
+        part.stop,
+        shard,
+        device,
+        dtype or "fp32",
+        activation,
+    )
     scores = np.empty(len(pairs), dtype=np.float32)
     for idx, out in run_model(model, pairs, load_extras(pairs_dir), "scores", batch_size, device, dtype, "score"):
         if activation is not None:
             out = activation(out)
         scores[idx] = out.reshape(len(idx), -1)[:, 0].cpu().numpy()
+    keys = pairs.select_columns(["query_row", "doc_row"]).with_format("arrow")[:]
     table = pa.table(
         {
-            "query_row": pairs.data.table["query_row"].cast(pa.int32()),
-            "doc_row": pairs.data.table["doc_row"].cast(pa.int64()),
+            "query_row": keys["query_row"].cast(pa.int32()),
+            "doc_row": keys["doc_row"].cast(pa.int64()),
             "ce_score": pa.array(scores, pa.float32()),
         },
         schema=SCORED_SCHEMA,
@@ -88,3 +109,18 @@ def score_pairs(
     with atomic_output(out_path) as tmp:
         pq.write_table(table, str(tmp))
     return len(pairs)
+
+
+def merge_scores(shard_paths: list[str], out_path: str) -> int:
+    """Concatenate score shards in pair order."""
+    from negflow.embed import SHARD_FILE, parse_shard
+
+    shard_paths = sorted(shard_paths, key=lambda p: parse_shard(re.search(SHARD_FILE, p)[1])[0])
+    rows = 0
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), SCORED_SCHEMA) as writer:
+        for path in shard_paths:
+            table = pq.read_table(path, schema=SCORED_SCHEMA)
+            writer.write_table(table)
+            rows += table.num_rows
+    log.info("merged %d score shards: %d pairs", len(shard_paths), rows)
+    return rows

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negflow.embed import ShardedEmbeddings
+from negflow.embed import SHARD_FILE, ShardedEmbeddings, parse_shard, shard_range
 from negflow.files import atomic_output
 from negflow.prepare import load_table
 
@@ -35,8 +36,8 @@ MINED_SCHEMA = pa.schema(
 )
 
 
-def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict, use_gpu: bool):
-    """A FAISS inner-product index over the corpus, added chunk by chunk from the memory-mapped shards."""
+def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict):
+    """A CPU FAISS inner-product index over the corpus, added chunk by chunk from the memory-mapped shards."""
     import faiss
 
     dim, n = corpus.dim, len(corpus)
@@ -52,15 +53,43 @@ def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict, use_gpu: b
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         sample = np.sort(np.random.default_rng(settings["seed"]).choice(n, size=min(n, nlist * 64), replace=False))
         index.train(corpus.take(sample))
-        index.nprobe = min(settings["ivf_nprobe"], nlist)
     else:
         raise ValueError(f"unknown index kind {kind!r}")
+    for chunk in corpus.chunks(ADD_CHUNK):
+        index.add(chunk)
+    return index
+
+
+def write_index(corpus_shards: list[str], settings: dict, out_path: str) -> None:
+    """Build an approximate index once, for every search shard to load (a flat index needs no build)."""
+    import faiss
+
+    corpus = ShardedEmbeddings(corpus_shards)
+    log.info("building a %s index over %d documents (dim %d)", settings["index"], len(corpus), corpus.dim)
+    index = build_index(corpus, settings["index"], settings)
+    with atomic_output(out_path) as tmp:
+        faiss.write_index(index, str(tmp))
+    log.info("wrote %s", out_path)
+
+
+def load_index(corpus: ShardedEmbeddings, settings: dict, index_path: str | None, use_gpu: bool):
+    """The search index: a prebuilt one read from disk, or a flat one filled from the shards; on the GPU
+    when asked (faiss has no GPU HNSW)."""
+    import faiss
+
+    if index_path:
+        index = faiss.read_index(index_path)
+        if index.ntotal != len(corpus):
+            raise ValueError(f"{index_path} holds {index.ntotal} vectors, the corpus {len(corpus)}; rerun build_index")
+    else:
+        index = build_index(corpus, settings["index"], settings)
+    kind = settings["index"]
+    if kind == "ivf":
+        index.nprobe = min(settings["ivf_nprobe"], index.nlist)
     if use_gpu and kind != "hnsw":
         resources = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(resources, 0, index)
         index.referenced_resources = resources  # keep alive as long as the index
-    for chunk in corpus.chunks(ADD_CHUNK):
-        index.add(chunk)
     return index
 
 
@@ -79,17 +108,26 @@ def exclusions_by_query(qrels_query_rows: np.ndarray, qrels_doc_rows: np.ndarray
     return excluded
 
 
-def filter_hits(
-    scores: np.ndarray, doc_rows: np.ndarray, excluded: set[int], candidates: int
+def exact_cosines(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Row-wise inner products accumulated in float64: the same value for a pair whatever batch, index or
+    shard count produced it, so ranks and scores do not depend on how the search was split."""
+    return np.einsum("ij,ij->i", queries.astype(np.float64), docs.astype(np.float64)).astype(np.float32)
+
+
+def top_candidates(
+    query: np.ndarray, hits: np.ndarray, excluded: set[int], corpus: ShardedEmbeddings, candidates: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Drop excluded documents and FAISS's -1 padding, keep the best `candidates` in rank order."""
-    keep = doc_rows >= 0
+    """The index's hits minus FAISS's -1 padding and the query's qrels documents, reranked by exact
+    cosine (ties by corpus row), best `candidates` kept."""
+    hits = hits[hits >= 0]
     if excluded:
-        keep &= ~np.isin(doc_rows, list(excluded))
-    return doc_rows[keep][:candidates], scores[keep][:candidates]
+        hits = hits[~np.isin(hits, list(excluded))]
+    cosines = exact_cosines(np.broadcast_to(query, (len(hits), len(query))), corpus.take(hits))
+    order = np.lexsort((hits, -cosines))[:candidates]
+    return hits[order], cosines[order]
 
 
-def search(
+def search_shard(
     corpus_shards: list[str],
     query_shards: list[str],
     corpus_dir: str,
@@ -97,23 +135,22 @@ def search(
     qrels_dir: str,
     settings: dict,
     batch_size: int,
-    out_mined: str,
-    out_qrels: str,
+    out_path: str,
+    shard: str = "1-of-1",
+    index_path: str | None = None,
 ) -> dict[str, int]:
-    """Write the mined qrels (top candidates per query) and the exact cosines of the qrels documents."""
+    """Write the top candidates of one contiguous batch of queries (shard `I-of-N`), excluding each
+    query's qrels documents, ranked by exact cosine."""
     corpus = ShardedEmbeddings(corpus_shards)
     queries = ShardedEmbeddings(query_shards)
     doc_ids = load_table(corpus_dir, ["id"])["id"].to_pylist()
     query_ids = load_table(queries_dir, ["id"])["id"].to_pylist()
-    qrels = load_table(qrels_dir, ["query_id", "doc_id", "doc_row", "score", "positive"])
     if len(doc_ids) != len(corpus) or len(query_ids) != len(queries):
         raise ValueError("embedding shards do not match the prepared corpus/queries; rerun embed")
-
-    query_row_of = {q: i for i, q in enumerate(query_ids)}
-    qrels_query_rows = np.array([query_row_of[q] for q in qrels["query_id"].to_pylist()], dtype=np.int64)
-    qrels_doc_rows = qrels["doc_row"].to_numpy().astype(np.int64)
+    qrels_query_rows, qrels_doc_rows, _ = qrels_rows(qrels_dir, query_ids)
     excluded = exclusions_by_query(qrels_query_rows, qrels_doc_rows)
     max_excluded = max((len(v) for v in excluded.values()), default=0)
+    part = shard_range(len(queries), *parse_shard(shard))
 
     candidates = settings["candidates"]
     use_gpu = faiss_has_gpu(settings["device"])
@@ -122,17 +159,21 @@ def search(
         log.warning("k=%d exceeds the faiss GPU limit of %d; searching on the CPU", k, GPU_MAX_K)
         use_gpu = False
     log.info(
-        "index %s over %d documents (dim %d, %s); %d queries, k=%d (candidates %d + up to %d qrels documents)",
+        "index %s over %d documents (dim %d, %s); queries %d-%d of %d (shard %s), k=%d "
+        "(candidates %d + up to %d qrels documents)",
         settings["index"],
         len(corpus),
         corpus.dim,
         "GPU" if use_gpu else "CPU",
+        part.start,
+        part.stop,
         len(queries),
+        shard,
         k,
         candidates,
         max_excluded,
     )
-    index = build_index(corpus, settings["index"], settings, use_gpu)
+    index = load_index(corpus, settings, index_path, use_gpu)
     if settings["index"] == "hnsw":
         index.hnsw.efSearch = max(settings["hnsw_ef_search"], k)
 
@@ -140,14 +181,16 @@ def search(
     total = 0
     from tqdm import tqdm
 
-    with atomic_output(out_mined) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
-        for start in tqdm(range(0, len(queries), batch_size), desc="search", unit="batch", mininterval=5):
-            block = np.ascontiguousarray(queries.take(np.arange(start, min(start + batch_size, len(queries)))))
-            scores, rows = index.search(block, k)
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
+        for start in tqdm(range(part.start, part.stop, batch_size), desc="search", unit="batch", mininterval=5):
+            block_rows = np.arange(start, min(start + batch_size, part.stop))
+            block = np.ascontiguousarray(queries.take(block_rows))
+            _, rows = index.search(block, k)
             cols: dict[str, list] = {name: [] for name in MINED_SCHEMA.names}
-            for offset in range(len(block)):
-                q = start + offset
-                kept_rows, kept_scores = filter_hits(scores[offset], rows[offset], excluded.get(q, set()), candidates)
+            for offset, q in enumerate(block_rows.tolist()):
+                kept_rows, kept_scores = top_candidates(
+                    block[offset], rows[offset], excluded.get(q, set()), corpus, candidates
+                )
                 short += len(kept_rows) < candidates
                 total += len(kept_rows)
                 cols["query_id"] += [query_ids[q]] * len(kept_rows)
@@ -157,20 +200,52 @@ def search(
                 cols["rank"] += list(range(1, len(kept_rows) + 1))
                 cols["cosine"] += kept_scores.tolist()
             writer.write_table(pa.table(cols, schema=MINED_SCHEMA))
+    log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
+    return {"queries": len(part), "candidates": total, "short": short}
 
-    qrels_cos = np.einsum("ij,ij->i", queries.take(qrels_query_rows), corpus.take(qrels_doc_rows))
+
+def qrels_rows(qrels_dir: str, query_ids: list[str]) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """Query rows and corpus rows of every prepared qrels line, and the qrels table itself."""
+    qrels = load_table(qrels_dir, ["query_id", "doc_id", "doc_row", "score", "positive"])
+    query_row_of = {q: i for i, q in enumerate(query_ids)}
+    query_rows = np.array([query_row_of[q] for q in qrels["query_id"].to_pylist()], dtype=np.int64)
+    return query_rows, qrels["doc_row"].to_numpy().astype(np.int64), qrels
+
+
+def merge_candidates(
+    shard_paths: list[str],
+    corpus_shards: list[str],
+    query_shards: list[str],
+    queries_dir: str,
+    qrels_dir: str,
+    out_mined: str,
+    out_qrels: str,
+) -> dict[str, int]:
+    """Concatenate the search shards, in query order, into the mined qrels, and write the exact cosines
+    of the qrels documents (the positives selection compares against)."""
+    shard_paths = sorted(shard_paths, key=lambda p: parse_shard(re.search(SHARD_FILE, p)[1])[0])
+    total = 0
+    with atomic_output(out_mined) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
+        for path in shard_paths:
+            for batch in pq.ParquetFile(path).iter_batches():
+                writer.write_batch(batch)
+                total += batch.num_rows
+    corpus = ShardedEmbeddings(corpus_shards)
+    queries = ShardedEmbeddings(query_shards)
+    query_ids = load_table(queries_dir, ["id"])["id"].to_pylist()
+    query_rows, doc_rows, qrels = qrels_rows(qrels_dir, query_ids)
     with atomic_output(out_qrels) as tmp:
         table = pa.table(
             {
                 "query_id": qrels["query_id"],
                 "doc_id": qrels["doc_id"],
-                "query_row": pa.array(qrels_query_rows, pa.int32()),
-                "doc_row": pa.array(qrels_doc_rows, pa.int64()),
+                "query_row": pa.array(query_rows, pa.int32()),
+                "doc_row": pa.array(doc_rows, pa.int64()),
                 "score": qrels["score"].cast(pa.int32()),
                 "positive": qrels["positive"],
-                "cosine": pa.array(qrels_cos.astype(np.float32), pa.float32()),
+                "cosine": pa.array(exact_cosines(queries.take(query_rows), corpus.take(doc_rows)), pa.float32()),
             }
         )
         pq.write_table(table, str(tmp))
-    log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(queries), short, candidates)
-    return {"queries": len(queries), "candidates": total, "short": short}
+    log.info("merged %d search shards: %d candidates for %d queries", len(shard_paths), total, len(query_ids))
+    return {"shards": len(shard_paths), "candidates": total, "queries": len(query_ids)}

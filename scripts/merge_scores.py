@@ -1,0 +1,16 @@
+"""Rule merge_scores: gather the cross-encoder score shards into one table."""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.files import run_stage
+from negflow.pairs import merge_scores
+
+
+def main(log):
+    merge_scores(list(snakemake.input.shards), snakemake.output[0])
+
+
+run_stage(snakemake.log[0], main)
