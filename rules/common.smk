@@ -88,6 +88,7 @@ INDEX_KEYS = {
     "flat": [],
     "hnsw": ["hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"],
     "ivf": ["ivf_nlist", "ivf_nprobe", "seed"],
+    "ivfpq": ["ivf_nlist", "ivf_nprobe", "ivfpq_m", "seed"],
 }
 
 
@@ -161,6 +162,18 @@ def search_index(wildcards):
     if DATASETS[wildcards.dataset]["index"] == "flat":
         return []
     return f"results/{wildcards.dataset}/search/index.faiss"
+
+
+def index_inputs(wildcards):
+    """An IVF index is merged from parts added per embedding shard; an HNSW graph is built in one job."""
+    dataset = wildcards.dataset
+    if DATASETS[dataset]["index"] in ("ivf", "ivfpq"):
+        return {
+            "parts": gather.embed(
+                f"results/{dataset}/search/index/parts/{{scatteritem}}.faiss"
+            )
+        }
+    return {"corpus": embedding_shards("corpus")(wildcards)}
 
 
 def candidate_shards(wildcards):

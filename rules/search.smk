@@ -1,6 +1,45 @@
-rule build_index:
+rule train_index:
     input:
         corpus=embedding_shards("corpus"),
+        code=library("search", "embed"),
+    output:
+        "results/{dataset}/search/index/trained.faiss",
+    log:
+        "logs/train_index/{dataset}.log",
+    benchmark:
+        "benchmarks/train_index/{dataset}.tsv"
+    conda:
+        "../envs/negflow.yaml"
+    threads: 8
+    params:
+        settings=settings_for("build_index"),
+    script:
+        "../scripts/train_index.py"
+
+
+rule add_to_index:
+    input:
+        trained="results/{dataset}/search/index/trained.faiss",
+        corpus=embedding_shards("corpus"),
+        code=library("search", "embed"),
+    output:
+        "results/{dataset}/search/index/parts/{scatteritem}.faiss",
+    log:
+        "logs/add_to_index/{dataset}.{scatteritem}.log",
+    benchmark:
+        "benchmarks/add_to_index/{dataset}.{scatteritem}.tsv"
+    wildcard_constraints:
+        scatteritem=r"\d+-of-\d+",
+    conda:
+        "../envs/negflow.yaml"
+    threads: 8
+    script:
+        "../scripts/add_to_index.py"
+
+
+rule build_index:
+    input:
+        unpack(index_inputs),
         code=library("search", "embed"),
     output:
         "results/{dataset}/search/index.faiss",

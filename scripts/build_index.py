@@ -1,4 +1,4 @@
-"""Rule build_index: train and fill an approximate (IVF or HNSW) index once, for every search shard."""
+"""Rule build_index: the search index every search shard loads, merged from IVF parts or built whole (HNSW)."""
 
 from typing import TYPE_CHECKING
 
@@ -6,14 +6,17 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.files import run_stage
-from negflow.search import write_index
+from negflow.search import merge_index_parts, write_index
 
 
 def main(log):
     import faiss
 
     faiss.omp_set_num_threads(snakemake.threads)
-    write_index(list(snakemake.input.corpus), snakemake.params.settings, snakemake.output[0])
+    if hasattr(snakemake.input, "parts"):
+        merge_index_parts(list(snakemake.input.parts), snakemake.output[0])
+    else:
+        write_index(list(snakemake.input.corpus), snakemake.params.settings, snakemake.output[0])
 
 
 run_stage(snakemake.log[0], main)

@@ -4,6 +4,7 @@ sentence-transformers' own encode/predict, FAISS against brute force, and export
 import hashlib
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,7 +15,15 @@ from negflow.embed import ShardedEmbeddings, embed_shard, parse_shard, shard_ran
 from negflow.export import MinedCandidates, export_negatives, group_bounds
 from negflow.pairs import merge_scores, prepare_pairs, score_pairs, unique_pairs
 from negflow.prepare import load_table, prepare
-from negflow.search import merge_candidates, search_shard, top_candidates, write_index
+from negflow.search import (
+    add_shard_to_index,
+    merge_candidates,
+    merge_index_parts,
+    search_shard,
+    top_candidates,
+    train_index,
+    write_index,
+)
 from negflow.selection import SelectionSettings
 
 SEARCH = {"candidates": 10, "index": "flat", "device": "cpu"}
@@ -292,6 +301,8 @@ def test_group_bounds():
     [
         {"index": "hnsw", "hnsw_m": 16, "hnsw_ef_construction": 200, "hnsw_ef_search": 256},
         {"index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4, "seed": 1},
+        # 4 bytes a vector: the codes alone rank roughly; 4x oversampling and the exact rerank restore the order
+        {"index": "ivfpq", "ivf_nlist": 4, "ivf_nprobe": 4, "ivfpq_m": 4, "seed": 1},
     ],
 )
 def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged, tmp_path, index_settings):
@@ -353,3 +364,38 @@ def test_embed_and_score_shards_merge_to_the_one_shard_result(staged, tiny_model
     merged, single = pq.read_table(tmp_path / "scored.parquet"), pq.read_table(out / "scored.parquet")
     assert merged.select(["query_row", "doc_row"]).equals(single.select(["query_row", "doc_row"]))
     np.testing.assert_allclose(merged["ce_score"].to_numpy(), single["ce_score"].to_numpy(), atol=1e-6)
+
+
+def test_ivfpq_needs_a_sub_vector_count_that_divides_the_dimension(staged, tmp_path):
+    from negflow.config import ConfigError
+
+    _, paths = staged
+    with pytest.raises(ConfigError, match="ivfpq_m 5 must divide the embedding dimension 32"):
+        write_index(paths["corpus"], {"index": "ivfpq", "ivf_nlist": 4, "ivfpq_m": 5, "seed": 1}, str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_an_ivf_index_built_in_parts_equals_the_one_built_whole(staged, tmp_path, kind):
+    """Trained once, each embedding shard added by its own job, merged: the same index (same lists, same
+    codes), so the same candidates as building it in one process."""
+    import faiss
+
+    out, paths = staged
+    settings = {**SEARCH, "index": kind, "ivf_nlist": 4, "ivf_nprobe": 2, "ivfpq_m": 4, "seed": 3}
+    write_index(paths["corpus"], settings, str(tmp_path / "whole.faiss"))
+    train_index(paths["corpus"], settings, str(tmp_path / "trained.faiss"))
+    parts = [str(tmp_path / f"{i}-of-2.faiss") for i in (2, 1)]
+    for part in parts:
+        add_shard_to_index(str(tmp_path / "trained.faiss"), paths["corpus"], Path(part).stem, part)
+    merge_index_parts(parts, str(tmp_path / "merged.faiss"))
+    whole, merged = (faiss.read_index(str(tmp_path / f"{n}.faiss")) for n in ("whole", "merged"))
+    assert merged.ntotal == whole.ntotal == len(ShardedEmbeddings(paths["corpus"]))
+    for cell in range(whole.nlist):
+        assert faiss.rev_swig_ptr(merged.invlists.get_ids(cell), merged.invlists.list_size(cell)).tolist() == (
+            faiss.rev_swig_ptr(whole.invlists.get_ids(cell), whole.invlists.list_size(cell)).tolist()
+        )
+    args = (paths["corpus"], paths["queries"], str(out / "corpus"), str(out / "queries"), str(out / "qrels"))
+    for name in ("whole", "merged"):
+        search_shard(*args, settings, 5, str(tmp_path / f"{name}.parquet"), index_path=str(tmp_path / f"{name}.faiss"))
+    assert pq.read_table(tmp_path / "merged.parquet").equals(pq.read_table(tmp_path / "whole.parquet"))

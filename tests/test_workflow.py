@@ -73,6 +73,21 @@ def test_two_gpus_two_jobs_at_once_and_shards_merge_to_the_one_shard_run(
     assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
 
 
+def test_ivf_index_trained_once_filled_per_shard_and_searched_in_batches(tmp_path, dataset_block, mined):
+    """The distributed index path through Snakemake: every cell probed, so the ranked cosines must be the
+    exact search's (twins, documents with identical embeddings, may trade places)."""
+    block = {**dataset_block, "index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4}
+    write_config(tmp_path, {"fx": block}, scatter={"embed": 2, "search": 3})
+    proc = snakemake(tmp_path, "results/fx/search/mined_qrels.parquet")
+    planned = planned_jobs(proc)
+    assert [planned[r] for r in ("train_index", "add_to_index", "build_index", "search")] == [1, 2, 1, 3]
+    assert "merged 3 search shards" in (tmp_path / "logs/merge_candidates/fx.log").read_text()
+    ivf = pq.read_table(tmp_path / "results/fx/search/mined_qrels.parquet").to_pandas()
+    flat = pq.read_table(mined / "results/fx/search/mined_qrels.parquet").to_pandas()
+    assert ivf[["query_row", "rank"]].values.tolist() == flat[["query_row", "rank"]].values.tolist()
+    np.testing.assert_allclose(ivf["cosine"], flat["cosine"], atol=1e-6)
+
+
 def test_output_schema_and_invariants(mined, fixture_data):
     records = read_jsonl(mined / "results/fx/negatives.jsonl")
     qrels = [line.split("\t") for line in fixture_data["qrels"].read_text().splitlines()[1:]]
@@ -204,7 +219,8 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     assert plan(num_negatives=2) == selection
     assert plan(train_scores=True) == {"export_sentence_transformers": 4, "all": 1}
     assert plan(flag_layout="pair") == {"export_flag": 1, "all": 1}
-    assert plan(index="ivf") == {"build_index": 1, "search": 1, "merge_candidates": 1, **selection}
+    index = {"train_index": 1, "add_to_index": 1, "build_index": 1, "search": 1, "merge_candidates": 1}
+    assert plan(index="ivf") == {**index, **selection}
     assert plan(ce=dataset_block["embedding"].replace("embedder", "cross-encoder")) == {
         "prepare_pairs": 1,
         "score_pairs": 1,

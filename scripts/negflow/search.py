@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from negflow.config import ConfigError
 from negflow.embed import SHARD_FILE, ShardedEmbeddings, parse_shard, shard_range
 from negflow.files import atomic_output
 from negflow.prepare import load_table
@@ -22,6 +23,8 @@ from negflow.prepare import load_table
 log = logging.getLogger("negflow")
 
 ADD_CHUNK = 65_536
+PQ_OVERSAMPLE = 4
+IVF_KINDS = ("ivf", "ivfpq")  # built in parts: trained once, filled per embedding shard, merged
 GPU_MAX_K = 2048  # faiss GPU indexes cannot return more neighbours than this
 
 MINED_SCHEMA = pa.schema(
@@ -36,40 +39,92 @@ MINED_SCHEMA = pa.schema(
 )
 
 
-def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict):
-    """A CPU FAISS inner-product index over the corpus, added chunk by chunk from the memory-mapped shards."""
+def empty_index(corpus: ShardedEmbeddings, kind: str, settings: dict):
+    """A CPU FAISS inner-product index, trained where the kind needs it, with no vectors yet."""
     import faiss
 
     dim, n = corpus.dim, len(corpus)
     if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, settings["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = settings["hnsw_ef_construction"]
-    elif kind == "ivf":
-        nlist = settings["ivf_nlist"] or max(1, int(4 * math.sqrt(n)))
-        nlist = min(nlist, n)
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(settings["seed"]).choice(n, size=min(n, nlist * 64), replace=False))
-        index.train(corpus.take(sample))
-    else:
+        return index
+    if kind not in IVF_KINDS:
         raise ValueError(f"unknown index kind {kind!r}")
+    nlist = min(settings["ivf_nlist"] or max(1, int(4 * math.sqrt(n))), n)
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        train_size = nlist * 64
+    else:
+        m = settings["ivfpq_m"]
+        if dim % m:
+            raise ConfigError(f"config: ivfpq_m {m} must divide the embedding dimension {dim}")
+        nbits = min(8, int(math.log2(n)))  # a codebook cannot have more centroids than training points
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        train_size = max(nlist * 64, 256 * 2**nbits)
+        log.info("ivfpq: %d bytes per vector (%d-bit codes)", m * nbits // 8, nbits)
+    # a seeded sample, read from the memory-mapped shards: training never needs the whole corpus in memory
+    sample = np.sort(np.random.default_rng(settings["seed"]).choice(n, size=min(n, train_size), replace=False))
+    log.info("training %s with %d cells on %d of %d vectors", kind, nlist, len(sample), n)
+    index.train(corpus.take(sample))
+    return index
+
+
+def build_index(corpus: ShardedEmbeddings, kind: str, settings: dict):
+    """A complete index over the corpus, added chunk by chunk from the memory-mapped shards."""
+    index = empty_index(corpus, kind, settings)
     for chunk in corpus.chunks(ADD_CHUNK):
         index.add(chunk)
     return index
 
 
+def _write(index, out_path: str) -> None:
+    import faiss
+
+    with atomic_output(out_path) as tmp:
+        faiss.write_index(index, str(tmp))
+    log.info("wrote %s (%d vectors)", out_path, index.ntotal)
+
+
 def write_index(corpus_shards: list[str], settings: dict, out_path: str) -> None:
-    """Build an approximate index once, for every search shard to load (a flat index needs no build)."""
+    """Build an approximate index in one job (HNSW's graph cannot be built in parts)."""
+    corpus = ShardedEmbeddings(corpus_shards)
+    log.info("building a %s index over %d documents (dim %d)", settings["index"], len(corpus), corpus.dim)
+    _write(build_index(corpus, settings["index"], settings), out_path)
+
+
+def train_index(corpus_shards: list[str], settings: dict, out_path: str) -> None:
+    """An IVF index's trained, empty shell: the one quantizer every part is added to."""
+    _write(empty_index(ShardedEmbeddings(corpus_shards), settings["index"], settings), out_path)
+
+
+def add_shard_to_index(trained_path: str, corpus_shards: list[str], shard: str, out_path: str) -> None:
+    """Add one embedding shard to a copy of the trained index, under its global corpus rows, so parts
+    built by separate jobs merge into the index one job would have built."""
     import faiss
 
     corpus = ShardedEmbeddings(corpus_shards)
-    log.info("building a %s index over %d documents (dim %d)", settings["index"], len(corpus), corpus.dim)
-    index = build_index(corpus, settings["index"], settings)
-    with atomic_output(out_path) as tmp:
-        faiss.write_index(index, str(tmp))
-    log.info("wrote %s", out_path)
+    index = faiss.read_index(trained_path)
+    i = parse_shard(shard)[0]
+    part, offset = corpus.parts[i], int(corpus.offsets[i])
+    for start in range(0, len(part), ADD_CHUNK):
+        chunk = np.ascontiguousarray(part[start : start + ADD_CHUNK])
+        index.add_with_ids(chunk, np.arange(offset + start, offset + start + len(chunk), dtype=np.int64))
+    log.info("added corpus rows %d-%d (shard %s)", offset, offset + len(part), shard)
+    _write(index, out_path)
+
+
+def merge_index_parts(part_paths: list[str], out_path: str) -> None:
+    """One index from the parts, their inverted lists moved in shard order."""
+    import faiss
+
+    part_paths = sorted(part_paths, key=lambda p: parse_shard(re.search(SHARD_FILE, p)[1])[0])
+    index = faiss.read_index(part_paths[0])
+    for path in part_paths[1:]:
+        index.merge_from(faiss.read_index(path), 0)
+    _write(index, out_path)
 
 
 def load_index(corpus: ShardedEmbeddings, settings: dict, index_path: str | None, use_gpu: bool):
@@ -78,13 +133,14 @@ def load_index(corpus: ShardedEmbeddings, settings: dict, index_path: str | None
     import faiss
 
     if index_path:
-        index = faiss.read_index(index_path)
+        # memory-mapped where the index type allows (IVF lists): jobs on one node share the page cache
+        index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         if index.ntotal != len(corpus):
             raise ValueError(f"{index_path} holds {index.ntotal} vectors, the corpus {len(corpus)}; rerun build_index")
     else:
         index = build_index(corpus, settings["index"], settings)
     kind = settings["index"]
-    if kind == "ivf":
+    if kind in IVF_KINDS:
         index.nprobe = min(settings["ivf_nprobe"], index.nlist)
     if use_gpu and kind != "hnsw":
         resources = faiss.StandardGpuResources()
@@ -143,7 +199,7 @@ def search_shard(
     query's qrels documents, ranked by exact cosine."""
     corpus = ShardedEmbeddings(corpus_shards)
     queries = ShardedEmbeddings(query_shards)
-    doc_ids = load_table(corpus_dir, ["id"])["id"].to_pylist()
+    doc_ids = load_table(corpus_dir, ["id"])["id"]  # memory-mapped Arrow: a corpus-sized Python list would not fit
     query_ids = load_table(queries_dir, ["id"])["id"].to_pylist()
     if len(doc_ids) != len(corpus) or len(query_ids) != len(queries):
         raise ValueError("embedding shards do not match the prepared corpus/queries; rerun embed")
@@ -155,6 +211,8 @@ def search_shard(
     candidates = settings["candidates"]
     use_gpu = faiss_has_gpu(settings["device"])
     k = min(candidates + max_excluded, len(corpus))
+    if settings["index"] == "ivfpq":  # compressed scores are rough: fetch more, keep the best by exact cosine
+        k = min(k * PQ_OVERSAMPLE, len(corpus))
     if use_gpu and k > GPU_MAX_K:
         log.warning("k=%d exceeds the faiss GPU limit of %d; searching on the CPU", k, GPU_MAX_K)
         use_gpu = False
@@ -194,11 +252,12 @@ def search_shard(
                 short += len(kept_rows) < candidates
                 total += len(kept_rows)
                 cols["query_id"] += [query_ids[q]] * len(kept_rows)
-                cols["doc_id"] += [doc_ids[r] for r in kept_rows.tolist()]
+                cols["doc_id"].append(kept_rows)
                 cols["query_row"] += [q] * len(kept_rows)
                 cols["doc_row"] += kept_rows.tolist()
                 cols["rank"] += list(range(1, len(kept_rows) + 1))
                 cols["cosine"] += kept_scores.tolist()
+            cols["doc_id"] = doc_ids.take(np.concatenate(cols["doc_id"]) if cols["doc_id"] else [])
             writer.write_table(pa.table(cols, schema=MINED_SCHEMA))
     log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
     return {"queries": len(part), "candidates": total, "short": short}

@@ -1,0 +1,21 @@
+"""Rule add_to_index: add one corpus embedding shard to a copy of the trained IVF index."""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.files import run_stage
+from negflow.search import add_shard_to_index
+
+
+def main(log):
+    import faiss
+
+    faiss.omp_set_num_threads(snakemake.threads)
+    add_shard_to_index(
+        snakemake.input.trained, list(snakemake.input.corpus), snakemake.wildcards.scatteritem, snakemake.output[0]
+    )
+
+
+run_stage(snakemake.log[0], main)
