@@ -80,7 +80,7 @@ start_munge() {
   fi
   chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
-  if munge -n </dev/null | unmunge >/dev/null 2>&1; then
+  if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
     log "a munged not started by this script answers; using it"
     return
   fi
