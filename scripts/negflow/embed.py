@@ -13,15 +13,17 @@ from negflow.files import atomic_output
 log = logging.getLogger("negflow")
 
 
-SHARD_FILE = r"(\d+-of-\d+)\.\w+$"  # a shard's file name ends in its scatter item
-
-
 def parse_shard(shard: str) -> tuple[int, int]:
     """Snakemake's scatter item, 1-based, to a 0-based shard index and the count: '2-of-8' -> (1, 8)."""
     match = re.fullmatch(r"(\d+)-of-(\d+)", shard)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
         raise ValueError(f"shard must look like 'I-of-N' with 1 <= I <= N, got {shard!r}")
     return int(match[1]) - 1, int(match[2])
+
+
+def in_shard_order(paths: list[str]) -> list[str]:
+    """Shard files (named by their scatter item, `.../I-of-N.ext`) sorted by shard number, not by name."""
+    return sorted(paths, key=lambda path: parse_shard(re.search(r"(\d+-of-\d+)\.\w+$", path)[1])[0])
 
 
 def shard_range(n_rows: int, index: int, count: int) -> range:
@@ -82,10 +84,7 @@ class ShardedEmbeddings:
     """Embedding shards read as one matrix without concatenating them in memory."""
 
     def __init__(self, paths: list[str]):
-        def shard_index(path: str) -> int:
-            return parse_shard(re.search(SHARD_FILE, path)[1])[0]
-
-        self.parts = [np.load(p, mmap_mode="r") for p in sorted(paths, key=shard_index)]
+        self.parts = [np.load(p, mmap_mode="r") for p in in_shard_order(paths)]
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
         self.dim = self.parts[0].shape[1]
 

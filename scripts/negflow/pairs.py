@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +112,9 @@ def score_pairs(
 
 def merge_scores(shard_paths: list[str], out_path: str) -> int:
     """Concatenate score shards in pair order."""
-    from negflow.embed import SHARD_FILE, parse_shard
+    from negflow.embed import in_shard_order
 
-    shard_paths = sorted(shard_paths, key=lambda p: parse_shard(re.search(SHARD_FILE, p)[1])[0])
+    shard_paths = in_shard_order(shard_paths)
     rows = 0
     with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), SCORED_SCHEMA) as writer:
         for path in shard_paths:

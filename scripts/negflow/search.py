@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import defaultdict
 
 import numpy as np
@@ -16,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negflow.config import ConfigError
-from negflow.embed import SHARD_FILE, ShardedEmbeddings, parse_shard, shard_range
+from negflow.embed import ShardedEmbeddings, in_shard_order, parse_shard, shard_range
 from negflow.files import atomic_output
 from negflow.prepare import load_table
 
@@ -120,7 +119,7 @@ def merge_index_parts(part_paths: list[str], out_path: str) -> None:
     """One index from the parts, their inverted lists moved in shard order."""
     import faiss
 
-    part_paths = sorted(part_paths, key=lambda p: parse_shard(re.search(SHARD_FILE, p)[1])[0])
+    part_paths = in_shard_order(part_paths)
     index = faiss.read_index(part_paths[0])
     for path in part_paths[1:]:
         index.merge_from(faiss.read_index(path), 0)
@@ -282,7 +281,7 @@ def merge_candidates(
 ) -> dict[str, int]:
     """Concatenate the search shards, in query order, into the mined qrels, and write the exact cosines
     of the qrels documents (the positives selection compares against)."""
-    shard_paths = sorted(shard_paths, key=lambda p: parse_shard(re.search(SHARD_FILE, p)[1])[0])
+    shard_paths = in_shard_order(shard_paths)
     total = 0
     with atomic_output(out_mined) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
         for path in shard_paths:
