@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real single-node SLURM on localhost for the SLURM tests: munge, slurmctld and slurmd, with two fake GPUs.
 #   .ci/slurm.sh start   install (Debian packages) if needed, configure, start; idempotent
-#   .ci/slurm.sh stop    stop only the daemons this script started, by the pids it recorded
+#   .ci/slurm.sh stop    stop only the daemons this script started, by the pids it recorded, and remove the
+#                        config files it wrote: with a config but no controller, `scontrol` waits 10 s, and the
+#                        SLURM executor plugin runs it when Snakemake starts, so every snakemake call would wait
 # Needs root and no systemd (as on CI). The config goes to /etc/slurm (job steps run srun, which finds
 # its config only there or through DNS); state and logs live in $NEGFLOW_SLURM_DIR (default /tmp/negflow-slurm).
 set -euo pipefail
@@ -138,6 +140,12 @@ stop() {
       log "stopped $daemon ($pid)"
     fi
     rm -f "$DIR/$daemon.pid"
+  done
+  for file in "$CONF" /etc/slurm/gres.conf; do
+    if [[ -f $file ]] && grep -qF "$MARK" "$file"; then
+      rm -f "$file"
+      log "removed $file"
+    fi
   done
 }
 
