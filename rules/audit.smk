@@ -13,6 +13,7 @@ rule audit:
     resources:
         gpu=1,
         batch_size=setting("embedding_batch_size"),
+        batch_tokens=setting("embedding_batch_tokens"),
     params:
         settings=settings_for("audit"),
     script:

@@ -1,15 +1,17 @@
 rule embed:
+    """Shard I-of-N of the corpus and of the queries in one job: the model is loaded once per shard."""
     input:
-        dataset="results/{dataset}/prepare/{part}",
+        corpus="results/{dataset}/prepare/corpus",
+        queries="results/{dataset}/prepare/queries",
         code=library("embed", "models"),
     output:
-        "results/{dataset}/embed/{part}/{scatteritem}.npy",
+        corpus="results/{dataset}/embed/corpus/{scatteritem}.npy",
+        queries="results/{dataset}/embed/queries/{scatteritem}.npy",
     log:
-        "logs/embed/{dataset}.{part}.{scatteritem}.log",
+        "logs/embed/{dataset}.{scatteritem}.log",
     benchmark:
-        "benchmarks/embed/{dataset}.{part}.{scatteritem}.tsv"
+        "benchmarks/embed/{dataset}.{scatteritem}.tsv"
     wildcard_constraints:
-        part="corpus|queries",
         scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
@@ -17,6 +19,7 @@ rule embed:
     resources:
         gpu=1,
         batch_size=setting("embedding_batch_size"),
+        batch_tokens=setting("embedding_batch_tokens"),
     params:
         settings=settings_for("embed"),
     script:

@@ -15,6 +15,7 @@ rule finetune:
     resources:
         gpu=1,
         batch_size=setting("embedding_batch_size"),
+        batch_tokens=setting("embedding_batch_tokens"),
     params:
         settings=settings_for("finetune"),
     script:

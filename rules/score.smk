@@ -16,6 +16,7 @@ rule score_pairs:
     resources:
         gpu=1,
         batch_size=setting("ce_batch_size"),
+        batch_tokens=setting("ce_batch_tokens"),
     params:
         settings=settings_for("score_pairs"),
     script:

@@ -49,7 +49,7 @@ def main(log):
     log.info("false negatives and hardness on the same candidates:\n%s", format_table(report["strategies"]))
 
     if s["audit_qrels"]:
-        from negflow.models import compute_dtype, load_embedding_model, pick_device
+        from negflow.models import BatchLimits, compute_dtype, load_embedding_model, pick_device
 
         manifest = json.loads(Path(inp.manifest).read_text(encoding="utf-8"))
         device = pick_device(s["device"])
@@ -62,7 +62,7 @@ def main(log):
             doc_ids,
             manifest["query_prompt"],
             s["min_positive_score"],
-            snakemake.resources.batch_size,
+            BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
             device,
             compute_dtype(s["embedding_dtype"], device),
         )

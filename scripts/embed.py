@@ -1,4 +1,4 @@
-"""Rule embed: embed one shard of the tokenized corpus or queries into an .npy of unit vectors."""
+"""Rule embed: embed one shard of the tokenized corpus and of the queries into .npy files of unit vectors."""
 
 from typing import TYPE_CHECKING
 
@@ -7,21 +7,23 @@ if TYPE_CHECKING:
 
 from negflow.embed import embed_shard
 from negflow.files import run_stage
-from negflow.models import limit_threads
+from negflow.models import BatchLimits, limit_threads
 
 
 def main(log):
     s = snakemake.params.settings
     limit_threads(snakemake.threads)
     embed_shard(
-        dataset_dir=snakemake.input.dataset,
+        parts=[
+            (snakemake.input.corpus, snakemake.output.corpus),
+            (snakemake.input.queries, snakemake.output.queries),
+        ],
         shard=snakemake.wildcards.scatteritem,
         model_ref=s["embedding"],
         seq_len=s["embedding_seq_len"],
         dtype_setting=s["embedding_dtype"],
         device_setting=s["device"],
-        batch_size=snakemake.resources.batch_size,
-        out_path=snakemake.output[0],
+        limits=BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
     )
 
 

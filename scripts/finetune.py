@@ -35,7 +35,7 @@ def main(log):
             judged,
             manifest["query_prompt"],
             s,
-            snakemake.resources.batch_size,
+            BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
             work_dir,
         )
     finally:

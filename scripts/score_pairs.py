@@ -6,7 +6,7 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.files import run_stage
-from negflow.models import limit_threads
+from negflow.models import BatchLimits, limit_threads
 from negflow.pairs import score_pairs
 
 
@@ -19,7 +19,7 @@ def main(log):
         seq_len=s["ce_seq_len"],
         dtype_setting=s["ce_dtype"],
         device_setting=s["device"],
-        batch_size=snakemake.resources.batch_size,
+        limits=BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
         out_path=snakemake.output[0],
         shard=snakemake.wildcards.scatteritem,
     )

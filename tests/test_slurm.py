@@ -50,7 +50,7 @@ def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block,
         for name, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)
         if name not in ("all", "total")
     }
-    assert planned["embed"] == 4 and planned["score_pairs"] == 1
+    assert planned["embed"] == 2 and planned["score_pairs"] == 1  # corpus and queries shard together
 
     jobs: dict[str, list[str]] = {}
     devices = set()

@@ -13,6 +13,7 @@ import pytest
 from negflow.audit import audit_selection
 from negflow.embed import ShardedEmbeddings, embed_shard, parse_shard, shard_range
 from negflow.export import MinedCandidates, export_negatives, group_bounds
+from negflow.models import BatchLimits, length_sorted_batches
 from negflow.pairs import merge_scores, prepare_pairs, score_pairs, unique_pairs
 from negflow.prepare import load_table, prepare
 from negflow.search import (
@@ -51,11 +52,12 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
         str(out / "manifest.json"),
     )
     paths = {"corpus": [], "queries": []}
-    for part in paths:
-        for shard in ("1-of-2", "2-of-2"):
-            path = out / f"{part}-{shard}.npy"
-            embed_shard(str(out / part), shard, str(tiny_models["embedder"]), 64, "fp32", "cpu", 7, str(path))
-            paths[part].append(str(path))
+    for shard in ("1-of-2", "2-of-2"):  # both parts in one call, as the embed rule does
+        outputs = [(str(out / part), str(out / f"{part}-{shard}.npy")) for part in paths]
+        written = embed_shard(outputs, shard, str(tiny_models["embedder"]), 64, "fp32", "cpu", BatchLimits(7))
+        assert list(written) == [path for _, path in outputs]
+        for part, (_, path) in zip(paths, outputs, strict=True):
+            paths[part].append(path)
     search_shard(
         paths["corpus"],
         paths["queries"],
@@ -82,7 +84,9 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
         100,
         str(out / "pairs"),
     )
-    score_pairs(str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", 9, str(out / "scored.parquet"))
+    score_pairs(
+        str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", BatchLimits(9), str(out / "scored.parquet")
+    )
     return out, paths
 
 
@@ -327,11 +331,63 @@ def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged,
 def test_cpu_bf16_stays_close_to_fp32(staged, tiny_models, tmp_path):
     out, paths = staged
     embed_shard(
-        str(out / "queries"), "1-of-1", str(tiny_models["embedder"]), 64, "bf16", "cpu", 7, str(tmp_path / "bf16.npy")
+        [(str(out / "queries"), str(tmp_path / "bf16.npy"))],
+        "1-of-1",
+        str(tiny_models["embedder"]),
+        64,
+        "bf16",
+        "cpu",
+        BatchLimits(7),
     )
     fp32 = ShardedEmbeddings(paths["queries"]).take(np.arange(len(np.load(tmp_path / "bf16.npy"))))
     cosines = np.einsum("ij,ij->i", np.load(tmp_path / "bf16.npy"), fp32)
     assert cosines.min() > 0.99
+
+
+def test_token_budget_batches_hold_many_short_rows_and_few_long_ones():
+    lengths = np.array([10, 200, 10, 50, 10, 200, 50])
+    batches = length_sorted_batches(lengths, max_rows=3, max_tokens=400)
+    # longest first; a batch is sized by its first (longest) row: 400 // 200 = 2 rows, then 400 // 50 = 8
+    # capped at 3 rows (the third is a 10-token row), then the rest
+    assert [b.tolist() for b in batches] == [[1, 5], [3, 6, 0], [2, 4]]
+    assert [b.tolist() for b in length_sorted_batches(lengths, max_rows=8, max_tokens=100)] == [
+        [1],
+        [5],
+        [3, 6],
+        [0, 2, 4],
+    ]
+    # a row longer than the budget still gets a batch of its own
+    assert [b.tolist() for b in length_sorted_batches(np.array([500, 3]), 8, 100)] == [[0], [1]]
+
+
+def test_batch_limits_do_not_change_embeddings(staged, tiny_models, tmp_path):
+    out, paths = staged
+    one_by_one = tmp_path / "tiny-budget.npy"
+    embed_shard(
+        [(str(out / "corpus"), str(one_by_one))],
+        "1-of-1",
+        str(tiny_models["embedder"]),
+        64,
+        "fp32",
+        "cpu",
+        BatchLimits(512, 8),
+    )
+    whole = ShardedEmbeddings(paths["corpus"])
+    np.testing.assert_allclose(np.load(one_by_one), whole.take(np.arange(len(whole))), atol=1e-6)
+
+
+def test_auto_dtype_is_bf16_exactly_on_cpus_with_native_bf16(monkeypatch):
+    import torch
+
+    from negflow import models
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(models, "cpu_has_bf16", lambda native=native: native)
+        assert models.compute_dtype("auto", cpu) == expected
+    assert models.compute_dtype("fp32", cpu) is None
+    assert BatchLimits(512).token_budget(cpu) == 4096
+    assert BatchLimits(512, 1000).token_budget(torch.device("cuda")) == 1000
 
 
 def test_a_folder_that_is_no_model_is_one_line(tmp_path):
@@ -351,7 +407,9 @@ def test_a_folder_that_is_no_model_is_one_line(tmp_path):
 def test_embed_and_score_shards_merge_to_the_one_shard_result(staged, tiny_models, tmp_path):
     out, paths = staged
     whole = tmp_path / "corpus-1-of-1.npy"
-    embed_shard(str(out / "corpus"), "1-of-1", str(tiny_models["embedder"]), 64, "fp32", "cpu", 7, str(whole))
+    embed_shard(
+        [(str(out / "corpus"), str(whole))], "1-of-1", str(tiny_models["embedder"]), 64, "fp32", "cpu", BatchLimits(7)
+    )
     sharded = ShardedEmbeddings(paths["corpus"])
     # equal to float32 rounding, not bit for bit: a shard's length-sorted batches have other shapes
     np.testing.assert_allclose(np.concatenate(list(sharded.chunks(1000))), np.load(whole), atol=1e-6)
@@ -359,7 +417,9 @@ def test_embed_and_score_shards_merge_to_the_one_shard_result(staged, tiny_model
     shards = []
     for i in (2, 1):
         shards.append(str(tmp_path / f"scored-{i}-of-2.parquet"))
-        score_pairs(str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", 9, shards[-1], f"{i}-of-2")
+        score_pairs(
+            str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", BatchLimits(9), shards[-1], f"{i}-of-2"
+        )
     merge_scores(shards, str(tmp_path / "scored.parquet"))
     merged, single = pq.read_table(tmp_path / "scored.parquet"), pq.read_table(out / "scored.parquet")
     assert merged.select(["query_row", "doc_row"]).equals(single.select(["query_row", "doc_row"]))
@@ -399,3 +459,14 @@ def test_an_ivf_index_built_in_parts_equals_the_one_built_whole(staged, tmp_path
     for name in ("whole", "merged"):
         search_shard(*args, settings, 5, str(tmp_path / f"{name}.parquet"), index_path=str(tmp_path / f"{name}.faiss"))
     assert pq.read_table(tmp_path / "merged.parquet").equals(pq.read_table(tmp_path / "whole.parquet"))
+
+
+def test_load_table_reads_a_saved_dataset_as_datasets_does(tmp_path):
+    import datasets
+
+    rows = {"id": [f"d{i}" for i in range(10)], "length": list(range(10, 0, -1))}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"), num_shards=3)
+    assert len(list((tmp_path / "ds").glob("*.arrow"))) == 3
+    table = load_table(tmp_path / "ds", ["length", "id"])
+    assert table.column_names == ["length", "id"]
+    assert table.to_pydict() == {"length": rows["length"], "id": rows["id"]}

@@ -56,7 +56,7 @@ def test_two_gpus_two_jobs_at_once_and_shards_merge_to_the_one_shard_run(
         env=env,
     )
     planned = planned_jobs(proc)
-    assert (planned["embed"], planned["search"], planned["score_pairs"], planned["merge_scores"]) == (4, 2, 2, 1)
+    assert (planned["embed"], planned["search"], planned["score_pairs"], planned["merge_scores"]) == (2, 2, 2, 1)
     leases = {}
     for log in sorted((tmp_path / "logs").rglob("*.log")):
         found = re.search(r"leased GPU (\d) of 0,1", log.read_text())
@@ -64,7 +64,7 @@ def test_two_gpus_two_jobs_at_once_and_shards_merge_to_the_one_shard_run(
             leases[log.relative_to(tmp_path / "logs").as_posix()] = found[1]
     assert sorted(leases) == [
         "audit/fx.log",
-        *(f"embed/fx.{part}.{i}-of-2.log" for part in ("corpus", "queries") for i in (1, 2)),
+        *(f"embed/fx.{i}-of-2.log" for i in (1, 2)),
         "score_pairs/fx.1-of-2.log",
         "score_pairs/fx.2-of-2.log",
     ]
@@ -210,7 +210,7 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         return planned_jobs(snakemake(mined, "-n"))
 
     selection = {"export_negatives": 1, "export_flag": 1, "export_sentence_transformers": 4, "audit": 1, "all": 1}
-    everything = {"prepare": 1, "embed": 2, "search": 1, "merge_candidates": 1, **selection}
+    everything = {"prepare": 1, "embed": 1, "search": 1, "merge_candidates": 1, **selection}
     assert plan() == {}
     assert plan(embedding_batch_size=3, search_batch_size=2) == {}  # performance-only knobs
     assert plan(relative_margin=0.1) == selection

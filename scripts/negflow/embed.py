@@ -34,16 +34,16 @@ def shard_range(n_rows: int, index: int, count: int) -> range:
 
 
 def embed_shard(
-    dataset_dir: str,
+    parts: list[tuple[str, str]],
     shard: str,
     model_ref: str,
     seq_len: int | None,
     dtype_setting: str,
     device_setting: str,
-    batch_size: int,
-    out_path: str,
-) -> int:
-    """Embed the rows of one shard with the model's own pooling, L2-normalised so inner product = cosine."""
+    limits,
+) -> dict[str, int]:
+    """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
+    the model's own pooling, L2-normalised so inner product = cosine. Returns rows written per output."""
     import datasets
     import torch
 
@@ -51,33 +51,37 @@ def embed_shard(
     from negflow.prepare import load_extras
 
     index, count = parse_shard(shard)
-    rows = datasets.load_from_disk(dataset_dir)
-    part = shard_range(len(rows), index, count)
-    rows = rows.select(part)
     device = pick_device(device_setting)
     dtype = compute_dtype(dtype_setting, device)
     model = load_embedding_model(model_ref, device, seq_len)
     dim = model.get_embedding_dimension()
-    log.info(
-        "embedding rows %d-%d of %s (shard %s) on %s, dtype %s, dim %d",
-        part.start,
-        part.stop,
-        dataset_dir,
-        shard,
-        device,
-        dtype or "fp32",
-        dim,
-    )
-    with atomic_output(out_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
-        for idx, emb in run_model(
-            model, rows, load_extras(dataset_dir), "sentence_embedding", batch_size, device, dtype, f"embed {shard}"
-        ):
-            out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
-        out.flush()
-        del out
-    log.info("wrote %d embeddings to %s", len(rows), out_path)
-    return len(rows)
+    written = {}
+    for dataset_dir, out_path in parts:
+        rows = datasets.load_from_disk(dataset_dir)
+        part = shard_range(len(rows), index, count)
+        rows = rows.select(part)
+        log.info(
+            "embedding rows %d-%d of %s (shard %s) on %s, dtype %s, dim %d",
+            part.start,
+            part.stop,
+            dataset_dir,
+            shard,
+            device,
+            dtype or "fp32",
+            dim,
+        )
+        extras = load_extras(dataset_dir)
+        with atomic_output(out_path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
+            for idx, emb in run_model(
+                model, rows, extras, "sentence_embedding", limits, device, dtype, f"embed {shard}"
+            ):
+                out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+            out.flush()
+            del out
+        log.info("wrote %d embeddings to %s", len(rows), out_path)
+        written[out_path] = len(rows)
+    return written
 
 
 class ShardedEmbeddings:

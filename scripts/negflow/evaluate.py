@@ -86,7 +86,7 @@ def retrieval_quality(ranked: dict[str, list[str]], judged: dict, min_positive_s
     return {"queries": len(per_query["ndcg@10"]), **result}
 
 
-def embed_texts(model, texts: list[str], prompt: str | None, batch_size: int, device, dtype) -> np.ndarray:
+def embed_texts(model, texts: list[str], prompt: str | None, limits, device, dtype) -> np.ndarray:
     """Unit vectors of `texts` through the same tokenize / length-sorted path the embed stage uses."""
     import datasets
     import torch
@@ -97,7 +97,7 @@ def embed_texts(model, texts: list[str], prompt: str | None, batch_size: int, de
     rows = datasets.Dataset.from_dict(tokens)
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     with torch.inference_mode():
-        for idx, emb in run_model(model, rows, extras, "sentence_embedding", batch_size, device, dtype, "embed"):
+        for idx, emb in run_model(model, rows, extras, "sentence_embedding", limits, device, dtype, "embed"):
             out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
     return out
 
@@ -110,13 +110,13 @@ def evaluate_model(
     doc_ids: list[str],
     query_prompt: str | None,
     min_positive_score: int,
-    batch_size: int,
+    limits,
     device,
     dtype,
 ) -> dict:
     """Embed the judged queries, search the corpus exactly, score the top 100."""
     ids = [q for q in judged if q in query_texts]
-    q_emb = embed_texts(model, [query_texts[q] for q in ids], query_prompt, batch_size, device, dtype)
+    q_emb = embed_texts(model, [query_texts[q] for q in ids], query_prompt, limits, device, dtype)
     top = exact_top_k(q_emb, corpus_chunks, 100)
     ranked = {q: [doc_ids[r] for r in row] for q, row in zip(ids, top.tolist(), strict=True)}
     return retrieval_quality(ranked, judged, min_positive_score)

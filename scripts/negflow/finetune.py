@@ -97,7 +97,7 @@ def finetune_report(
     judged: dict,
     query_prompt: str | None,
     settings: dict,
-    batch_size: int,
+    limits,
     work_dir: str,
 ) -> dict:
     """nDCG@10 (and MRR@10, Recall@100) before training, after training on the mined negatives, and after
@@ -119,7 +119,7 @@ def finetune_report(
         from negflow.models import model_prompt
 
         doc_prompt = model_prompt(model, settings["doc_prompt"], "document")
-        corpus_emb = embed_texts(model, corpus_texts, doc_prompt, batch_size, device, None)
+        corpus_emb = embed_texts(model, corpus_texts, doc_prompt, limits, device, None)
         return evaluate_model(
             model,
             query_texts,
@@ -128,7 +128,7 @@ def finetune_report(
             doc_ids,
             query_prompt,
             settings["min_positive_score"],
-            batch_size,
+            limits,
             device,
             None,
         )

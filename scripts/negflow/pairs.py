@@ -63,7 +63,7 @@ def score_pairs(
     seq_len: int,
     dtype_setting: str,
     device_setting: str,
-    batch_size: int,
+    limits,
     out_path: str,
     shard: str = "1-of-1",
 ) -> int:
@@ -92,7 +92,7 @@ def score_pairs(
         activation,
     )
     scores = np.empty(len(pairs), dtype=np.float32)
-    for idx, out in run_model(model, pairs, load_extras(pairs_dir), "scores", batch_size, device, dtype, "score"):
+    for idx, out in run_model(model, pairs, load_extras(pairs_dir), "scores", limits, device, dtype, "score"):
         if activation is not None:
             out = activation(out)
         scores[idx] = out.reshape(len(idx), -1)[:, 0].cpu().numpy()
