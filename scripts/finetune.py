@@ -13,7 +13,7 @@ from negflow.beir import ReadStats, iter_queries
 from negflow.evaluate import read_judgments
 from negflow.files import atomic_output, run_stage
 from negflow.finetune import finetune_report
-from negflow.models import limit_threads
+from negflow.models import BatchLimits, limit_threads
 from negflow.prepare import load_table
 
 

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from negflow.selection import QueryScores, SelectionSettings, relative_ceiling, select_negatives
+from negflow.selection import QueryScores, SelectionSettings, candidate_noise, relative_ceiling, select_negatives
 
 # Only what a test turns on: no margins, no duplicate checks, rank order.
 PLAIN = dict(relative_margin=None, positive_doc_margin=None, dup_threshold=None, sampling="top")
@@ -13,7 +13,7 @@ PLAIN = dict(relative_margin=None, positive_doc_margin=None, dup_threshold=None,
 
 def pick(query, seed=0, **settings):
     s = SelectionSettings(**{**PLAIN, **settings})
-    return select_negatives(query, s, np.random.default_rng(seed))
+    return select_negatives(query, s, np.random.default_rng(seed).random(len(query)))
 
 
 def q(scores, positives=(0.8,), **extra):
@@ -173,3 +173,34 @@ def test_defaults_match_the_schema():
     defaults = setting_defaults(load_schema(REPO / "config" / "schema.yaml"))
     s = SelectionSettings.from_settings(defaults)
     assert s == SelectionSettings()
+
+
+def test_candidate_noise_is_keyed_by_seed_query_and_document():
+    rows = np.arange(100_000)
+    u = candidate_noise(42, 3, rows)
+    assert u.min() > 0 and u.max() < 1
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert np.all(np.abs(counts - 10_000) < 500)  # 5 sigma of a binomial(100k, 0.1) is 474
+    # a document's value does not depend on the other documents in the list
+    assert candidate_noise(42, 3, np.array([77, 5]))[0] == u[77]
+    assert candidate_noise(42, 3, np.array([5]))[0] == u[5]
+    # other seeds and other queries draw independently
+    for other in (candidate_noise(43, 3, rows), candidate_noise(42, 4, rows)):
+        assert abs(np.corrcoef(u, other)[0, 1]) < 0.02
+    assert np.array_equal(candidate_noise(-1, 0, rows[:5]), candidate_noise(2**64 - 1, 0, rows[:5]))
+
+
+def test_random_picks_move_only_where_the_candidate_list_changes():
+    """A candidate that leaves the eligible set (e.g. its score crossed the margin under another precision)
+    changes at most the one pick it held; a shuffle of the list would redraw all of them."""
+    rng = np.random.default_rng(0)
+    scores = np.sort(rng.uniform(0.1, 0.7, 100))[::-1]
+    doc_rows = rng.choice(5000, 100, replace=False)
+    s = SelectionSettings(**{**PLAIN, "sampling": "random", "num_negatives": 8, "max_score": 0.69})
+    noise = candidate_noise(7, 1, doc_rows)
+    before = set(doc_rows[select_negatives(q(scores), s, noise).chosen])
+    for gone in range(100):
+        shifted = scores.copy()
+        shifted[gone] = 0.695  # now above max_score: filtered out
+        after = set(doc_rows[select_negatives(q(shifted), s, noise).chosen])
+        assert len(before - after) == (1 if doc_rows[gone] in before and scores[gone] <= 0.69 else 0)

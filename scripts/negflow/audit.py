@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from negflow.export import MinedCandidates, query_rng
+from negflow.export import MinedCandidates, query_noise
 from negflow.files import atomic_output
 from negflow.selection import SelectionSettings, select_negatives
 
@@ -66,7 +66,7 @@ def audit_selection(
         audited += 1
         scores = query.scores(mined.score_name)
         for name, s in strategies.items():
-            selection = select_negatives(scores, s, query_rng(s, query.query_row))
+            selection = select_negatives(scores, s, query_noise(s, query))
             chosen = [query.cand_ids[i] for i in selection.chosen.tolist()]
             st = stats[name]
             if len(chosen) < s.num_negatives:

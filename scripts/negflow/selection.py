@@ -142,27 +142,50 @@ def filter_mask(query: QueryScores, s: SelectionSettings) -> tuple[np.ndarray, d
     return keep, dropped
 
 
-def sampling_order(
-    query: QueryScores, candidates: np.ndarray, s: SelectionSettings, rng: np.random.Generator
-) -> np.ndarray:
-    """The order in which surviving candidates are taken: rank order (`top`), a seeded shuffle
-    (`random`), or SimANS: weighted sampling without replacement, weight exp(-a (s - s_pos - b)^2)
-    with s_pos the query's lowest positive score (Gumbel top-k, so weights that underflow still order)."""
+GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: a bijective mix of uint64 arrays (arithmetic wraps modulo 2**64)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def candidate_noise(seed: int, query_row: int, doc_rows: np.ndarray) -> np.ndarray:
+    """A uniform (0, 1) value per (seed, query, document), the same whichever other documents are
+    candidates: a small change of the candidate list (another precision, index or model version) changes
+    only the picks it touches, where a shuffle of the list would redraw them all."""
+    key = np.array([seed % 2**64], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        stream = _splitmix64(_splitmix64(key) + np.uint64(query_row))
+        rows = np.asarray(doc_rows, dtype=np.uint64) + np.uint64(1)
+        bits = _splitmix64(rows * GOLDEN64 + stream)
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+
+
+def sampling_order(query: QueryScores, candidates: np.ndarray, s: SelectionSettings, noise: np.ndarray) -> np.ndarray:
+    """The order in which surviving candidates are taken: rank order (`top`), ascending noise (`random`:
+    a uniform order), or SimANS: weighted sampling without replacement, weight exp(-a (s - s_pos - b)^2)
+    with s_pos the query's lowest positive score (Gumbel top-k with Gumbel(noise), so weights that
+    underflow still order). `noise` holds one uniform (0, 1) value per candidate of the query."""
     if s.sampling == "top" or len(candidates) == 0:
         return candidates
+    u = np.asarray(noise, dtype=np.float64)[candidates]
     if s.sampling == "random":
-        return rng.permutation(candidates)
+        return candidates[np.argsort(u, kind="stable")]
     pos = float(np.min(query.positive_scores))
     log_weight = -s.simans_a * (np.asarray(query.scores, dtype=np.float64)[candidates] - pos - s.simans_b) ** 2
-    keys = log_weight + rng.gumbel(size=len(candidates))
+    keys = log_weight - np.log(-np.log(u))
     return candidates[np.argsort(-keys, kind="stable")]
 
 
-def select_negatives(query: QueryScores, s: SelectionSettings, rng: np.random.Generator) -> Selection:
+def select_negatives(query: QueryScores, s: SelectionSettings, noise: np.ndarray) -> Selection:
     """Filter, order by the sampler, then take up to `num_negatives`, skipping a candidate whose cosine
     to a negative already taken is above `dup_threshold`."""
     keep, dropped = filter_mask(query, s)
-    order = sampling_order(query, np.flatnonzero(keep), s, rng)
+    order = sampling_order(query, np.flatnonzero(keep), s, noise)
     chosen: list[int] = []
     near_duplicates = 0
     check_duplicates = s.dup_threshold is not None and query.candidate_cos is not None
