@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from negflow.evaluate import exact_top_k, mrr_at, ndcg_at, recall_at, retrieval_quality
+from negflow.evaluate import mrr_at, ndcg_at, recall_at, retrieval_quality
 from negflow.provenance import model_fingerprint
+from negflow.search import exact_top_k
 from negflow.training import Example, st_rows
 
 # q1 has two positives and three negatives; q2 one positive and one negative
@@ -67,12 +68,22 @@ def test_metrics_on_a_hand_ranking():
     assert quality["queries"] == 1 and quality["mrr@10"] == 0.5
 
 
+def expected_all(queries, corpus):
+    return np.argsort(-(queries @ corpus.T), axis=1)
+
+
 def test_exact_top_k_over_chunks_equals_a_full_sort():
+    import torch
+
     rng = np.random.default_rng(0)
     corpus = rng.normal(size=(103, 8)).astype(np.float32)
     queries = rng.normal(size=(5, 8)).astype(np.float32)
-    top = exact_top_k(queries, (corpus[i : i + 10] for i in range(0, 103, 10)), 7)
-    np.testing.assert_array_equal(top, np.argsort(-(queries @ corpus.T), axis=1)[:, :7])
+    expected = np.argsort(-(queries @ corpus.T), axis=1)[:, :7]
+    for backend in ({}, {"dtype": torch.float32}):  # FAISS's kernel and heap; torch matmul + top-k (the GPU path)
+        top = exact_top_k(queries, (corpus[i : i + 10] for i in range(0, 103, 10)), 7, **backend)
+        np.testing.assert_array_equal(top, expected)
+    # fewer documents than k: every document, best first
+    np.testing.assert_array_equal(exact_top_k(queries, [corpus[:4]], 7), expected_all(queries, corpus[:4]))
 
 
 def test_model_fingerprint_hashes_local_weights_and_keeps_unreachable_hub_ids(tiny_models):

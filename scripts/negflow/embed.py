@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 import re
 from collections.abc import Iterator
 
@@ -96,10 +97,18 @@ class ShardedEmbeddings:
         return int(self.offsets[-1])
 
     def chunks(self, rows: int) -> Iterator[np.ndarray]:
-        """Contiguous blocks of at most `rows` rows, in order."""
+        """Contiguous blocks of at most `rows` rows, in order, copied out of the mapping, whose pages are
+        released after each block: a pass over the corpus holds one block in memory, not the corpus."""
         for part in self.parts:
             for start in range(0, len(part), rows):
-                yield np.ascontiguousarray(part[start : start + rows])
+                block = np.array(part[start : start + rows])
+                self.release()
+                yield block
+
+    def release(self) -> None:
+        """Drop the mapped pages from this process (they stay in the page cache for the next read)."""
+        for part in self.parts:
+            part._mmap.madvise(mmap.MADV_DONTNEED)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows by global index, in the order given."""

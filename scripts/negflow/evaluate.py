@@ -36,26 +36,6 @@ def read_judgments(ref: str, known_docs: set[str] | dict, known_queries: Iterabl
     return judged
 
 
-def exact_top_k(queries: np.ndarray, corpus_chunks: Iterable[np.ndarray], k: int) -> np.ndarray:
-    """Row indices of the k best documents per query (inner product), merging corpus chunks so memory
-    stays queries x (chunk + k)."""
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
-    offset = 0
-    for chunk in corpus_chunks:
-        scores = queries @ chunk.T
-        rows = np.broadcast_to(np.arange(offset, offset + len(chunk)), scores.shape)
-        offset += len(chunk)
-        scores = np.concatenate([best_scores, scores], axis=1)
-        rows = np.concatenate([best_rows, rows], axis=1)
-        keep = min(k, scores.shape[1])
-        top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        best_scores = np.take_along_axis(scores, top, axis=1)
-        best_rows = np.take_along_axis(rows, top, axis=1)
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_rows, order, axis=1)
-
-
 def ndcg_at(ranked: list[str], grades: dict[str, int], k: int) -> float:
     dcg = sum(grades.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:k]
@@ -117,6 +97,8 @@ def evaluate_model(
     """Embed the judged queries, search the corpus exactly, score the top 100."""
     ids = [q for q in judged if q in query_texts]
     q_emb = embed_texts(model, [query_texts[q] for q in ids], query_prompt, limits, device, dtype)
+    from negflow.search import exact_top_k
+
     top = exact_top_k(q_emb, corpus_chunks, 100)
     ranked = {q: [doc_ids[r] for r in row] for q, row in zip(ids, top.tolist(), strict=True)}
     return retrieval_quality(ranked, judged, min_positive_score)

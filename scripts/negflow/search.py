@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negflow.config import ConfigError
+from negflow.devices import visible_gpus
 from negflow.embed import ShardedEmbeddings, in_shard_order, parse_shard, shard_range
 from negflow.files import atomic_output
 from negflow.prepare import load_table
@@ -148,6 +149,13 @@ def load_index(corpus: ShardedEmbeddings, settings: dict, index_path: str | None
     return index
 
 
+def torch_has_gpu() -> bool:
+    """Asked only where a GPU is visible: importing torch costs the search job a second and a half."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def faiss_has_gpu(device_setting: str) -> bool:
     import faiss
 
@@ -167,6 +175,54 @@ def exact_cosines(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
     """Row-wise inner products accumulated in float64: the same value for a pair whatever batch, index or
     shard count produced it, so ranks and scores do not depend on how the search was split."""
     return np.einsum("ij,ij->i", queries.astype(np.float64), docs.astype(np.float64)).astype(np.float32)
+
+
+SCORE_BLOCK = 2**25  # floats in one (queries x corpus chunk) score block: 128 MB
+
+
+def exact_top_k(queries: np.ndarray, corpus_chunks, k: int, device: str = "cpu", dtype=None) -> np.ndarray:
+    """Row indices of the k best documents per query by inner product, best first, merged over corpus
+    chunks into a running top-k, so memory is queries x (chunk + k) whatever the corpus size. On the CPU
+    FAISS's blocked exact kernel and result heap; on a GPU torch matmul + top-k (chunks may be tensors
+    already on the device, `dtype` e.g. torch.bfloat16 sets the matmul precision). Ties: no set order."""
+    if device == "cpu" and dtype is None:
+        return _faiss_top_k(queries, corpus_chunks, k)
+    return _torch_top_k(queries, corpus_chunks, k, device, dtype)
+
+
+def _faiss_top_k(queries: np.ndarray, corpus_chunks, k: int) -> np.ndarray:
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    offset = 0
+    for chunk in corpus_chunks:
+        scores, rows = faiss.knn(
+            queries, np.ascontiguousarray(chunk, dtype=np.float32), min(k, len(chunk)), faiss.METRIC_INNER_PRODUCT
+        )
+        heap.add_result(scores, rows + offset)
+        offset += len(chunk)
+    heap.finalize()
+    return heap.I[:, : min(k, offset)]
+
+
+def _torch_top_k(queries: np.ndarray, corpus_chunks, k: int, device: str, dtype) -> np.ndarray:
+    import torch
+
+    device = torch.device(device)
+    dtype = dtype or torch.float32
+    q = torch.as_tensor(queries).to(device, dtype)
+    best_scores = torch.empty((len(q), 0), device=device)
+    best_rows = torch.empty((len(q), 0), device=device, dtype=torch.int64)
+    offset = 0
+    for chunk in corpus_chunks:
+        c = torch.as_tensor(chunk).to(device, dtype, non_blocking=True)
+        scores, rows = torch.topk((q @ c.T).float(), min(k, len(c)), dim=1)
+        merged_rows = torch.cat([best_rows, rows + offset], dim=1)
+        best_scores, pick = torch.topk(torch.cat([best_scores, scores], dim=1), min(k, merged_rows.shape[1]), dim=1)
+        best_rows = torch.gather(merged_rows, 1, pick)
+        offset += len(c)
+    return best_rows.cpu().numpy()
 
 
 def top_candidates(
@@ -230,9 +286,14 @@ def search_shard(
         candidates,
         max_excluded,
     )
-    index = load_index(corpus, settings, index_path, use_gpu)
-    if settings["index"] == "hnsw":
-        index.hnsw.efSearch = max(settings["hnsw_ef_search"], k)
+    flat = settings["index"] == "flat"
+    if flat:  # exact search streamed over the memory-mapped shards: no in-memory copy of the corpus
+        chunk_rows = max(1024, SCORE_BLOCK // max(1, min(batch_size, len(part))))
+        torch_device = "cuda" if settings["device"] != "cpu" and visible_gpus() and torch_has_gpu() else "cpu"
+    else:
+        index = load_index(corpus, settings, index_path, use_gpu)
+        if settings["index"] == "hnsw":
+            index.hnsw.efSearch = max(settings["hnsw_ef_search"], k)
 
     short = 0
     total = 0
@@ -242,7 +303,10 @@ def search_shard(
         for start in tqdm(range(part.start, part.stop, batch_size), desc="search", unit="batch", mininterval=5):
             block_rows = np.arange(start, min(start + batch_size, part.stop))
             block = np.ascontiguousarray(queries.take(block_rows))
-            _, rows = index.search(block, k)
+            if flat:
+                rows = exact_top_k(block, corpus.chunks(chunk_rows), k, torch_device)
+            else:
+                _, rows = index.search(block, k)
             cols: dict[str, list] = {name: [] for name in MINED_SCHEMA.names}
             for offset, q in enumerate(block_rows.tolist()):
                 kept_rows, kept_scores = top_candidates(
@@ -258,6 +322,7 @@ def search_shard(
                 cols["cosine"] += kept_scores.tolist()
             cols["doc_id"] = doc_ids.take(np.concatenate(cols["doc_id"]) if cols["doc_id"] else [])
             writer.write_table(pa.table(cols, schema=MINED_SCHEMA))
+            corpus.release()  # the rerank's random reads mapped pages of the corpus; they stay in the page cache
     log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
     return {"queries": len(part), "candidates": total, "short": short}
 
