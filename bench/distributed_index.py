@@ -53,9 +53,10 @@ def run_step(step: str, workdir: str, args: argparse.Namespace) -> dict:
     else:  # a search job: load the index, 1000 queries, k = 4 x 100 as ivfpq asks
         corpus = S.ShardedEmbeddings(shards)
         flat = step == "search (flat)"
-        index = S.load_index(
-            corpus, {**settings, "index": "flat" if flat else "ivfpq"}, None if flat else f"{workdir}/ix.faiss", False
-        )
+        if flat:  # the whole matrix in an in-memory IndexFlatIP
+            index = S.build_index(corpus, "flat", settings)
+        else:
+            index = S.load_index(corpus, {**settings, "index": "ivfpq"}, f"{workdir}/ix.faiss", False)
         queries = np.ascontiguousarray(corpus.take(np.arange(0, len(corpus), len(corpus) // 1000)[:1000]))
         t = time.perf_counter()
         _, hits = index.search(queries, 400)

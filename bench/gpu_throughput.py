@@ -72,19 +72,24 @@ def vocab_dir(path: Path, size: int) -> Path:
     return path
 
 
+def encoder_shape(vocab: int, layers: int, width: int, positions: int) -> dict:
+    """A BERT-family encoder's size: 64-wide heads and a 4x feed-forward, as BERT, e5 and XLM-R have."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 64,
+        intermediate_size=4 * width,
+        max_position_embeddings=positions,
+    )
+
+
 def build_embedder(root: Path, layers: int, width: int) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel
 
     hf = vocab_dir(root / "e5-hf", 30522)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=width,
-        num_hidden_layers=layers,
-        num_attention_heads=width // 64,
-        intermediate_size=4 * width,
-        max_position_embeddings=512,
-    )
+    config = BertConfig(**encoder_shape(30522, layers, width, 512))
     BertModel(config).save_pretrained(str(hf))
     transformer = models.Transformer(str(hf), max_seq_length=512)
     pooling = models.Pooling(width, pooling_mode="mean")
@@ -97,16 +102,7 @@ def build_cross_encoder(root: Path, layers: int, width: int) -> Path:
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     hf = vocab_dir(root / "xlmr-hf", 250002)
-    config = XLMRobertaConfig(
-        vocab_size=250002,
-        hidden_size=width,
-        num_hidden_layers=layers,
-        num_attention_heads=width // 64,
-        intermediate_size=4 * width,
-        max_position_embeddings=514,
-        num_labels=1,
-        pad_token_id=0,
-    )
+    config = XLMRobertaConfig(**encoder_shape(250002, layers, width, 514), num_labels=1, pad_token_id=0)
     XLMRobertaForSequenceClassification(config).save_pretrained(str(hf))
     CrossEncoder(str(hf), device="cpu", max_length=512).save(str(root / "reranker"))
     return root / "reranker"

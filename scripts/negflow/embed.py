@@ -85,6 +85,10 @@ def embed_shard(
     return written
 
 
+def _release(mapped: np.memmap) -> None:
+    mapped._mmap.madvise(mmap.MADV_DONTNEED)
+
+
 class ShardedEmbeddings:
     """Embedding shards read as one matrix without concatenating them in memory."""
 
@@ -102,13 +106,13 @@ class ShardedEmbeddings:
         for part in self.parts:
             for start in range(0, len(part), rows):
                 block = np.array(part[start : start + rows])
-                self.release()
+                _release(part)
                 yield block
 
     def release(self) -> None:
         """Drop the mapped pages from this process (they stay in the page cache for the next read)."""
         for part in self.parts:
-            part._mmap.madvise(mmap.MADV_DONTNEED)
+            _release(part)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows by global index, in the order given."""

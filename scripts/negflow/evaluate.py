@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from negflow.beir import InputError, read_qrels, unknown_ids_message
+from negflow.search import exact_top_k
 
 log = logging.getLogger("negflow")
 
@@ -97,8 +98,6 @@ def evaluate_model(
     """Embed the judged queries, search the corpus exactly, score the top 100."""
     ids = [q for q in judged if q in query_texts]
     q_emb = embed_texts(model, [query_texts[q] for q in ids], query_prompt, limits, device, dtype)
-    from negflow.search import exact_top_k
-
     top = exact_top_k(q_emb, corpus_chunks, 100)
     ranked = {q: [doc_ids[r] for r in row] for q, row in zip(ids, top.tolist(), strict=True)}
     return retrieval_quality(ranked, judged, min_positive_score)

@@ -127,18 +127,15 @@ def merge_index_parts(part_paths: list[str], out_path: str) -> None:
     _write(index, out_path)
 
 
-def load_index(corpus: ShardedEmbeddings, settings: dict, index_path: str | None, use_gpu: bool):
-    """The search index: a prebuilt one read from disk, or a flat one filled from the shards; on the GPU
-    when asked (faiss has no GPU HNSW)."""
+def load_index(corpus: ShardedEmbeddings, settings: dict, index_path: str, use_gpu: bool):
+    """The prebuilt approximate index, read from disk; on the GPU when asked (faiss has no GPU HNSW). A flat
+    search needs none: it streams the shards through `exact_top_k`."""
     import faiss
 
-    if index_path:
-        # memory-mapped where the index type allows (IVF lists): jobs on one node share the page cache
-        index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        if index.ntotal != len(corpus):
-            raise ValueError(f"{index_path} holds {index.ntotal} vectors, the corpus {len(corpus)}; rerun build_index")
-    else:
-        index = build_index(corpus, settings["index"], settings)
+    # memory-mapped where the index type allows (IVF lists): jobs on one node share the page cache
+    index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    if index.ntotal != len(corpus):
+        raise ValueError(f"{index_path} holds {index.ntotal} vectors, the corpus {len(corpus)}; rerun build_index")
     kind = settings["index"]
     if kind in IVF_KINDS:
         index.nprobe = min(settings["ivf_nprobe"], index.nlist)
@@ -264,13 +261,17 @@ def search_shard(
     part = shard_range(len(queries), *parse_shard(shard))
 
     candidates = settings["candidates"]
-    use_gpu = faiss_has_gpu(settings["device"])
+    flat = settings["index"] == "flat"
     k = min(candidates + max_excluded, len(corpus))
     if settings["index"] == "ivfpq":  # compressed scores are rough: fetch more, keep the best by exact cosine
         k = min(k * PQ_OVERSAMPLE, len(corpus))
-    if use_gpu and k > GPU_MAX_K:
-        log.warning("k=%d exceeds the faiss GPU limit of %d; searching on the CPU", k, GPU_MAX_K)
-        use_gpu = False
+    if flat:  # exact, streamed over the memory-mapped shards (torch on a GPU): no in-memory copy of the corpus
+        use_gpu = settings["device"] != "cpu" and bool(visible_gpus()) and torch_has_gpu()
+    else:
+        use_gpu = faiss_has_gpu(settings["device"])
+        if use_gpu and k > GPU_MAX_K:
+            log.warning("k=%d exceeds the faiss GPU limit of %d; searching on the CPU", k, GPU_MAX_K)
+            use_gpu = False
     log.info(
         "index %s over %d documents (dim %d, %s); queries %d-%d of %d (shard %s), k=%d "
         "(candidates %d + up to %d qrels documents)",
@@ -286,10 +287,8 @@ def search_shard(
         candidates,
         max_excluded,
     )
-    flat = settings["index"] == "flat"
-    if flat:  # exact search streamed over the memory-mapped shards: no in-memory copy of the corpus
+    if flat:
         chunk_rows = max(1024, SCORE_BLOCK // max(1, min(batch_size, len(part))))
-        torch_device = "cuda" if settings["device"] != "cpu" and visible_gpus() and torch_has_gpu() else "cpu"
     else:
         index = load_index(corpus, settings, index_path, use_gpu)
         if settings["index"] == "hnsw":
@@ -304,7 +303,7 @@ def search_shard(
             block_rows = np.arange(start, min(start + batch_size, part.stop))
             block = np.ascontiguousarray(queries.take(block_rows))
             if flat:
-                rows = exact_top_k(block, corpus.chunks(chunk_rows), k, torch_device)
+                rows = exact_top_k(block, corpus.chunks(chunk_rows), k, "cuda" if use_gpu else "cpu")
             else:
                 _, rows = index.search(block, k)
             cols: dict[str, list] = {name: [] for name in MINED_SCHEMA.names}
