@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -299,42 +298,3 @@ def test_audit_holdout_replays_exactly_what_was_exported(tmp_path, dataset_block
     configured = audit["strategies"]["negflow (configured)"]
     assert configured["negatives"] == q0["doc_scores"].count(0.0)
     assert configured["false_negatives"] == int(held[0]["doc_id"] in q0["docs"])
-
-
-def _results_files(workdir):
-    return sorted(p for p in (workdir / "results").rglob("*") if p.is_file()) if (workdir / "results").exists() else []
-
-
-def test_malformed_corpus_stops_in_prepare_naming_file_and_line(tmp_path, dataset_block):
-    corpus = tmp_path / "corpus.jsonl"
-    lines = Path(dataset_block["corpus"]).read_text().splitlines()
-    lines[5] = lines[5][:-3]
-    corpus.write_text("\n".join(lines) + "\n")
-    write_config(tmp_path, {"bad": {**dataset_block, "corpus": str(corpus)}})
-    proc = snakemake(tmp_path, check=False)
-    assert proc.returncode != 0
-    assert f"negflow error: {corpus}:6: malformed JSON" in proc.stdout + proc.stderr
-    assert "embed" not in planned_jobs(proc) or not (tmp_path / "logs/embed").exists()
-    assert _results_files(tmp_path) == []
-
-
-def test_qrels_with_unknown_ids_stop_with_count_and_first_ids(tmp_path, dataset_block):
-    qrels = tmp_path / "qrels.tsv"
-    qrels.write_text(Path(dataset_block["qrels"]).read_text() + "q0\tnot-a-doc\t1\nq0\talso-missing\t1\n")
-    write_config(tmp_path, {"bad": {**dataset_block, "qrels": str(qrels)}})
-    proc = snakemake(tmp_path, check=False)
-    assert proc.returncode != 0
-    assert f"{qrels}: 2 corpus ids not found (first: 'not-a-doc', 'also-missing')" in proc.stdout + proc.stderr
-    assert _results_files(tmp_path) == []
-
-
-def test_config_errors_stop_before_any_job(tmp_path, dataset_block):
-    write_config(tmp_path, {"bad": {**dataset_block, "num_negativs": 3}})
-    proc = snakemake(tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "config: datasets.bad: unknown key 'num_negativs' (did you mean 'num_negatives'?)" in proc.stderr
-    assert not (tmp_path / "logs").exists() and _results_files(tmp_path) == []
-    write_config(tmp_path, {"bad": {**dataset_block, "embedding": str(tmp_path / "no-model")}})
-    proc = snakemake(tmp_path, check=False)
-    assert proc.returncode != 0
-    assert f"config: datasets.bad.embedding: model folder '{tmp_path / 'no-model'}' does not exist" in proc.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import gzip
+import json
 import os
 import re
 from pathlib import Path
@@ -93,9 +95,10 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
         _reject_unknown(block, dataset_keys, f"datasets.{name}")
         merged |= block
         _validate(merged, schema["$defs"]["dataset"] | {"$defs": schema["$defs"]}, f"datasets.{name}")
-        check_model_ref(merged["embedding"], f"datasets.{name}.embedding")
+        check_model_ref(merged["embedding"], f"datasets.{name}.embedding", "embedding")
         if merged["ce"] is not None:
-            check_model_ref(merged["ce"], f"datasets.{name}.ce")
+            check_model_ref(merged["ce"], f"datasets.{name}.ce", "ce")
+        check_corpus_size(merged["corpus"], merged["candidates"], f"datasets.{name}.candidates")
         if merged["selection_score"] == "ce" and merged["ce"] is None:
             raise ConfigError(f"config: datasets.{name}.selection_score: 'ce' needs a cross-encoder in 'ce'")
         if merged["ce_max"] is not None and merged["ce"] is None:
@@ -104,6 +107,13 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
             SelectionSettings.from_settings(merged)
         except ValueError as e:
             raise ConfigError(f"config: datasets.{name}: {e}") from None
+        window_end = min(merged["candidates"], merged["range_max"] or merged["candidates"])
+        if merged["num_negatives"] > window_end - merged["range_min"]:
+            raise ConfigError(
+                f"config: datasets.{name}.num_negatives: {merged['num_negatives']} negatives cannot come from "
+                f"a window of {max(0, window_end - merged['range_min'])} candidates (ranks {merged['range_min']}"
+                f"-{window_end}: range_min, range_max, candidates)"
+            )
         merged_all[name] = merged
     return merged_all
 
@@ -129,14 +139,54 @@ def resolve_model_ref(ref: str) -> str:
     return os.path.expanduser(ref) if ref.startswith("~") else ref
 
 
-def check_model_ref(ref: str, where: str) -> None:
-    """Fail early on a local model folder that does not exist; hub ids are checked when loaded."""
+def check_model_ref(ref: str, where: str, kind: str | None = None) -> None:
+    """Fail before any job on a local model folder that does not exist or holds no model of `kind`
+    ('embedding': a sentence-transformers or transformers model; 'ce': a 1-label sequence classifier).
+    Only the folder's JSON files are read; hub ids are checked when loaded."""
     try:
         resolved = resolve_model_ref(ref)
     except ConfigError as e:
         raise ConfigError(f"config: {where}: {e}") from None
-    if (ref.startswith(PACKAGE_PREFIX) or looks_like_path(ref)) and not os.path.isdir(resolved):
+    if not (ref.startswith(PACKAGE_PREFIX) or looks_like_path(ref)):
+        return
+    if not os.path.isdir(resolved):
         raise ConfigError(f"config: {where}: model folder '{resolved}' does not exist")
+    folder = Path(resolved)
+    if kind == "embedding" and not any((folder / f).is_file() for f in ("modules.json", "config.json")):
+        raise ConfigError(
+            f"config: {where}: '{resolved}' is not a sentence-transformers model (no modules.json or config.json)"
+        )
+    if kind == "ce":
+        config_file = folder / "config.json"
+        try:
+            hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            message = f"config: {where}: '{resolved}' is not a CrossEncoder (no readable config.json)"
+            raise ConfigError(message) from None
+        architectures = hf_config.get("architectures") or []
+        labels = len(hf_config.get("id2label") or {}) or hf_config.get("num_labels", 2)
+        if not any(a.endswith("ForSequenceClassification") for a in architectures) or labels != 1:
+            raise ConfigError(
+                f"config: {where}: '{resolved}' is not a 1-label CrossEncoder (architectures {architectures}, "
+                f"labels: {labels})"
+            )
+
+
+def check_corpus_size(ref: str, candidates: int, where: str) -> None:
+    """A local corpus with fewer lines than `candidates` cannot fill a query's candidate list: say so before
+    any job. Reads at most candidates + 1 lines, so a large corpus costs nothing."""
+    if not (is_local_data(ref) and os.path.isfile(ref)):
+        return
+    opener = gzip.open if ref.endswith(".gz") else open
+    lines = 0
+    with opener(ref, "rb") as f:
+        for raw in f:
+            lines += bool(raw.strip())
+            if lines > candidates:
+                return
+    raise ConfigError(
+        f"config: {where}: {candidates} candidates per query asked for, but {ref} holds only {lines} documents"
+    )
 
 
 def is_local_data(ref: str) -> bool:
