@@ -470,3 +470,51 @@ def test_load_table_reads_a_saved_dataset_as_datasets_does(tmp_path):
     table = load_table(tmp_path / "ds", ["length", "id"])
     assert table.column_names == ["length", "id"]
     assert table.to_pydict() == {"length": rows["length"], "id": rows["id"]}
+
+
+@pytest.mark.parametrize("kind", ["embed", "score"])
+def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind, caplog):
+    """A forward pass over more than 300 padded tokens raises torch's CUDA OOM error: the stage halves the
+    batch until it fits and returns what an unconstrained run returns; one row that does not fit re-raises."""
+    import datasets
+    import torch
+
+    from negflow.models import load_cross_encoder, load_embedding_model, run_model
+    from negflow.prepare import load_extras
+
+    out, _ = staged
+    folder, loader, key = {
+        "embed": (out / "corpus", load_embedding_model, "sentence_embedding"),
+        "score": (out / "pairs", load_cross_encoder, "scores"),
+    }[kind]
+    rows, extras = datasets.load_from_disk(str(folder)), load_extras(folder)
+    model = loader(str(tiny_models["embedder" if kind == "embed" else "ce"]), torch.device("cpu"), 64)
+    cpu, limits = torch.device("cpu"), BatchLimits(512, 4096)
+
+    def collect():
+        result = np.zeros((len(rows), 1 if kind == "score" else model.get_embedding_dimension()), np.float32)
+        for idx, values in run_model(model, rows, extras, key, limits, cpu, None, kind):
+            result[idx] = values.reshape(len(idx), -1).numpy()
+        return result
+
+    expected = collect()
+    real_forward, seen = model.forward, []
+
+    def forward(features, **kwargs):
+        seen.append(features["input_ids"].numel())
+        if features["input_ids"].numel() > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real_forward(features, **kwargs)
+
+    model.forward = forward
+    with caplog.at_level("WARNING", logger="negflow"):
+        got = collect()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert any(n > 300 for n in seen) and max(n for n in seen if n <= 300) > 0
+    assert "out of memory on a batch of" in caplog.text and "continuing with at most" in caplog.text
+
+    real = model.forward
+    model.forward = lambda features, **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory."))
+    with pytest.raises(torch.OutOfMemoryError):
+        collect()
+    model.forward = real

@@ -187,29 +187,55 @@ def run_model(
     """Yield (row indices, fp32 model output) over a tokenized `datasets.Dataset`, in length-sorted batches.
 
     bf16 casts the weights (same range as fp32, and on the CPU a fifth faster than autocast, which re-casts
-    them every batch); fp16 runs under autocast, which keeps overflow-prone ops such as LayerNorm in fp32."""
+    them every batch); fp16 runs under autocast, which keeps overflow-prone ops such as LayerNorm in fp32.
+    A batch that runs out of GPU memory is retried as two: the rest of the rows are re-batched with half
+    that batch's padded tokens (and rows), logged, down to one row per batch."""
     if dtype == torch.bfloat16:
         model.to(dtype)
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=dtype == torch.float16)
     token_columns = [c for c in rows.column_names if c in ("input_ids", "token_type_ids", "length")]
     rows = rows.select_columns(token_columns)
     lengths = rows.select_columns(["length"]).with_format("arrow")[:]["length"].to_numpy()
-    max_tokens = limits.token_budget(device)
-    batches = length_sorted_batches(lengths, limits.rows, max_tokens)
+    max_rows, max_tokens = limits.rows, limits.token_budget(device)
+    batches = length_sorted_batches(lengths, max_rows, max_tokens)
     log.info(
         "%d rows, %d tokens in %d length-sorted batches (at most %d rows, %d padded tokens each)",
         len(lengths),
         int(lengths.sum()),
         len(batches),
-        limits.rows,
+        max_rows,
         max_tokens,
     )
     with tqdm(total=len(lengths), desc=desc, unit="row", file=None, mininterval=5) as bar:
-        for idx in batches:
-            features = collate(model.tokenizer, rows[idx.tolist()], extras, device)
-            with autocast:
-                out = model(features)[output_key]
-            yield idx, out.float()
+        done = 0
+        while done < len(batches):
+            idx = batches[done]
+            try:
+                features = collate(model.tokenizer, rows[idx.tolist()], extras, device)
+                with autocast:
+                    out = model(features)[output_key].float()
+            except torch.OutOfMemoryError:
+                if len(idx) == 1:
+                    raise
+                out = features = None  # drop the failed batch's tensors before retrying
+            if out is None:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                padded = len(idx) * max(int(lengths[idx].max()), 1)
+                max_rows, max_tokens = max(1, len(idx) // 2), max(1, padded // 2)
+                rest = np.concatenate(batches[done:])  # still longest first
+                batches = batches[:done] + [rest[b] for b in length_sorted_batches(lengths[rest], max_rows, max_tokens)]
+                log.warning(
+                    "out of memory on a batch of %d rows (%d padded tokens): continuing with at most %d rows, "
+                    "%d padded tokens per batch",
+                    len(idx),
+                    padded,
+                    max_rows,
+                    max_tokens,
+                )
+                continue
+            yield idx, out
+            done += 1
             bar.update(len(idx))
 
 
