@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -31,6 +34,7 @@ include: "rules/score.smk"
 include: "rules/export.smk"
 include: "rules/audit.smk"
 include: "rules/finetune.smk"
+include: "rules/report.smk"
 
 
 localrules:

@@ -123,11 +123,15 @@ def setting(key):
 
 
 def all_outputs():
-    """Per dataset: negatives, selection report, the configured training files, and the audit when
-    it has something to measure against."""
+    """Per dataset: negatives, selection report, the configured training files, the run report's figures
+    and tables, and the audit when it has something to measure against."""
     targets = []
     for name, settings in sorted(DATASETS.items()):
         targets += [f"results/{name}/negatives.jsonl", f"results/{name}/selection.json"]
+        targets += [
+            f"results/{name}/report/{part}"
+            for part in ("summary.html", "scores.png", "ranks.png", "examples.html")
+        ]
         for fmt in settings["train_formats"]:
             ext = "jsonl" if fmt == "flag" else "parquet"
             targets.append(f"results/{name}/train/{fmt}.{ext}")

@@ -208,7 +208,14 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         write_config(mined, {"fx": {**dataset_block, **changes}})
         return planned_jobs(snakemake(mined, "-n"))
 
-    selection = {"export_negatives": 1, "export_flag": 1, "export_sentence_transformers": 4, "audit": 1, "all": 1}
+    selection = {
+        "export_negatives": 1,
+        "export_flag": 1,
+        "export_sentence_transformers": 4,
+        "plot_report": 1,
+        "audit": 1,
+        "all": 1,
+    }
     everything = {"prepare": 1, "embed": 1, "search": 1, "merge_candidates": 1, **selection}
     assert plan() == {}
     assert plan(embedding_batch_size=3, search_batch_size=2) == {}  # performance-only knobs
@@ -298,3 +305,35 @@ def test_audit_holdout_replays_exactly_what_was_exported(tmp_path, dataset_block
     configured = audit["strategies"]["negflow (configured)"]
     assert configured["negatives"] == q0["doc_scores"].count(0.0)
     assert configured["false_negatives"] == int(held[0]["doc_id"] in q0["docs"])
+
+
+def test_run_report_embeds_counts_histograms_ranks_and_examples(local_ce_run):
+    """`snakemake --report` on the cross-encoder run: the four per-dataset items, each a real file of the
+    run embedded with its caption; the score figure has a cosine and a CE panel."""
+    import base64
+
+    from PIL import Image
+
+    from negflow.report import EXAMPLE_QUERIES
+
+    snakemake(local_ce_run, "--report", "report.html")
+    page = (local_ce_run / "report.html").read_text(encoding="utf-8")
+    folder = local_ce_run / "results/fx/report"
+    for name in ("summary.html", "scores.png", "ranks.png", "examples.html"):
+        assert base64.b64encode((folder / name).read_bytes()).decode() in page, name
+    for label in ("counts and drops", "score histograms", "negative ranks", "example queries"):
+        assert label in page
+    assert "Query-document scores of the positives (blue)" in page  # a caption, rendered
+    scores, ranks = Image.open(folder / "scores.png"), Image.open(folder / "ranks.png")
+    assert scores.width > 1.8 * ranks.width  # cosine and cross-encoder panels side by side
+
+    selection = json.loads((local_ce_run / "results/fx/selection.json").read_text())
+    summary = (folder / "summary.html").read_text()
+    assert f"<td>negatives selected</td><td>{selection['counts']['negatives']:,}</td>" in summary
+    for reason, dropped in selection["dropped"].items():
+        assert f"<td>{reason}</td><td>{dropped:,}</td>" in summary
+    examples = (folder / "examples.html").read_text()
+    records = read_jsonl(local_ce_run / "results/fx/negatives.jsonl")
+    assert examples.count("<tr>") == 1 + min(EXAMPLE_QUERIES, len(records))
+    assert all(f"<b>{r['query']}</b>" in examples for r in records[:EXAMPLE_QUERIES])
+    assert "CE " in examples

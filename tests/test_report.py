@@ -1,0 +1,61 @@
+"""The run report's data: which scores count as positive or negative, where ranks come from, text shortening."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from negflow.report import examples_html, negative_ranks, score_sets, shorten
+
+RECORDS = [
+    {
+        "query": "q1",
+        "docs": ["p1", "n1", "n2", "pad"],
+        "doc_scores": [2.0, 0.0, 0.0, 0.0],
+        "query_doc_cos": [0.9, 0.5, 0.4, 0.1],
+        "query_doc_ce": [3.0, -1.0, -2.0, None],
+    },
+    {"query": "q2", "docs": ["p2"], "doc_scores": [1.0], "query_doc_cos": [0.8], "query_doc_ce": [2.5]},
+]
+
+
+def _mined(tmp_path):
+    path = tmp_path / "mined.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "query_id": ["q1", "q1", "q1", "q2"],
+                "doc_id": ["x", "n1", "n2", "y"],
+                "rank": pa.array([1, 2, 7, 1], pa.int32()),
+                "cosine": pa.array([0.6, 0.5, 0.4, 0.7], pa.float32()),
+            }
+        ),
+        path,
+    )
+    return path
+
+
+def test_scores_split_by_grade_and_padded_negatives_have_no_rank(tmp_path):
+    mined = _mined(tmp_path)
+    scores = score_sets(RECORDS, mined)
+    np.testing.assert_allclose(scores.positive_cosine, [0.9, 0.8])
+    np.testing.assert_allclose(scores.negative_cosine, [0.5, 0.4, 0.1])
+    np.testing.assert_allclose(scores.positive_ce, [3.0, 2.5])
+    np.testing.assert_allclose(scores.negative_ce, [-1.0, -2.0])  # the padded negative was never scored
+    assert len(scores.candidate_cosine) == 4
+    assert negative_ranks(RECORDS, mined).tolist() == [2, 7]
+
+
+def test_without_a_cross_encoder_there_is_no_ce_panel(tmp_path):
+    records = [{k: v for k, v in r.items() if k != "query_doc_ce"} for r in RECORDS]
+    scores = score_sets(records, _mined(tmp_path))
+    assert scores.positive_ce is None and scores.negative_ce is None
+
+
+def test_examples_shorten_and_escape_texts():
+    assert shorten("a  b\n c") == "a b c"
+    long = shorten("word " * 100, width=20)
+    assert len(long) == 20 and long.endswith("…")
+    page = examples_html(RECORDS, {"p1": "<b>bold</b> positive", "n1": "first negative"}, {"q1": "what?"}, "ds")
+    assert "&lt;b&gt;bold&lt;/b&gt; positive" in page
+    assert "<b>n1</b> (cos 0.500, CE -1.000)<br>first negative" in page
+    assert "none: every candidate was filtered out" in page  # q2 has no negatives
