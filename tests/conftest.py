@@ -103,12 +103,10 @@ def write_config(workdir: Path, datasets: dict, **top) -> Path:
     return path
 
 
-def snakemake(
-    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
-) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir` with the workdir's config.yaml. The `=` keeps Snakemake's
-    multi-file --configfile option from swallowing targets given after it."""
-    cmd = [
+def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    """The command that runs the repository's workflow in `workdir` with the workdir's config.yaml. The `=`
+    keeps Snakemake's multi-file --configfile option from swallowing targets given after it."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -121,6 +119,13 @@ def snakemake(
         f"--configfile={workdir / 'config.yaml'}",
         *args,
     ]
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
+    """Run the workflow (see snakemake_cmd) and fail with its output's tail unless `check` is off."""
+    cmd = snakemake_cmd(workdir, *args)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:

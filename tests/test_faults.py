@@ -7,12 +7,11 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, snakemake, write_config
+from conftest import snakemake, snakemake_cmd, write_config
 
 from negflow.files import atomic_output
 
@@ -75,29 +74,13 @@ def _started(workdir: Path, rules: tuple[str, ...], since: float) -> bool:
     return any(p.stat().st_mtime > since for p in logs)
 
 
-def _snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        f"--configfile={workdir / 'config.yaml'}",
-        *args,
-    ]
-
-
 def _run_until_killed(workdir: Path, rules: tuple[str, ...], delay: float) -> None:
     """Start the workflow in its own process group; SIGKILL the group (Snakemake and every job) `delay`
     seconds after a job of one of `rules` opened its log."""
     start = time.time()
     log = open(workdir / f"killed-at-{rules[0]}-{delay}.out", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        _snakemake_cmd(workdir, "--rerun-incomplete"),
+        snakemake_cmd(workdir, "--rerun-incomplete"),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
