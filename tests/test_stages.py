@@ -518,3 +518,15 @@ def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind,
     with pytest.raises(torch.OutOfMemoryError):
         collect()
     model.forward = real
+
+
+def test_search_refuses_a_corpus_no_larger_than_candidates(staged, tmp_path):
+    """Local corpora are refused at config time; a hub corpus is first sized here, before any search."""
+    from negflow.beir import InputError
+
+    out, paths = staged
+    n_docs = len(ShardedEmbeddings(paths["corpus"]))
+    dirs = [str(out / p) for p in ("corpus", "queries", "qrels")]
+    with pytest.raises(InputError, match=rf"corpus: {n_docs} candidates per query asked for, but the corpus holds"):
+        search_shard(paths["corpus"], paths["queries"], *dirs, {**SEARCH, "candidates": n_docs}, 5, str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()

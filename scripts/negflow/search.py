@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from negflow.beir import InputError
 from negflow.config import ConfigError
 from negflow.devices import visible_gpus
 from negflow.embed import ShardedEmbeddings, in_shard_order, parse_shard, shard_range
@@ -261,6 +262,11 @@ def search_shard(
     part = shard_range(len(queries), *parse_shard(shard))
 
     candidates = settings["candidates"]
+    if len(corpus) <= candidates:  # local corpora are refused before any job; a hub corpus is sized here
+        raise InputError(
+            f"{corpus_dir}: {candidates} candidates per query asked for, but the corpus holds only {len(corpus)} "
+            "documents; lower `candidates`"
+        )
     flat = settings["index"] == "flat"
     k = min(candidates + max_excluded, len(corpus))
     if settings["index"] == "ivfpq":  # compressed scores are rough: fetch more, keep the best by exact cosine
