@@ -147,6 +147,22 @@ def run_pass(model, rows, key: str, device, dtype) -> float:
     return time.perf_counter() - start
 
 
+def model_figure(model, stage: str, arch: str, unit: str, rows, lengths, device, dtype, limit: float) -> tuple:
+    """One table row: a model pass over synthetic token rows of the given lengths, its rate, its share of
+    the FLOP limit and its ratio to negminer's reported rate for the same stage."""
+    key = "sentence_embedding" if stage == "embed" else "scores"
+    seconds = run_pass(model, rows, key, device, dtype)
+    rate = len(lengths) / seconds
+    return (
+        f"{stage}, {arch}, {len(lengths):,} {unit} (mean {lengths.mean():.0f} tokens)",
+        rate,
+        f"{'docs' if stage == 'embed' else unit}/s",
+        seconds,
+        model_flops(model, lengths) / seconds / limit,
+        f"{rate / NEGMINER[stage]:.1f}x negminer's {NEGMINER[stage]:,}",
+    )
+
+
 def search_figures(device, n_docs: int, n_queries: int, dim: int, limit: float) -> list[tuple]:
     import torch
 
@@ -237,32 +253,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         embedder = load_embedding_model(str(build_embedder(Path(tmp), *e5)), device)
         lengths = passage_lengths(rng, args.docs)
-        seconds = run_pass(embedder, token_rows(rng, lengths, 30522), "sentence_embedding", device, dtype)
-        figures.append(
-            (
-                f"embed, e5-base arch, {args.docs:,} passages (mean {lengths.mean():.0f} tokens)",
-                args.docs / seconds,
-                "docs/s",
-                seconds,
-                model_flops(embedder, lengths) / seconds / limit,
-                f"{args.docs / seconds / NEGMINER['embed']:.1f}x negminer's 7,300",
-            )
-        )
+        rows = token_rows(rng, lengths, 30522)
+        figures.append(model_figure(embedder, "embed", "e5-base arch", "passages", rows, lengths, device, dtype, limit))
         del embedder
 
         reranker = load_cross_encoder(str(build_cross_encoder(Path(tmp), *xlmr)), device, 512)
         pair_lengths = np.minimum(passage_lengths(rng, args.pairs) + rng.integers(6, 16, args.pairs), 512)
-        seconds = run_pass(reranker, token_rows(rng, pair_lengths, 250002), "scores", device, dtype)
-        figures.append(
-            (
-                f"score, bge-reranker-v2-m3 arch, {args.pairs:,} pairs (mean {pair_lengths.mean():.0f} tokens)",
-                args.pairs / seconds,
-                "pairs/s",
-                seconds,
-                model_flops(reranker, pair_lengths) / seconds / limit,
-                f"{args.pairs / seconds / NEGMINER['score']:.1f}x negminer's 1,200",
-            )
-        )
+        arch = "bge-reranker-v2-m3 arch"
+        rows = token_rows(rng, pair_lengths, 250002)
+        figures.append(model_figure(reranker, "score", arch, "pairs", rows, pair_lengths, device, dtype, limit))
         del reranker
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negflow.report import examples_html, negative_ranks, score_sets, shorten
+from negflow.report import examples_html, negative_ranks, scan_negatives, score_sets, shorten
 
 RECORDS = [
     {
@@ -35,19 +35,19 @@ def _mined(tmp_path):
 
 
 def test_scores_split_by_grade_and_padded_negatives_have_no_rank(tmp_path):
-    mined = _mined(tmp_path)
-    scores = score_sets(RECORDS, mined)
+    mined, scan = pq.read_table(_mined(tmp_path)), scan_negatives(RECORDS)
+    scores = score_sets(scan, mined)
     np.testing.assert_allclose(scores.positive_cosine, [0.9, 0.8])
     np.testing.assert_allclose(scores.negative_cosine, [0.5, 0.4, 0.1])
     np.testing.assert_allclose(scores.positive_ce, [3.0, 2.5])
     np.testing.assert_allclose(scores.negative_ce, [-1.0, -2.0])  # the padded negative was never scored
     assert len(scores.candidate_cosine) == 4
-    assert negative_ranks(RECORDS, mined).tolist() == [2, 7]
+    assert negative_ranks(scan, mined).tolist() == [2, 7]
 
 
 def test_without_a_cross_encoder_there_is_no_ce_panel(tmp_path):
     records = [{k: v for k, v in r.items() if k != "query_doc_ce"} for r in RECORDS]
-    scores = score_sets(records, _mined(tmp_path))
+    scores = score_sets(scan_negatives(records), pq.read_table(_mined(tmp_path)))
     assert scores.positive_ce is None and scores.negative_ce is None
 
 

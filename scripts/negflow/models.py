@@ -217,26 +217,26 @@ def run_model(
             except torch.OutOfMemoryError:
                 if len(idx) == 1:
                     raise
-                out = features = None  # drop the failed batch's tensors before retrying
-            if out is None:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                padded = len(idx) * max(int(lengths[idx].max()), 1)
-                max_rows, max_tokens = max(1, len(idx) // 2), max(1, padded // 2)
-                rest = np.concatenate(batches[done:])  # still longest first
-                batches = batches[:done] + [rest[b] for b in length_sorted_batches(lengths[rest], max_rows, max_tokens)]
-                log.warning(
-                    "out of memory on a batch of %d rows (%d padded tokens): continuing with at most %d rows, "
-                    "%d padded tokens per batch",
-                    len(idx),
-                    padded,
-                    max_rows,
-                    max_tokens,
-                )
+            else:
+                yield idx, out
+                done += 1
+                bar.update(len(idx))
                 continue
-            yield idx, out
-            done += 1
-            bar.update(len(idx))
+            features = out = None  # free the failed batch's tensors before retrying
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            padded = len(idx) * max(int(lengths[idx].max()), 1)
+            max_rows, max_tokens = max(1, len(idx) // 2), max(1, padded // 2)
+            rest = np.concatenate(batches[done:])  # still longest first
+            batches[done:] = [rest[b] for b in length_sorted_batches(lengths[rest], max_rows, max_tokens)]
+            log.warning(
+                "out of memory on a batch of %d rows (%d padded tokens): continuing with at most %d rows, "
+                "%d padded tokens per batch",
+                len(idx),
+                padded,
+                max_rows,
+                max_tokens,
+            )
 
 
 def limit_threads(threads: int) -> None:

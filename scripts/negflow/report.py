@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negflow.files import atomic_output
@@ -31,52 +34,67 @@ class ScoreSets:
     negative_ce: np.ndarray | None
 
 
-def read_negatives(path: str | Path) -> list[dict]:
+@dataclass
+class ExportScan:
+    """What the report needs from negatives.jsonl, gathered in one pass so the records themselves (each with
+    an n x n doc_doc_cos matrix) are never all in memory."""
+
+    queries: int = 0
+    examples: list[dict] = field(default_factory=list)
+    scores: dict[str, array] = field(default_factory=lambda: {k: array("d") for k in SCORE_KEYS})
+    has_ce: bool = False
+    negative_queries: list[str] = field(default_factory=list)
+    negative_docs: list[str] = field(default_factory=list)
+
+
+SCORE_KEYS = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce")
+
+
+def read_negatives(path: str | Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
-def score_sets(records: list[dict], mined_path: str | Path) -> ScoreSets:
-    def split(key: str) -> tuple[list[float], list[float]]:
-        pos, neg = [], []
-        for r in records:
-            for grade, score in zip(r["doc_scores"], r[key], strict=True):
-                if score is not None:
-                    (pos if grade > 0 else neg).append(score)
-        return pos, neg
+def scan_negatives(records: Iterable[dict]) -> ExportScan:
+    scan = ExportScan()
+    for r in records:
+        scan.queries += 1
+        if len(scan.examples) < EXAMPLE_QUERIES:
+            scan.examples.append(r)
+        scan.has_ce |= "query_doc_ce" in r
+        ce = r.get("query_doc_ce") or [None] * len(r["docs"])
+        for doc, grade, cos, ce_score in zip(r["docs"], r["doc_scores"], r["query_doc_cos"], ce, strict=True):
+            side = "positive" if grade > 0 else "negative"
+            scan.scores[f"{side}_cosine"].append(cos)
+            if ce_score is not None:
+                scan.scores[f"{side}_ce"].append(ce_score)
+            if grade == 0:
+                scan.negative_queries.append(r["query"])
+                scan.negative_docs.append(doc)
+    return scan
 
-    pos_cos, neg_cos = split("query_doc_cos")
-    has_ce = any("query_doc_ce" in r for r in records)
-    pos_ce, neg_ce = split("query_doc_ce") if has_ce else (None, None)
-    candidates = pq.read_table(mined_path, columns=["cosine"])["cosine"].to_numpy()
-    as_array = np.asarray
+
+def score_sets(scan: ExportScan, mined: pa.Table) -> ScoreSets:
+    def values(key: str) -> np.ndarray:
+        return np.frombuffer(scan.scores[key], dtype=np.float64)
+
     return ScoreSets(
-        as_array(pos_cos),
-        as_array(neg_cos),
-        candidates,
-        None if pos_ce is None else as_array(pos_ce),
-        None if neg_ce is None else as_array(neg_ce),
+        values("positive_cosine"),
+        values("negative_cosine"),
+        mined["cosine"].to_numpy(),
+        values("positive_ce") if scan.has_ce else None,
+        values("negative_ce") if scan.has_ce else None,
     )
 
 
-def negative_ranks(records: list[dict], mined_path: str | Path) -> np.ndarray:
-    """Retrieval rank (1 = most similar non-positive) of every exported negative; padded negatives, which
-    come from outside the candidate list, have none."""
-    table = pq.read_table(mined_path, columns=["query_id", "doc_id", "rank"])
-    rank_of = dict(
-        zip(
-            zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True),
-            table["rank"].to_pylist(),
-            strict=True,
-        )
-    )
-    ranks = [
-        rank_of[(r["query"], doc)]
-        for r in records
-        for doc, grade in zip(r["docs"], r["doc_scores"], strict=True)
-        if grade == 0 and (r["query"], doc) in rank_of
-    ]
-    return np.asarray(ranks, dtype=np.int64)
+def negative_ranks(scan: ExportScan, mined: pa.Table) -> np.ndarray:
+    """Retrieval rank (1 = most similar non-positive) of every exported negative, in increasing order;
+    padded negatives, which come from outside the candidate list, have none."""
+    negatives = pa.table({"query_id": scan.negative_queries, "doc_id": scan.negative_docs})
+    joined = negatives.join(mined.select(["query_id", "doc_id", "rank"]), ["query_id", "doc_id"], join_type="inner")
+    return np.sort(joined["rank"].to_numpy().astype(np.int64))
 
 
 def _save_figure(fig, path: str | Path) -> None:
@@ -234,18 +252,21 @@ def build_report(
     out_ranks: str,
     out_examples: str,
 ) -> dict[str, int]:
-    records = read_negatives(negatives_path)
+    scan = scan_negatives(read_negatives(negatives_path))
     selection = json.loads(Path(selection_path).read_text(encoding="utf-8"))
     documents = load_table(corpus_dir, ["id"]).num_rows
     write_html(out_summary, f"{dataset}: counts", summary_html(selection, documents, dataset))
-    scores = score_sets(records, mined_path)
+    mined = pq.read_table(mined_path, columns=["query_id", "doc_id", "rank", "cosine"])
+    scores = score_sets(scan, mined)
     plot_scores(scores, out_scores, dataset)
-    ranks = negative_ranks(records, mined_path)
+    ranks = negative_ranks(scan, mined)
     plot_ranks(ranks, candidates, out_ranks, dataset)
-    shown = records[:EXAMPLE_QUERIES]
-    doc_ids = {d for r in shown for d in r["docs"]}
+    doc_ids = {d for r in scan.examples for d in r["docs"]}
     body = examples_html(
-        records, texts_of(corpus_dir, doc_ids), texts_of(queries_dir, {r["query"] for r in shown}), dataset
+        scan.examples,
+        texts_of(corpus_dir, doc_ids),
+        texts_of(queries_dir, {r["query"] for r in scan.examples}),
+        dataset,
     )
     write_html(out_examples, f"{dataset}: examples", body)
-    return {"queries": len(records), "negatives": int(len(scores.negative_cosine)), "ranked_negatives": len(ranks)}
+    return {"queries": scan.queries, "negatives": int(len(scores.negative_cosine)), "ranked_negatives": len(ranks)}
