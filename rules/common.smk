@@ -15,6 +15,7 @@ from negflow.config import (
     scatter_counts,
     stage_params,
 )
+from negflow.hooks import cancel_scheduler_timers
 from negflow.selection import SELECTION_KEYS
 
 try:
