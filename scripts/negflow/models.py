@@ -129,22 +129,47 @@ def model_prompt(model, explicit: str | None, name: str) -> str:
     return (getattr(model, "prompts", None) or {}).get(name) or ""
 
 
-def tokenize(model, inputs: Sequence, prompt: str | None = None) -> tuple[dict[str, list], dict]:
+def _char_length(item) -> int:
+    """Characters in a text or a (query, document) pair: a cheap proxy for its token count."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, (tuple, list)):
+        return sum(len(part) for part in item if isinstance(part, str))
+    return 0
+
+
+def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int = 256) -> tuple[dict[str, list], dict]:
     """Tokenize with the model's own preprocessing; return unpadded per-row token lists and the
-    batch-level extras (e.g. `prompt_length`) that the model's modules expect back at forward time."""
-    features = model.preprocess(list(inputs), prompt=prompt or None)
-    mask = features["attention_mask"].bool()
+    batch-level extras (e.g. `prompt_length`) that the model's modules expect back at forward time.
+
+    `preprocess` pads each call to its longest row and builds tensors from nested lists, which costs more
+    than the tokenizer itself; so inputs go through it in chunks of similar length (by characters), and
+    the rows come back in input order."""
+    inputs = list(inputs)
+    order = sorted(range(len(inputs)), key=lambda i: _char_length(inputs[i]))
     rows: dict[str, list] = {}
-    extras: dict = {}
-    for key, value in features.items():
-        if key == "attention_mask":
-            continue
-        if isinstance(value, torch.Tensor) and value.shape[:2] == mask.shape:
-            rows[key] = [v[m].tolist() for v, m in zip(value, mask, strict=True)]
-        else:
-            extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
-    rows["length"] = mask.sum(dim=1).tolist()
-    return rows, extras
+    extras: dict | None = None
+    for start in range(0, len(order), chunk_rows):
+        chunk = order[start : start + chunk_rows]
+        features = model.preprocess([inputs[i] for i in chunk], prompt=prompt or None)
+        mask = features["attention_mask"].bool()
+        chunk_extras = {}
+        for key, value in features.items():
+            if key == "attention_mask":
+                continue
+            if isinstance(value, torch.Tensor) and value.shape[:2] == mask.shape:
+                column = rows.setdefault(key, [None] * len(inputs))
+                for i, v, m in zip(chunk, value, mask, strict=True):
+                    column[i] = v[m].tolist()
+            else:
+                chunk_extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+        if extras is not None and chunk_extras != extras:
+            raise ValueError(f"model preprocessing returned batch extras that differ: {chunk_extras} vs {extras}")
+        extras = chunk_extras
+        lengths = rows.setdefault("length", [0] * len(inputs))
+        for i, n in zip(chunk, mask.sum(dim=1).tolist(), strict=True):
+            lengths[i] = n
+    return rows, extras or {}
 
 
 def collate(tokenizer, batch: dict[str, list], extras: dict, device: torch.device) -> dict:

@@ -145,7 +145,7 @@ def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc:
         tokenized = dataset.map(
             add_tokens,
             batched=True,
-            batch_size=1000,
+            batch_size=10_000,  # tokenize() sorts each batch by length: larger batches pad less
             new_fingerprint=f"negflow-{desc}",
             cache_file_name=str(cache_file),
             desc=desc,
