@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-import pyarrow.parquet as pq
 
 from negflow.audit import anchor_strategies, audit_selection, format_table, write_report
 from negflow.beir import ReadStats, iter_queries
 from negflow.evaluate import evaluate_model, read_judgments
 from negflow.export import MinedCandidates
-from negflow.files import run_stage
+from negflow.files import read_parquet, run_stage
 from negflow.prepare import load_table
 from negflow.selection import SelectionSettings
 
@@ -29,7 +28,7 @@ def main(log):
         source = {"audit_qrels": s["audit_qrels"]}
     else:
         judged = {}
-        for row in pq.read_table(inp.holdout).to_pylist():
+        for row in read_parquet(inp.holdout).to_pylist():
             judged.setdefault(row["query_id"], {})[row["doc_id"]] = row["score"]
         source = {"audit_holdout": f"{sum(map(len, judged.values()))} hidden positives of {len(judged)} queries"}
     relevant = {q: {d for d, g in grades.items() if g >= s["min_positive_score"]} for q, grades in judged.items()}

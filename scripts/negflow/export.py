@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from negflow.embed import ShardedEmbeddings
-from negflow.files import atomic_output
+from negflow.files import atomic_output, read_parquet
 from negflow.prepare import load_table
 from negflow.selection import (
     FILTERS,
@@ -124,7 +123,7 @@ class MinedCandidates:
         scored_path: str | None,
         selection_score: str,
     ):
-        mined = pq.read_table(mined_path).sort_by([("query_row", "ascending"), ("rank", "ascending")])
+        mined = read_parquet(mined_path).sort_by([("query_row", "ascending"), ("rank", "ascending")])
         self.corpus = ShardedEmbeddings(corpus_shards)
         self.queries = ShardedEmbeddings(query_shards)
         self.corpus_dir = corpus_dir
@@ -137,7 +136,7 @@ class MinedCandidates:
         self.score_name = score_name
         self.ce = None
         if scored_path:
-            scored = pq.read_table(scored_path)
+            scored = read_parquet(scored_path)
             self.ce = PairScores(
                 scored["query_row"].to_numpy(),
                 scored["doc_row"].to_numpy(),
@@ -151,7 +150,7 @@ class MinedCandidates:
         self.m_cos = mined["cosine"].to_numpy()
         self.m_bounds = {q: (a, b) for q, a, b in group_bounds(self.m_query)}
 
-        qrels = pq.read_table(qrels_path)
+        qrels = read_parquet(qrels_path)
         self.judged = {}  # query_row -> every qrels doc row (positives and judged non-relevant)
         for q, d in zip(qrels["query_row"].to_numpy().tolist(), qrels["doc_row"].to_numpy().tolist(), strict=True):
             self.judged.setdefault(q, set()).add(d)

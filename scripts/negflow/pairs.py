@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negflow.files import atomic_output
+from negflow.files import atomic_output, read_parquet
 
 log = logging.getLogger("negflow")
 
@@ -33,7 +33,7 @@ def prepare_pairs(
     datasets.disable_caching()
     corpus = datasets.load_from_disk(corpus_dir).select_columns(["text"])
     queries = datasets.load_from_disk(queries_dir).select_columns(["text"])
-    query_rows, doc_rows = unique_pairs(pq.read_table(mined_path), pq.read_table(qrels_path))
+    query_rows, doc_rows = unique_pairs(read_parquet(mined_path), read_parquet(qrels_path))
     model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len)
     log.info(
         "%d unique (query, document) pairs; cross-encoder %s, max length %d",

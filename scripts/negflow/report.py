@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from negflow.files import atomic_output
+from negflow.files import atomic_output, read_parquet
 from negflow.prepare import load_table
 
 EXAMPLE_QUERIES = 5
@@ -256,7 +255,7 @@ def build_report(
     selection = json.loads(Path(selection_path).read_text(encoding="utf-8"))
     documents = load_table(corpus_dir, ["id"]).num_rows
     write_html(out_summary, f"{dataset}: counts", summary_html(selection, documents, dataset))
-    mined = pq.read_table(mined_path, columns=["query_id", "doc_id", "rank", "cosine"])
+    mined = read_parquet(mined_path, columns=["query_id", "doc_id", "rank", "cosine"])
     scores = score_sets(scan, mined)
     plot_scores(scores, out_scores, dataset)
     ranks = negative_ranks(scan, mined)
