@@ -530,3 +530,31 @@ def test_search_refuses_a_corpus_no_larger_than_candidates(staged, tmp_path):
     with pytest.raises(InputError, match=rf"corpus: {n_docs} candidates per query asked for, but the corpus holds"):
         search_shard(paths["corpus"], paths["queries"], *dirs, {**SEARCH, "candidates": n_docs}, 5, str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
+
+
+def test_tokenize_in_length_sorted_chunks_returns_each_rows_own_tokens_in_input_order(tiny_models, fixture_data):
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    from negflow.models import tokenize
+
+    texts = [json.loads(line)["text"] for line in fixture_data["corpus"].read_text().splitlines()]
+    texts = [texts[0] * 40, texts[1][:5], *texts[2:9]]  # one truncated, one tiny, then unsorted lengths
+    embedder = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
+    rows, extras = tokenize(embedder, texts, "query: ", chunk_rows=2)
+    for i, text in enumerate(texts):
+        alone = embedder.preprocess([text], prompt="query: ")
+        assert rows["input_ids"][i] == alone["input_ids"][0].tolist()
+        assert rows["length"][i] == len(rows["input_ids"][i]) == int(alone["attention_mask"].sum())
+    assert rows["length"][0] == 96  # truncated to max_seq_length
+    alone = embedder.preprocess(texts[:1], prompt="query: ")
+    per_row = {"input_ids", "token_type_ids", "attention_mask"}
+    assert extras == {k: v.tolist() if hasattr(v, "tolist") else v for k, v in alone.items() if k not in per_row}
+    assert extras["prompt_length"] == 3  # [CLS] query :, which pooling may leave out
+
+    ce = CrossEncoder(str(tiny_models["ce"]), device="cpu", max_length=100)
+    pairs = [(texts[i], texts[-1 - i]) for i in range(len(texts))]
+    rows, _ = tokenize(ce, pairs, chunk_rows=3)
+    for i, pair in enumerate(pairs):
+        alone = ce.preprocess([pair])
+        assert rows["input_ids"][i] == alone["input_ids"][0].tolist()
+        assert rows["token_type_ids"][i] == alone["token_type_ids"][0].tolist()
