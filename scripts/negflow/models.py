@@ -138,6 +138,13 @@ def _char_length(item) -> int:
     return 0
 
 
+def same_extras(seen: dict | None, new: dict) -> dict:
+    """Batch-level extras are saved once for all rows, so every batch must return the same ones."""
+    if seen is not None and new != seen:
+        raise ValueError(f"model preprocessing returned batch extras that differ: {new} vs {seen}")
+    return new
+
+
 def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int = 256) -> tuple[dict[str, list], dict]:
     """Tokenize with the model's own preprocessing; return unpadded per-row token lists and the
     batch-level extras (e.g. `prompt_length`) that the model's modules expect back at forward time.
@@ -148,6 +155,7 @@ def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int
     inputs = list(inputs)
     order = sorted(range(len(inputs)), key=lambda i: _char_length(inputs[i]))
     rows: dict[str, list] = {}
+    lengths = [0] * len(inputs)
     extras: dict | None = None
     for start in range(0, len(order), chunk_rows):
         chunk = order[start : start + chunk_rows]
@@ -163,12 +171,10 @@ def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int
                     column[i] = v[m].tolist()
             else:
                 chunk_extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
-        if extras is not None and chunk_extras != extras:
-            raise ValueError(f"model preprocessing returned batch extras that differ: {chunk_extras} vs {extras}")
-        extras = chunk_extras
-        lengths = rows.setdefault("length", [0] * len(inputs))
+        extras = same_extras(extras, chunk_extras)
         for i, n in zip(chunk, mask.sum(dim=1).tolist(), strict=True):
             lengths[i] = n
+    rows["length"] = lengths
     return rows, extras or {}
 
 

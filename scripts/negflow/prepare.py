@@ -131,14 +131,13 @@ def write_holdout(rows: list[tuple[str, str, int]], path: str) -> None:
 def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc: str) -> None:
     """Map `encode_batch(batch) -> (token columns, extras)` over a dataset and save it, with the batch-level
     extras (identical for every batch) beside it for the model stage to pass back."""
-    extras_seen: list[dict] = []
+    from negflow.models import same_extras
+
+    seen: dict[str, dict] = {}
 
     def add_tokens(batch):
         tokens, extras = encode_batch(batch)
-        if not extras_seen:
-            extras_seen.append(extras)
-        elif extras != extras_seen[0]:
-            raise ValueError(f"model preprocessing returned batch extras that differ: {extras} vs {extras_seen[0]}")
+        seen["extras"] = same_extras(seen.get("extras"), extras)
         return tokens
 
     try:
@@ -153,7 +152,7 @@ def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc:
         tokenized.save_to_disk(str(out_dir))
     finally:
         cache_file.unlink(missing_ok=True)
-    (out_dir / EXTRAS_FILE).write_text(json.dumps(extras_seen[0] if extras_seen else {}), encoding="utf-8")
+    (out_dir / EXTRAS_FILE).write_text(json.dumps(seen.get("extras", {})), encoding="utf-8")
 
 
 def write_manifest(path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int) -> None:
