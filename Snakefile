@@ -26,6 +26,7 @@ scattergather:
 
 
 include: "rules/demo.smk"
+include: "rules/read_pairs.smk"
 include: "rules/prepare.smk"
 include: "rules/embed.smk"
 include: "rules/search.smk"

@@ -13,6 +13,7 @@ from negflow.config import (
     is_local_data,
     load_schema,
     scatter_counts,
+    split_ref,
     stage_params,
 )
 from negflow.hooks import cancel_scheduler_timers
@@ -31,6 +32,16 @@ except ConfigError as e:
 # stage and everything downstream of it, and nothing upstream. Batch sizes are performance-only and
 # travel as resources instead, which never trigger a rerun.
 STAGE_KEYS = {
+    "read_pairs": [
+        "pairs",
+        "corpus",
+        "set_mode",
+        "given_negatives",
+        "max_pairs",
+        "anchor_column",
+        "positive_column",
+        "negative_column",
+    ],
     "prepare": [
         "corpus",
         "queries",
@@ -103,16 +114,39 @@ def library(*modules):
     ]
 
 
+def beir_sources(dataset):
+    """The corpus, queries and qrels that prepare reads: the configured BEIR files, or for a pairs dataset
+    the tables rule read_pairs writes."""
+    settings = DATASETS[dataset]
+    if settings["pairs"] is None:
+        return {key: settings[key] for key in ("corpus", "queries", "qrels")}
+    return {
+        key: f"results/{dataset}/read_pairs/{key}.parquet"
+        for key in ("corpus", "queries", "qrels")
+    }
+
+
 def settings_for(stage):
-    """A params function: the settings `stage` depends on, for the job's dataset."""
+    """A params function: the settings `stage` depends on, for the job's dataset. Stages after read_pairs
+    see a pairs dataset's BEIR tables as its corpus, queries and qrels; provenance records the settings
+    as configured."""
 
     def params(wildcards):
         settings = DATASETS[wildcards.dataset]
         keys = STAGE_KEYS[stage]
+        pairs = settings["pairs"] is not None
         if stage in ("build_index", "search", "provenance"):
             keys = keys + INDEX_KEYS[settings["index"]]
         if stage == "prepare" and settings["audit_holdout"]:
             keys = keys + ["seed"]  # the seed picks which positive stays visible
+        if stage == "read_pairs" and settings["max_pairs"] is not None:
+            keys = keys + ["seed"]  # the seed draws the sample
+        if pairs and stage == "export":
+            keys = keys + ["given_negatives"]
+        if pairs and stage == "provenance":
+            keys = list(dict.fromkeys(STAGE_KEYS["read_pairs"] + keys))
+        if stage not in ("read_pairs", "provenance"):
+            settings = settings | beir_sources(wildcards.dataset)
         return stage_params(settings, keys)
 
     return params
@@ -141,14 +175,26 @@ def all_outputs():
     return targets
 
 
-def local_inputs(wildcards):
-    """The corpus, queries and qrels files that exist locally (hub ids are not files)."""
+def pair_inputs(wildcards):
+    """The local pair file (or folder of a downloaded hub dataset) and corpus of a pairs dataset."""
     settings = DATASETS[wildcards.dataset]
-    return {
-        key: settings[key]
-        for key in ("corpus", "queries", "qrels")
-        if is_local_data(settings[key])
-    }
+    inputs = {}
+    for key in ("pairs", "corpus"):
+        if settings[key] is not None and is_local_data(settings[key]):
+            inputs[key] = split_ref(settings[key])[0]
+    return inputs
+
+
+def prepare_inputs(wildcards):
+    """The corpus, queries and qrels files that exist locally (hub ids are not files); for a pairs
+    dataset, read_pairs' tables and manifest."""
+    sources = beir_sources(wildcards.dataset)
+    inputs = {key: ref for key, ref in sources.items() if is_local_data(ref)}
+    if DATASETS[wildcards.dataset]["pairs"] is not None:
+        inputs["pairs_manifest"] = (
+            f"results/{wildcards.dataset}/read_pairs/manifest.json"
+        )
+    return inputs
 
 
 def embedding_shards(part):
@@ -210,7 +256,7 @@ def export_inputs(wildcards):
 
 def audit_inputs(wildcards):
     """Everything selection reads, plus the judgments the audit measures against."""
-    settings = DATASETS[wildcards.dataset]
+    settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
     inputs = export_inputs(wildcards)
     inputs["holdout"] = f"results/{wildcards.dataset}/prepare/holdout.parquet"
     for key in ("audit_qrels", "queries"):
@@ -221,7 +267,7 @@ def audit_inputs(wildcards):
 
 def finetune_inputs(wildcards):
     """The mined negatives and texts, plus the evaluation qrels and queries when they are local files."""
-    settings = DATASETS[wildcards.dataset]
+    settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
     if not settings["finetune_eval_qrels"]:
         raise WorkflowError(
             f"finetune of dataset {wildcards.dataset} needs finetune_eval_qrels (qrels to evaluate nDCG@10 on)"

@@ -1,6 +1,6 @@
 rule prepare:
     input:
-        unpack(local_inputs),
+        unpack(prepare_inputs),
         code=library("prepare", "beir", "models", "provenance"),
     output:
         corpus=directory("results/{dataset}/prepare/corpus"),

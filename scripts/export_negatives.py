@@ -21,6 +21,7 @@ def main(log):
         corpus_dir=snakemake.input.corpus_dir,
         scored_path=snakemake.input.get("scored"),
         selection_score=settings["selection_score"],
+        keep_given=settings.get("given_negatives") == "keep",  # only a pairs dataset's export has the key
     )
     report = export_negatives(
         mined,

@@ -27,6 +27,7 @@ def main(log):
         out_qrels=snakemake.output.qrels,
         out_holdout=snakemake.output.holdout,
         out_manifest=snakemake.output.manifest,
+        pairs_manifest=snakemake.input.get("pairs_manifest"),
     )
     log.info("prepared %s", counts)
 

@@ -59,7 +59,16 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
         ({"datasets": {"a": {**DATA, "num_negative": 3}}}, "config: datasets.a: unknown key 'num_negative'"),
         ({"datasets": {"a": {**DATA, "candidates": "ten"}}}, "config: datasets.a.candidates: 'ten' is not of type"),
         ({"datasets": {"a": {**DATA, "index": "lsh"}}}, "config: datasets.a.index: 'lsh' is not one of"),
-        ({"datasets": {"a": {"corpus": "c.jsonl", "queries": "q.jsonl"}}}, "'qrels' is a required property"),
+        (
+            {"datasets": {"a": {"corpus": "c.jsonl", "queries": "q.jsonl"}}},
+            "needs corpus, queries and qrels (missing qrels)",
+        ),
+        (
+            {"datasets": {"a": {"pairs": "p.jsonl", "qrels": "r.tsv"}}},
+            "give either pairs (and optionally corpus) or qrels",
+        ),
+        ({"datasets": {"a": {"pairs": "p.jsonl", "min_positive_score": 2}}}, "a pairs dataset grades every positive 1"),
+        ({"datasets": {"a": {"pairs": "p.jsonl", "set_mode": "any"}}}, "datasets.a.set_mode: 'any' is not one of"),
         ({"num_negatives": 0, "datasets": {}}, "config: top level.num_negatives: 0 is less than the minimum of 1"),
         ({"datasets": {"a": {**DATA, "selection_score": "ce"}}}, "'ce' needs a cross-encoder"),
         ({"datasets": {"a": {**DATA, "embedding": "/no/such/model"}}}, "model folder '/no/such/model' does not"),

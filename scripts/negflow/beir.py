@@ -63,8 +63,25 @@ def _iter_hub(dataset_id: str, config_name: str) -> Iterator[tuple[str, dict]]:
         yield f"{dataset_id}[{config_name}] row {i}", row
 
 
+def iter_parquet(path: str) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row) of a Parquet table; location is `path row N` (1-based)."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    row = 0
+    for batch in table.iter_batches(batch_size=65_536):
+        for obj in batch.to_pylist():
+            row += 1
+            yield f"{path} row {row}", obj
+
+
 def _records(ref: str, hub_config: str) -> Iterator[tuple[str, dict]]:
-    return iter_jsonl(ref) if is_local_data(ref) else _iter_hub(ref, hub_config)
+    if not is_local_data(ref):
+        return _iter_hub(ref, hub_config)
+    return iter_parquet(ref) if ref.endswith(".parquet") else iter_jsonl(ref)
 
 
 def _string_field(obj: dict, key: str, where: str, required: bool) -> str:
@@ -133,6 +150,8 @@ def read_qrels(ref: str) -> list[tuple[str, str, int]]:
     """Read (query id, doc id, score) rows. Local files need BEIR's header; CRLF and blank lines are fine."""
     if not is_local_data(ref):
         return _read_hub_qrels(ref)
+    if ref.endswith(".parquet"):
+        return _read_parquet_qrels(ref)
     rows: list[tuple[str, str, int]] = []
     header_seen = False
     for line_no, line in _lines(ref):
@@ -155,6 +174,17 @@ def read_qrels(ref: str) -> list[tuple[str, str, int]]:
             raise InputError(f"{where}: score {score!r} is not an integer") from None
     if not header_seen:
         raise InputError(f"{ref}: empty qrels file (expected a 'query-id corpus-id score' header)")
+    return rows
+
+
+def _read_parquet_qrels(ref: str) -> list[tuple[str, str, int]]:
+    """Qrels as a Parquet table with BEIR's column names (what read_pairs writes)."""
+    rows = []
+    for where, obj in iter_parquet(ref):
+        try:
+            rows.append((str(obj["query-id"]), str(obj["corpus-id"]), int(obj["score"])))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{where}: expected columns 'query-id', 'corpus-id' and an integer 'score'") from None
     return rows
 
 

@@ -93,12 +93,21 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
             _reject_unknown(override, _known_keys(schema), str(override_file))
             merged |= override
         _reject_unknown(block, dataset_keys, f"datasets.{name}")
+        check_data_sources(block, f"datasets.{name}")
         merged |= block
         _validate(merged, schema["$defs"]["dataset"] | {"$defs": schema["$defs"]}, f"datasets.{name}")
+        for key in DATA_KEYS:
+            merged[key] = resolve_data_ref(merged.get(key), merged["data_root"])
         check_model_ref(merged["embedding"], f"datasets.{name}.embedding", "embedding")
         if merged["ce"] is not None:
             check_model_ref(merged["ce"], f"datasets.{name}.ce", "ce")
-        check_corpus_size(merged["corpus"], merged["candidates"], f"datasets.{name}.candidates")
+        if merged["pairs"] is None:
+            check_corpus_size(merged["corpus"], merged["candidates"], f"datasets.{name}.candidates")
+        elif merged["min_positive_score"] != 1:
+            raise ConfigError(
+                f"config: datasets.{name}.min_positive_score: a pairs dataset grades every positive 1, so it must "
+                f"be 1 (got {merged['min_positive_score']})"
+            )
         if merged["selection_score"] == "ce" and merged["ce"] is None:
             raise ConfigError(f"config: datasets.{name}.selection_score: 'ce' needs a cross-encoder in 'ce'")
         if merged["ce_max"] is not None and merged["ce"] is None:
@@ -116,6 +125,43 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
             )
         merged_all[name] = merged
     return merged_all
+
+
+# Per-dataset data references: files (resolved against data_root when relative) or hub ids.
+DATA_KEYS = ("pairs", "corpus", "queries", "qrels", "audit_qrels", "finetune_eval_qrels")
+
+
+def check_data_sources(block: dict, where: str) -> None:
+    """A dataset is BEIR files (corpus, queries, qrels) or a pair file (pairs, with an optional corpus)."""
+    if "pairs" in block:
+        extra = [key for key in ("queries", "qrels") if key in block]
+        if extra:
+            raise ConfigError(f"config: {where}: give either pairs (and optionally corpus) or {' and '.join(extra)}")
+        return
+    missing = [key for key in ("corpus", "queries", "qrels") if key not in block]
+    if missing:
+        raise ConfigError(
+            f"config: {where}: needs corpus, queries and qrels (missing {', '.join(missing)}), or a pairs file"
+        )
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """`PATH`, `DIR[:SPLIT]` or `HUB_ID[:SPLIT]` -> (source, split or None)."""
+    if os.path.exists(ref) or ":" not in ref:
+        return ref, None
+    source, _, split = ref.rpartition(":")
+    return source, split or None
+
+
+def resolve_data_ref(ref: str | None, root: str | None) -> str | None:
+    """A relative data reference under `data_root` becomes a path there when it names something that exists
+    there (a file, a folder, or a folder with a `:SPLIT` suffix) or has a data-file suffix; hub ids (and
+    everything without a root) pass through."""
+    if ref is None or root is None or os.path.isabs(ref) or ref.startswith("~"):
+        return ref
+    if is_local_data(ref) or os.path.exists(os.path.join(root, split_ref(ref)[0])):
+        return os.path.join(root, ref)
+    return ref
 
 
 PACKAGE_PREFIX = "package:"
@@ -173,25 +219,33 @@ def check_model_ref(ref: str, where: str, kind: str | None = None) -> None:
 
 
 def check_corpus_size(ref: str, candidates: int, where: str) -> None:
-    """A local corpus with fewer lines than `candidates` cannot fill a query's candidate list: say so before
-    any job. Reads at most candidates + 1 lines, so a large corpus costs nothing."""
+    """A local corpus with fewer documents than `candidates` cannot fill a query's candidate list: say so
+    before any job. Reads at most candidates + 1 lines (a Parquet file's row count), so a large corpus costs
+    nothing."""
     if not (is_local_data(ref) and os.path.isfile(ref)):
         return
-    opener = gzip.open if ref.endswith(".gz") else open
-    lines = 0
-    with opener(ref, "rb") as f:
-        for raw in f:
-            lines += bool(raw.strip())
-            if lines > candidates:
-                return
+    if ref.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        documents = pq.ParquetFile(ref).metadata.num_rows
+    else:
+        opener = gzip.open if ref.endswith(".gz") else open
+        documents = 0
+        with opener(ref, "rb") as f:
+            for raw in f:
+                documents += bool(raw.strip())
+                if documents > candidates:
+                    break
+    if documents > candidates:
+        return
     raise ConfigError(
-        f"config: {where}: {candidates} candidates per query asked for, but {ref} holds only {lines} documents"
+        f"config: {where}: {candidates} candidates per query asked for, but {ref} holds only {documents} documents"
     )
 
 
 def is_local_data(ref: str) -> bool:
     """Data references: local files are paths or end in a BEIR file suffix; everything else is a hub id."""
-    return looks_like_path(ref) or bool(re.search(r"\.(jsonl|tsv|json)(\.gz)?$", ref))
+    return looks_like_path(ref) or bool(re.search(r"\.(jsonl|tsv|json)(\.gz)?$|\.parquet$", ref))
 
 
 def stage_params(settings: dict, keys: list[str]) -> dict[str, Any]:

@@ -11,14 +11,17 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from negflow.embed import ShardedEmbeddings
 from negflow.files import atomic_output, read_parquet
 from negflow.prepare import load_table
+from negflow.read_pairs import GIVEN_NEGATIVE
 from negflow.selection import (
     FILTERS,
     QueryScores,
@@ -95,6 +98,10 @@ class QueryCandidates:
     pos_emb: np.ndarray
     cand_hashes: np.ndarray
     pos_hashes: np.ndarray
+    given_rows: np.ndarray
+    given_ids: list[str]
+    given_cos: np.ndarray
+    given_ce: np.ndarray | None
 
     def scores(self, score_name: str) -> QueryScores:
         ce = score_name == "ce"
@@ -122,7 +129,10 @@ class MinedCandidates:
         corpus_dir: str,
         scored_path: str | None,
         selection_score: str,
+        keep_given: bool = False,
     ):
+        """`keep_given`: a pairs dataset's given negatives (qrels grade GIVEN_NEGATIVE, from read_pairs with
+        given_negatives: keep) come with each query, to be listed before the mined ones."""
         mined = read_parquet(mined_path).sort_by([("query_row", "ascending"), ("rank", "ascending")])
         self.corpus = ShardedEmbeddings(corpus_shards)
         self.queries = ShardedEmbeddings(query_shards)
@@ -162,12 +172,24 @@ class MinedCandidates:
         self.p_score = pos["score"].to_numpy()[order]
         self.p_cos = pos["cosine"].to_numpy()[order]
         self.p_query_id = np.array(pos["query_id"].to_pylist(), dtype=object)[order].tolist()
+        given = qrels.slice(0, 0)
+        if keep_given:
+            is_given = pc.equal(qrels["score"], GIVEN_NEGATIVE)
+            given = qrels.filter(pc.and_(is_given, pc.invert(qrels["positive"])))
+        order = np.argsort(given["query_row"].to_numpy(), kind="stable")
+        self.g_query = given["query_row"].to_numpy()[order]
+        self.g_doc_row = given["doc_row"].to_numpy()[order]
+        self.g_doc_id = given["doc_id"].take(pa.array(order)).to_pylist()
+        self.g_cos = given["cosine"].to_numpy()[order]
+        self.g_bounds = {q: (a, b) for q, a, b in group_bounds(self.g_query)}
 
     def __iter__(self) -> Iterator[QueryCandidates]:
         for q, a, b in group_bounds(self.p_query):
             ma, mb = self.m_bounds.get(q, (0, 0))
+            ga, gb = self.g_bounds.get(q, (0, 0))
             pos_rows = self.p_doc_row[a:b]
             cand_rows = self.m_doc_row[ma:mb]
+            given_rows = self.g_doc_row[ga:gb]
             yield QueryCandidates(
                 query_row=q,
                 query_id=self.p_query_id[a],
@@ -185,6 +207,10 @@ class MinedCandidates:
                 pos_emb=self.corpus.take(pos_rows),
                 cand_hashes=self.hashes[cand_rows],
                 pos_hashes=self.hashes[pos_rows],
+                given_rows=given_rows,
+                given_ids=self.g_doc_id[ga:gb],
+                given_cos=self.g_cos[ga:gb].astype(np.float64),
+                given_ce=self.ce.get(q, given_rows) if self.ce else None,
             )
 
     @cached_property
@@ -270,35 +296,41 @@ def export_negatives(
     dist = {"positive_cosine": [], "negative_cosine": [], "positive_ce": [], "negative_ce": [], "negative_rank": []}
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for query in mined:
-            selection = select_negatives(query.scores(mined.score_name), settings, query_noise(settings, query))
+            given = len(query.given_rows)  # listed first and counted towards num_negatives
+            s = replace(settings, num_negatives=max(0, settings.num_negatives - given)) if given else settings
+            selection = select_negatives(query.scores(mined.score_name), s, query_noise(s, query))
             chosen = selection.chosen
             counts["queries"] += 1
             counts["candidates"] += len(query.cand_rows)
+            counts["given_negatives"] += given
             for reason, n in selection.dropped.items():
                 counts[f"dropped_{reason}"] += n
             padded = []
-            if len(chosen) < settings.num_negatives:
+            if given + len(chosen) < settings.num_negatives:
                 counts["queries_short"] += 1
                 if settings.short_queries == "drop":
                     counts["queries_dropped"] += 1
                     continue
                 if settings.short_queries == "pad":
-                    padded = mined.pad(query, selection, settings)
+                    padded = mined.pad(query, selection, s)
                     counts["padded"] += len(padded)
-                    counts["queries_short_after_padding"] += len(chosen) + len(padded) < settings.num_negatives
+                    counts["queries_short_after_padding"] += given + len(chosen) + len(padded) < settings.num_negatives
             pad_rows = np.array([r for r, _ in padded], dtype=np.int64)
             neg_rows = np.r_[query.cand_rows[chosen], pad_rows]
             neg_cos = np.r_[query.cand_cos[chosen], [c for _, c in padded]]
-            emb = mined.corpus.take(np.r_[query.pos_rows, neg_rows])
+            emb = mined.corpus.take(np.r_[query.pos_rows, query.given_rows, neg_rows])
             record = {
                 "query": query.query_id,
-                "docs": query.pos_ids + [query.cand_ids[i] for i in chosen.tolist()] + mined.doc_ids(pad_rows),
-                "doc_scores": [float(s) for s in query.pos_grades] + [0.0] * len(neg_rows),
-                "query_doc_cos": _rounded(np.r_[query.pos_cos, neg_cos]),
+                "docs": query.pos_ids
+                + query.given_ids
+                + [query.cand_ids[i] for i in chosen.tolist()]
+                + mined.doc_ids(pad_rows),
+                "doc_scores": [float(s) for s in query.pos_grades] + [0.0] * (given + len(neg_rows)),
+                "query_doc_cos": _rounded(np.r_[query.pos_cos, query.given_cos, neg_cos]),
             }
             if mined.ce is not None:
                 neg_ce = list(query.cand_ce[chosen]) + [None] * len(padded)
-                record["query_doc_ce"] = _rounded(list(query.pos_ce) + neg_ce)
+                record["query_doc_ce"] = _rounded(list(query.pos_ce) + list(query.given_ce) + neg_ce)
                 dist["positive_ce"] += query.pos_ce.tolist()
                 dist["negative_ce"] += query.cand_ce[chosen].tolist()
             record["doc_doc_cos"] = _rounded((emb @ emb.T).ravel())
@@ -318,6 +350,7 @@ def export_negatives(
                 "queries_written",
                 "candidates",
                 "negatives",
+                "given_negatives",
                 "queries_short",
                 "queries_dropped",
                 "padded",
@@ -331,12 +364,13 @@ def export_negatives(
     with atomic_output(report_path) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info(
-        "selected on %s: %d queries, %d candidates, %d negatives; %d queries short of %d (%s: %d dropped, %d padded); "
-        "dropped %s",
+        "selected on %s: %d queries, %d candidates, %d negatives (and %d given); %d queries short of %d (%s: %d "
+        "dropped, %d padded); dropped %s",
         mined.score_name,
         counts["queries"],
         counts["candidates"],
         counts["negatives"],
+        counts["given_negatives"],
         counts["queries_short"],
         settings.num_negatives,
         settings.short_queries,

@@ -155,12 +155,18 @@ def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc:
     (out_dir / EXTRAS_FILE).write_text(json.dumps(seen.get("extras", {})), encoding="utf-8")
 
 
-def write_manifest(path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int) -> None:
-    """What the provenance sidecars quote about this stage: input hashes and the prompts really used."""
+def write_manifest(
+    path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int, pairs_manifest: str | None
+) -> None:
+    """What the provenance sidecars quote about this stage: input hashes and the prompts really used. For a
+    pairs dataset the inputs are the pair file and corpus read_pairs read, and its manifest (shape, sample,
+    counts) is quoted whole."""
     from negflow.provenance import data_fingerprint
 
+    pairs = json.loads(Path(pairs_manifest).read_text(encoding="utf-8")) if pairs_manifest else None
     manifest = {
-        "inputs": {name: data_fingerprint(ref) for name, ref in inputs.items()},
+        "inputs": pairs["inputs"] if pairs else {name: data_fingerprint(ref) for name, ref in inputs.items()},
+        **({"pairs": {k: v for k, v in pairs.items() if k != "inputs"}} if pairs else {}),
         "query_prompt": query_prompt,
         "doc_prompt": doc_prompt,
         "embedding_seq_len": max_seq_length,
@@ -199,6 +205,7 @@ def prepare(
     out_qrels: str,
     out_holdout: str,
     out_manifest: str,
+    pairs_manifest: str | None = None,
 ) -> dict[str, int]:
     """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets."""
     import datasets
@@ -280,6 +287,7 @@ def prepare(
             query_prompt=model_prompt(model, query_prompt, "query"),
             doc_prompt=model_prompt(model, doc_prompt, "document"),
             max_seq_length=model.max_seq_length,
+            pairs_manifest=pairs_manifest,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

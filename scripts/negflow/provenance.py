@@ -67,6 +67,7 @@ def build_provenance(manifest_path: str, settings: dict) -> dict:
     return {
         "negflow_version": negflow_version(),
         "inputs": manifest["inputs"],
+        **({"pairs": manifest["pairs"]} if "pairs" in manifest else {}),
         "models": models,
         "query_prompt": manifest["query_prompt"],
         "doc_prompt": manifest["doc_prompt"],

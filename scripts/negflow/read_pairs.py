@@ -1,0 +1,829 @@
+"""Stage 0 for pair data: read (query, positive[, negative]) files in the shapes people hold and write them as
+the BEIR tables `prepare` reads (corpus, queries, qrels), plus an id map back to the source lines.
+
+What the tools negflow replaces get wrong here (../shared/notes/pairs.md), and what this does instead:
+- repeated anchors become one query with the union of their positives, so one line's positive is never
+  mined as another line's false negative;
+- identical texts (after Unicode NFC and trimming) become one query or one document, with an id that is a
+  content hash, the same on every machine and run (ids the data carries are kept);
+- a query whose own text is in the corpus gets that document as an excluded qrels row: symmetric data
+  (duplicate questions, sentence pairs) never returns the query itself;
+- every positive joins the corpus, whatever `corpus` adds; no silent cap on lines; a sample is seeded.
+
+The reader streams: texts go to an Arrow file on disk the first time they are seen, and the only things
+held per text are three 8-byte integers (a sorted key index), so memory grows with the distinct texts,
+not with Python objects per line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import shutil
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from negflow.beir import InputError
+from negflow.config import split_ref
+from negflow.files import atomic_output
+
+log = logging.getLogger("negflow")
+
+# Grades in the qrels this stage writes. Only POSITIVE reaches min_positive_score (which must be 1 for a
+# pair dataset); every other row is excluded from the query's candidates by search like any judged row.
+POSITIVE = 1
+GIVEN_NEGATIVE = 0  # a negative the data gave (given_negatives: keep lists it first among the negatives)
+SAME_TEXT = -1  # the query's own text as a document: never a candidate, never listed
+
+SET_MODES = ("first", "all")
+GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
+CHUNK_RECORDS = 200_000
+TEXT_BATCH = 65_536
+
+SHAPES = {
+    "pair": '["anchor", "positive"]',
+    "triplet": '["anchor", "positive", "negative"]',
+    "set": '{"set": [...]}',
+    "query_pos": '{"query", "pos", "neg"?}',
+    "anchor_positive": '{"anchor", "positive", "negative"?}',
+    "tevatron": '{"query_id", "query", "positive_passages", "negative_passages"?}',
+    "table": "table columns",
+}
+
+# Roles of a (query, document) relation while reading; only POS and NEG become qrels rows.
+_POS, _NEG, _DOC = 1, 0, 2
+_SOURCE_PAIRS, _SOURCE_CORPUS = 0, 1
+
+
+def normalise(text: str) -> str:
+    """The form two texts must share to be one query or document: Unicode NFC, surrounding space trimmed."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def text_hash(text: str) -> str:
+    """The stable id of a normalised text: 128-bit BLAKE2b, hex (never Python's per-process hash())."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """The settings that decide what read_pairs writes (see config/schema.yaml)."""
+
+    set_mode: str = "first"
+    given_negatives: str = "pool"
+    max_pairs: int | None = None
+    seed: int = 42
+    anchor_column: str | None = None
+    positive_column: str | None = None
+    negative_column: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> PairSettings:
+        """The read_pairs subset of a dataset's settings (other keys are ignored)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
+
+    def __post_init__(self):
+        if self.set_mode not in SET_MODES:
+            raise ValueError(f"set_mode must be one of {SET_MODES}, got {self.set_mode!r}")
+        if self.given_negatives not in GIVEN_NEGATIVE_POLICIES:
+            raise ValueError(f"given_negatives must be one of {GIVEN_NEGATIVE_POLICIES}, got {self.given_negatives!r}")
+
+
+# One example: (query text, carried query id or None, positives, negatives); positives and negatives are
+# lists of (text, carried doc id or None). Texts are raw here; the builder normalises them.
+Example = tuple[str, str | None, list[tuple[str, str | None]], list[tuple[str, str | None]]]
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def _is_jsonl(path: str) -> bool:
+    return path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
+
+
+def _open_binary(path: str):
+    try:
+        return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+
+
+def _load_table_source(ref: str) -> tuple[str, pa.Table | pq.ParquetFile]:
+    """A Parquet file, or a hub dataset (id or a local folder of one, e.g. a `hf download`) loaded with
+    `datasets` into a memory-mapped Arrow table."""
+    source, split = split_ref(ref)
+    if source.endswith(".parquet"):
+        if not os.path.isfile(source):
+            raise InputError(f"{source}: file not found")
+        return source, pq.ParquetFile(source)
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(source, split=split or "train")
+    except Exception as e:  # the hub raises many types; the user needs one line
+        raise InputError(f"hub dataset {ref}: cannot load ({type(e).__name__}: {e})") from None
+    return f"{source}[{split or 'train'}]", dataset.data.table
+
+
+def _table_batches(table, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    if isinstance(table, pq.ParquetFile):
+        yield from table.iter_batches(batch_size=CHUNK_RECORDS, columns=columns)
+    else:
+        yield from table.select(columns).to_batches(max_chunksize=CHUNK_RECORDS)
+
+
+def _table_schema(table) -> pa.Schema:
+    return table.schema_arrow if isinstance(table, pq.ParquetFile) else table.schema
+
+
+def _table_rows(table) -> int:
+    return table.metadata.num_rows if isinstance(table, pq.ParquetFile) else table.num_rows
+
+
+def count_records(ref: str) -> int:
+    """Non-blank lines of a JSONL file, rows of a table: what a seeded `max_pairs` sample draws from."""
+    source, _ = split_ref(ref)
+    if _is_jsonl(source):
+        with _open_binary(source) as f:
+            return sum(1 for raw in f if raw.strip())
+    return _table_rows(_load_table_source(ref)[1])
+
+
+def sample_mask(total: int, max_pairs: int | None, seed: int) -> np.ndarray | None:
+    """Which records (by ordinal among non-blank ones) a `max_pairs` sample keeps; None keeps all."""
+    if max_pairs is None or max_pairs >= total:
+        return None
+    mask = np.zeros(total, dtype=bool)
+    mask[np.random.default_rng(seed).choice(total, size=max_pairs, replace=False)] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def line_shape(obj, where: str) -> str:
+    """The shape of one parsed line, or a one-line error saying which shapes exist."""
+    if isinstance(obj, list):
+        if len(obj) == 2:
+            return "pair"
+        if len(obj) == 3:
+            return "triplet"
+        raise InputError(
+            f"{where}: a list of {len(obj)} item{'s' if len(obj) != 1 else ''}; expected [anchor, positive] or "
+            "[anchor, positive, negative]"
+        )
+    if isinstance(obj, dict):
+        if "set" in obj:
+            return "set"
+        if "positive_passages" in obj:
+            return "tevatron"
+        if "query" in obj and "pos" in obj:
+            return "query_pos"
+        if "anchor" in obj and "positive" in obj:
+            return "anchor_positive"
+    keys = f" with keys {sorted(obj)[:6]}" if isinstance(obj, dict) else ""
+    raise InputError(
+        f"{where}: matches no pair shape ({type(obj).__name__}{keys}); expected one of "
+        + ", ".join(v for k, v in SHAPES.items() if k != "table")
+    )
+
+
+def _string(value, where: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {what} must be a string, got {_type_name(value)}")
+    return value
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _strings(value, where: str, what: str) -> list[tuple[str, None]]:
+    """A string or a list of strings (FlagEmbedding writes `pos`/`neg` either way)."""
+    if isinstance(value, str):
+        return [(value, None)]
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise InputError(f"{where}: {what}[{i}] must be a string, got {_type_name(item)}")
+        return [(item, None) for item in value]
+    raise InputError(f"{where}: {what} must be a string or a list of strings, got {_type_name(value)}")
+
+
+def _passages(value, where: str, what: str) -> list[tuple[str, str | None]]:
+    """Tevatron passages: [{"docid", "title", "text"}]; the title joins the text as BEIR's does."""
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {what} must be a list of passages, got {_type_name(value)}")
+    out = []
+    for i, passage in enumerate(value):
+        if not isinstance(passage, dict):
+            raise InputError(f"{where}: {what}[{i}] must be an object with docid, title, text")
+        text = _string(passage.get("text"), where, f"{what}[{i}].text")
+        title = passage.get("title") or ""
+        title = _string(title, where, f"{what}[{i}].title")
+        docid = passage.get("docid")
+        if docid is not None and not isinstance(docid, (str, int)):
+            raise InputError(f"{where}: {what}[{i}].docid must be a string, got {_type_name(docid)}")
+        joined = f"{title} {text}" if title.strip() else text
+        out.append((joined, None if docid is None else str(docid)))
+    return out
+
+
+def line_examples(obj, shape: str, where: str, set_mode: str) -> list[Example]:
+    """The examples of one line of a known shape (every member's type checked)."""
+    if shape in ("pair", "triplet"):
+        for i, item in enumerate(obj):
+            if not isinstance(item, str):
+                raise InputError(f"{where}: item {i + 1} of the list must be a string, got {_type_name(item)}")
+        return [(obj[0], None, [(obj[1], None)], [(obj[2], None)] if shape == "triplet" else [])]
+    if shape == "set":
+        members = obj["set"]
+        if not isinstance(members, list):
+            raise InputError(f"{where}: 'set' must be a list of strings, got {_type_name(members)}")
+        for i, item in enumerate(members):
+            if not isinstance(item, str):
+                raise InputError(f"{where}: set[{i}] must be a string, got {_type_name(item)}")
+        if set_mode == "first":
+            return [(members[0], None, [(m, None) for m in members[1:]], [])] if members else []
+        return [(m, None, [(o, None) for j, o in enumerate(members) if j != i], []) for i, m in enumerate(members)]
+    if shape == "query_pos":
+        neg = _strings(obj["neg"], where, "'neg'") if obj.get("neg") is not None else []
+        return [(_string(obj["query"], where, "'query'"), None, _strings(obj["pos"], where, "'pos'"), neg)]
+    if shape == "anchor_positive":
+        neg = _strings(obj["negative"], where, "'negative'") if obj.get("negative") is not None else []
+        positive = _strings(obj["positive"], where, "'positive'")
+        return [(_string(obj["anchor"], where, "'anchor'"), None, positive, neg)]
+    # tevatron
+    query_id = obj.get("query_id")
+    if query_id is not None and not isinstance(query_id, (str, int)):
+        raise InputError(f"{where}: 'query_id' must be a string, got {_type_name(query_id)}")
+    negatives = obj.get("negative_passages")
+    return [
+        (
+            _string(obj.get("query"), where, "'query'"),
+            None if query_id is None else str(query_id),
+            _passages(obj["positive_passages"], where, "positive_passages"),
+            _passages(negatives, where, "negative_passages") if negatives is not None else [],
+        )
+    ]
+
+
+def jsonl_examples(
+    path: str, set_mode: str, keep: np.ndarray | None, counts: Counter
+) -> Iterator[tuple[int, list[Example]]]:
+    """(line number, examples) of every non-blank line (of the sample, when `keep` is given). The first
+    line fixes the shape; a line of another shape is an error naming both lines."""
+    shape = first_line = None
+    ordinal = -1
+    with _open_binary(path) as f:
+        progress = tqdm(f, desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
+        for line_no, raw in enumerate(progress, start=1):
+            if not raw.strip():
+                continue
+            ordinal += 1
+            if keep is not None and not keep[ordinal]:
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as u:
+                    raise InputError(f"{where}: not valid UTF-8 ({u.reason} at byte {u.start})") from None
+                raise InputError(f"{where}: malformed JSON ({e})") from None
+            this = line_shape(obj, where)
+            if shape is None:
+                shape, first_line = this, line_no
+                counts["shape:" + shape] = 1
+            elif this != shape:
+                raise InputError(
+                    f"{where}: a line of shape {SHAPES[this]} in a file whose line {first_line} set the shape "
+                    f"{SHAPES[shape]}; a pair file keeps one shape"
+                )
+            counts["records"] += 1
+            yield line_no, line_examples(obj, shape, where, set_mode)
+
+
+def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, str]:
+    """The anchor, positive and (optional) negative columns: as configured, else anchor/positive/negative
+    when present, else the first two columns (as sentence-transformers does)."""
+    names = schema.names
+    chosen = {}
+    for role, configured in (("anchor", s.anchor_column), ("positive", s.positive_column)):
+        if configured is not None:
+            if configured not in names:
+                raise InputError(f"{where}: no column '{configured}' ({role}_column); columns: {names}")
+            chosen[role] = configured
+    if len(chosen) < 2:
+        defaults = ("anchor", "positive") if {"anchor", "positive"} <= set(names) else tuple(names[:2])
+        if len(defaults) < 2:
+            raise InputError(f"{where}: needs two columns (anchor, positive); columns: {names}")
+        for role, default in zip(("anchor", "positive"), defaults, strict=True):
+            chosen.setdefault(role, default)
+    if s.negative_column is not None:
+        if s.negative_column not in names:
+            raise InputError(f"{where}: no column '{s.negative_column}' (negative_column); columns: {names}")
+        chosen["negative"] = s.negative_column
+    elif "negative" in names and chosen["anchor"] == "anchor":
+        chosen["negative"] = "negative"
+    for role, column in chosen.items():
+        kind = schema.field(column).type
+        value = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else kind
+        if not (pa.types.is_string(value) or pa.types.is_large_string(value)) or (
+            role == "anchor" and value is not kind
+        ):
+            expected = "strings" if role == "anchor" else "strings or lists of strings"
+            raise InputError(f"{where}: column '{column}' ({role}) holds {kind}, expected {expected}")
+    return chosen
+
+
+def table_examples(
+    ref: str, s: PairSettings, keep: np.ndarray | None, counts: Counter
+) -> Iterator[tuple[int, list[Example]]]:
+    """(row number, examples) of a Parquet file or hub dataset. A null cell counts as empty."""
+    where, table = _load_table_source(ref)
+    columns = table_columns(_table_schema(table), s, where)
+    counts["shape:table"] = 1
+    row = 0
+    progress = tqdm(desc=f"reading {where}", unit=" rows", mininterval=10, unit_scale=True, total=_table_rows(table))
+    for batch in _table_batches(table, list(dict.fromkeys(columns.values()))):
+        values = {role: batch.column(column).to_pylist() for role, column in columns.items()}
+        for i, anchor in enumerate(values["anchor"]):
+            row += 1
+            if keep is not None and not keep[row - 1]:
+                continue
+            counts["records"] += 1
+            positives = values["positive"][i]
+            negatives = values["negative"][i] if "negative" in values else None
+            yield (
+                row,
+                [
+                    (
+                        anchor or "",
+                        None,
+                        [(p or "", None) for p in (positives if isinstance(positives, list) else [positives])],
+                        [(n or "", None) for n in (negatives if isinstance(negatives, list) else [negatives])]
+                        if negatives is not None
+                        else [],
+                    )
+                ],
+            )
+        progress.update(batch.num_rows)
+    progress.close()
+
+
+def corpus_documents(ref: str, counts: Counter) -> Iterator[tuple[int, str, str | None]]:
+    """(line, text, carried id) of `corpus`: BEIR lines {_id, title, text} or candidate-pool lines {"text"}
+    (FlagEmbedding's candidate_pool), as JSONL or Parquet; a hub BEIR corpus by id."""
+    from negflow.beir import _records
+
+    source, _ = split_ref(ref)
+    records = (
+        ((f"{source} row {i}", row) for i, row in enumerate(_parquet_rows(source), start=1))
+        if source.endswith(".parquet")
+        else _records(ref, "corpus")
+    )
+    for where, obj in records:
+        line = int(where.rsplit(" ", 1)[1] if " row " in where else where.rsplit(":", 1)[1])
+        text = _string(obj.get("text"), where, "'text'")
+        title = obj.get("title") or ""
+        title = _string(title, where, "'title'")
+        doc_id = obj.get("_id")
+        if doc_id is not None and not isinstance(doc_id, (str, int)):
+            raise InputError(f"{where}: '_id' must be a string, got {_type_name(doc_id)}")
+        counts["corpus_read"] += 1
+        yield line, (f"{title} {text}" if title.strip() else text), None if doc_id is None else str(doc_id)
+
+
+def _parquet_rows(path: str) -> Iterator[dict]:
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file not found")
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=TEXT_BATCH):
+        yield from batch.to_pylist()
+
+
+# ---------------------------------------------------------------------------------------------- builder
+
+
+class TextIndex:
+    """Distinct normalised texts, numbered in first-seen order. Texts go to an Arrow stream on disk when
+    first seen; in memory only the sorted 64-bit key prefixes with their numbers and the other 64 key bits
+    (checked, so two texts that share a prefix are an error, never a silent merge)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, pa.schema([("text", pa.large_string())]))
+        self.sorted_hi = np.empty(0, dtype=np.uint64)
+        self.sorted_index = np.empty(0, dtype=np.int64)
+        self.sorted_lo = np.empty(0, dtype=np.uint64)
+        self.keys: list[np.ndarray] = []  # (n, 2) uint64 per chunk, in index order
+        self.first_source: list[np.ndarray] = []
+        self.first_line: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, texts: list[str], sources: np.ndarray, lines: np.ndarray) -> np.ndarray:
+        """Index of each text (normalised already), adding the unseen ones in order of first appearance."""
+        if not texts:
+            return np.empty(0, dtype=np.int64)
+        digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts)
+        keys = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+        hi, lo = keys[:, 0], keys[:, 1]
+        unique_hi, first, inverse = np.unique(hi, return_index=True, return_inverse=True)
+        if np.any(lo[first][inverse] != lo):
+            at = int(np.flatnonzero(lo[first][inverse] != lo)[0])
+            raise InputError(f"two different texts share a 64-bit key prefix (one is {texts[at][:60]!r}); report this")
+        pos = np.searchsorted(self.sorted_hi, unique_hi)
+        clipped = np.minimum(pos, max(len(self.sorted_hi) - 1, 0))
+        found = (
+            (pos < len(self.sorted_hi)) & (self.sorted_hi[clipped] == unique_hi)
+            if len(self.sorted_hi)
+            else (np.zeros(len(unique_hi), dtype=bool))
+        )
+        if np.any(self.sorted_lo[clipped[found]] != lo[first[found]]):
+            raise InputError("two different texts share a 64-bit key prefix; report this")
+        index = np.empty(len(unique_hi), dtype=np.int64)
+        index[found] = self.sorted_index[clipped[found]]
+        new = np.flatnonzero(~found)
+        new = new[np.argsort(first[new], kind="stable")]  # first-seen order
+        index[new] = self.size + np.arange(len(new))
+        if len(new):
+            rows = first[new]
+            self._writer.write_batch(
+                pa.record_batch([pa.array([texts[i] for i in rows.tolist()], pa.large_string())], names=["text"])
+            )
+            self.keys.append(keys[rows])
+            self.first_source.append(sources[rows])
+            self.first_line.append(lines[rows])
+            self.size += len(new)
+            order = np.argsort(unique_hi[new], kind="stable")
+            at = np.searchsorted(self.sorted_hi, unique_hi[new][order])
+            self.sorted_hi = np.insert(self.sorted_hi, at, unique_hi[new][order])
+            self.sorted_index = np.insert(self.sorted_index, at, index[new][order])
+            self.sorted_lo = np.insert(self.sorted_lo, at, lo[first[new]][order])
+        return index[inverse]
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+        self.sorted_hi = self.sorted_index = self.sorted_lo = None  # the lookup is done: free it
+
+    def batches(self) -> Iterator[pa.Array]:
+        """The texts in index order, one Arrow array per stored batch (read back from disk)."""
+        with pa.OSFile(str(self.path), "rb") as source:
+            for batch in pa.ipc.open_stream(source):
+                yield batch.column(0)
+
+    def hex_ids(self) -> pa.Array:
+        """Every text's content hash as 32 hex characters, built from the keys without a Python string each."""
+        keys = np.concatenate(self.keys) if self.keys else np.empty((0, 2), dtype=np.uint64)
+        raw = keys.astype(">u8").view(np.uint8).reshape(-1, 16)
+        digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+        chars = np.empty((len(raw), 32), dtype=np.uint8)
+        chars[:, 0::2], chars[:, 1::2] = digits[raw >> 4], digits[raw & 15]
+        offsets = np.arange(0, 32 * len(raw) + 1, 32, dtype=np.int32)
+        return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
+
+
+class PairBuilder:
+    """Collects examples in chunks: normalises and numbers the texts, records query-document relations
+    (positive, given negative, corpus document) and the lines every query came from."""
+
+    def __init__(self, index: TextIndex, given_negatives: str, counts: Counter):
+        self.index = index
+        self.given = given_negatives
+        self.counts = counts
+        self.rel_query: list[np.ndarray] = []
+        self.rel_doc: list[np.ndarray] = []
+        self.rel_role: list[np.ndarray] = []
+        self.query_lines: list[np.ndarray] = []  # (query index, line) per example
+        self.carried: dict[str, list[tuple[np.ndarray, list[str]]]] = {"query": [], "doc": []}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.texts: list[str] = []
+        self.sources: list[int] = []
+        self.lines: list[int] = []
+        self.pairs: list[tuple[int, int, int]] = []  # (query occurrence or -1, doc occurrence, role)
+        self.example_query: list[tuple[int, int]] = []  # (query occurrence, line)
+        self.carried_occ: dict[str, list[tuple[int, str]]] = {"query": [], "doc": []}
+
+    def _occurrence(self, text: str, source: int, line: int, carried: str | None, role: str) -> int:
+        self.texts.append(text)
+        self.sources.append(source)
+        self.lines.append(line)
+        if carried is not None:
+            self.carried_occ[role].append((len(self.texts) - 1, carried))
+        return len(self.texts) - 1
+
+    def add_document(self, line: int, text: str, carried: str | None) -> None:
+        text = normalise(text)
+        if not text:
+            self.counts["corpus_empty"] += 1
+            return
+        self.pairs.append((-1, self._occurrence(text, _SOURCE_CORPUS, line, carried, "doc"), _DOC))
+        self._maybe_flush()
+
+    def add_examples(self, line: int, examples: list[Example]) -> None:
+        for query, query_id, positives, negatives in examples:
+            self.counts["examples"] += 1
+            query = normalise(query)
+            if not query:
+                self.counts["empty_anchors"] += 1
+                continue
+            pos = []
+            for text, doc_id in positives:
+                text = normalise(text)
+                if not text:
+                    self.counts["empty_positives"] += 1
+                elif text == query:
+                    self.counts["positives_equal_to_anchor"] += 1
+                else:
+                    pos.append((text, doc_id))
+            if not pos:
+                self.counts["examples_without_positive"] += 1
+                continue
+            q = self._occurrence(query, _SOURCE_PAIRS, line, query_id, "query")
+            self.example_query.append((q, line))
+            for text, doc_id in pos:
+                self.pairs.append((q, self._occurrence(text, _SOURCE_PAIRS, line, doc_id, "doc"), _POS))
+            for text, doc_id in negatives:
+                text = normalise(text)
+                if not text or text == query:
+                    self.counts["empty_negatives" if not text else "negatives_equal_to_anchor"] += 1
+                    continue
+                self.counts["given_negatives_read"] += 1
+                if self.given == "drop":
+                    continue
+                role = _NEG if self.given == "keep" else _DOC
+                self.pairs.append(
+                    (q if role == _NEG else -1, self._occurrence(text, _SOURCE_PAIRS, line, doc_id, "doc"), role)
+                )
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        if len(self.texts) >= 3 * CHUNK_RECORDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.texts:
+            return
+        index = self.index.add(self.texts, np.array(self.sources, dtype=np.int8), np.array(self.lines, dtype=np.int64))
+        if self.pairs:
+            pairs = np.array(self.pairs, dtype=np.int64)
+            has_query = pairs[:, 0] >= 0
+            self.rel_query.append(np.where(has_query, index[np.maximum(pairs[:, 0], 0)], -1))
+            self.rel_doc.append(index[pairs[:, 1]])
+            self.rel_role.append(pairs[:, 2].astype(np.int8))
+        if self.example_query:
+            ex = np.array(self.example_query, dtype=np.int64)
+            self.query_lines.append(np.stack([index[ex[:, 0]], ex[:, 1]], axis=1))
+        for role, occ in self.carried_occ.items():
+            if occ:
+                self.carried[role].append((index[np.array([o for o, _ in occ], dtype=np.int64)], [c for _, c in occ]))
+        self._reset()
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _carried_ids(chunks: list[tuple[np.ndarray, list[str]]], n: int, what: str, source_name) -> pa.Array:
+    """Per text index, the first id the data carried for it (null where none), after checking that no id
+    names two different texts."""
+    if not chunks:
+        return pa.nulls(n, pa.string())
+    index = np.concatenate([c[0] for c in chunks])
+    ids = pa.concat_arrays([pa.array(c[1], pa.string()) for c in chunks])
+    order = np.argsort(index, kind="stable")
+    index_sorted = index[order]
+    firsts = order[np.r_[True, index_sorted[1:] != index_sorted[:-1]]]
+    first_ids = ids.take(pa.array(firsts))
+    distinct = pc.value_counts(first_ids)
+    repeated = distinct.filter(pc.greater(distinct.field("counts"), 1))
+    if len(repeated):
+        bad = repeated.field("values")[0].as_py()
+        rows = index[firsts][np.asarray(pc.equal(first_ids, bad).to_numpy(zero_copy_only=False))][:2]
+        lines = ", ".join(source_name(int(r)) for r in rows)
+        raise InputError(
+            f"{what} id {bad!r} names {int(repeated.field('counts')[0].as_py())} different texts ({lines})"
+        )
+    position = np.full(n, -1, dtype=np.int64)
+    position[index[firsts]] = np.arange(len(firsts))
+    return first_ids.take(pa.array(position, mask=position < 0))
+
+
+@dataclass
+class PairTables:
+    """Where read_pairs writes; the first three are what `prepare` reads."""
+
+    corpus: str
+    queries: str
+    qrels: str
+    query_lines: str
+    doc_hashes: str
+    manifest: str
+
+
+def read_pairs(
+    pairs: str, corpus: str | None, settings: PairSettings, out: PairTables, scratch_dir: str | None = None
+) -> dict:
+    """Read a pair file (and an optional corpus) into BEIR tables; return the counts."""
+    counts: Counter = Counter()
+    source, _ = split_ref(pairs)
+    keep = None
+    total = None
+    if settings.max_pairs is not None:
+        total = count_records(pairs)
+        keep = sample_mask(total, settings.max_pairs, settings.seed)
+        log.info(
+            "max_pairs %d: %s of %d records (seed %d)",
+            settings.max_pairs,
+            "seeded sample" if keep is not None else "all",
+            total,
+            settings.seed,
+        )
+    scratch = Path(scratch_dir or Path(out.corpus).parent) / f".read_pairs-scratch-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        index = TextIndex(scratch / "texts.arrow")
+        builder = PairBuilder(index, settings.given_negatives, counts)
+        if corpus:
+            for line, text, doc_id in corpus_documents(corpus, counts):
+                builder.add_document(line, text, doc_id)
+        examples = (
+            jsonl_examples(source, settings.set_mode, keep, counts)
+            if _is_jsonl(source)
+            else table_examples(pairs, settings, keep, counts)
+        )
+        for line, line_examples_ in examples:
+            builder.add_examples(line, line_examples_)
+        builder.flush()
+        index.close()
+        if counts["records"] == 0:
+            raise InputError(f"{pairs}: no pairs to read")
+        shape = next((k.split(":", 1)[1] for k in counts if k.startswith("shape:")), None)
+        result = _write_tables(index, builder, counts, pairs, corpus, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result["shape"] = SHAPES[shape]
+    manifest = {
+        "inputs": _input_fingerprints(pairs, corpus),
+        "shape": SHAPES[shape],
+        "settings": asdict(settings),
+        "sample": None if keep is None else {"records": total, "kept": int(keep.sum()), "seed": settings.seed},
+        "counts": result["counts"],
+    }
+    with atomic_output(out.manifest) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return result
+
+
+def _input_fingerprints(pairs: str, corpus: str | None) -> dict:
+    from negflow.provenance import data_fingerprint
+
+    inputs = {"pairs": data_fingerprint(split_ref(pairs)[0])}
+    if corpus:
+        inputs["corpus"] = data_fingerprint(corpus)
+    return inputs
+
+
+def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs: str, corpus, out: PairTables):
+    n = index.size
+    first_source = np.concatenate(index.first_source) if index.first_source else np.empty(0, np.int8)
+    first_line = np.concatenate(index.first_line) if index.first_line else np.empty(0, np.int64)
+    source_path = {_SOURCE_PAIRS: split_ref(pairs)[0], _SOURCE_CORPUS: corpus}
+
+    def source_name(i: int) -> str:
+        return f"{source_path[int(first_source[i])]}:{int(first_line[i])}"
+
+    hex_ids = index.hex_ids()
+    query_ids = pc.coalesce(_carried_ids(builder.carried["query"], n, "query", source_name), hex_ids)
+    doc_ids = pc.coalesce(_carried_ids(builder.carried["doc"], n, "document", source_name), hex_ids)
+
+    rel_query = np.concatenate(builder.rel_query) if builder.rel_query else np.empty(0, np.int64)
+    rel_doc = np.concatenate(builder.rel_doc) if builder.rel_doc else np.empty(0, np.int64)
+    rel_role = np.concatenate(builder.rel_role) if builder.rel_role else np.empty(0, np.int8)
+    is_doc = np.zeros(n, dtype=bool)
+    is_doc[rel_doc] = True
+
+    # qrels: one row per (query, document); a positive wins over a given negative of the same pair
+    judged = rel_role != _DOC
+    q, d, role = rel_query[judged], rel_doc[judged], rel_role[judged]
+    pair_key = q * np.int64(n) + d
+    unique_key, first, inverse = np.unique(pair_key, return_index=True, return_inverse=True)
+    best = np.zeros(len(unique_key), dtype=np.int8)
+    np.maximum.at(best, inverse, role)
+    order = np.lexsort((first, q[first]))  # by query index, then by first appearance
+    q_rows, d_rows, grade = q[first][order], d[first][order], best[order]
+    negative_pairs = np.zeros(len(unique_key), dtype=bool)
+    np.logical_or.at(negative_pairs, inverse, role == _NEG)
+    counts["given_negatives_also_positive"] = int((negative_pairs & (best == _POS)).sum())
+    is_query = np.zeros(n, dtype=bool)
+    is_query[q_rows[grade == _POS]] = True
+    same = np.flatnonzero(is_query & is_doc)  # the query's own text is a document: exclude it
+    q_all = np.r_[q_rows, same]
+    d_all = np.r_[d_rows, same]
+    score = np.r_[np.where(grade == _POS, POSITIVE, GIVEN_NEGATIVE), np.full(len(same), SAME_TEXT)].astype(np.int32)
+    final = np.lexsort((np.r_[np.arange(len(q_rows)), np.full(len(same), len(q_rows))], q_all))
+    qrels = pa.table(
+        {
+            "query-id": query_ids.take(pa.array(q_all[final])),
+            "corpus-id": doc_ids.take(pa.array(d_all[final])),
+            "score": pa.array(score[final], pa.int32()),
+        }
+    )
+    with atomic_output(out.qrels) as tmp:
+        pq.write_table(qrels, tmp)
+
+    text_schema = pa.schema([("_id", pa.string()), ("text", pa.large_string())])
+    with atomic_output(out.corpus) as corpus_tmp, atomic_output(out.queries) as queries_tmp:
+        corpus_writer = pq.ParquetWriter(str(corpus_tmp), text_schema)
+        queries_writer = pq.ParquetWriter(str(queries_tmp), text_schema)
+        start = 0
+        for texts in index.batches():
+            stop = start + len(texts)
+            for writer, mask, ids in ((corpus_writer, is_doc, doc_ids), (queries_writer, is_query, query_ids)):
+                rows = np.flatnonzero(mask[start:stop])
+                if len(rows):
+                    writer.write_table(
+                        pa.table([ids.slice(start, stop - start).take(rows), texts.take(rows)], schema=text_schema)
+                    )
+            start = stop
+        corpus_writer.close()
+        queries_writer.close()
+
+    doc_rows = np.flatnonzero(is_doc)
+    sources = pa.array(np.array(["pairs", "corpus"])[first_source[doc_rows]])
+    with atomic_output(out.doc_hashes) as tmp:
+        pq.write_table(
+            pa.table(
+                {
+                    "doc_id": doc_ids.take(pa.array(doc_rows)),
+                    "text_hash": hex_ids.take(pa.array(doc_rows)),
+                    "first_source": sources,
+                    "first_line": pa.array(first_line[doc_rows]),
+                }
+            ),
+            tmp,
+        )
+    lines = np.concatenate(builder.query_lines) if builder.query_lines else np.empty((0, 2), np.int64)
+    lines = lines[np.lexsort((lines[:, 1], lines[:, 0]))]
+    lines = lines[np.r_[True, np.any(lines[1:] != lines[:-1], axis=1)]] if len(lines) else lines
+    query_rows = np.flatnonzero(is_query)
+    lines = lines[is_query[lines[:, 0]]]
+    offsets = np.r_[0, np.cumsum(np.bincount(np.searchsorted(query_rows, lines[:, 0]), minlength=len(query_rows)))]
+    with atomic_output(out.query_lines) as tmp:
+        pq.write_table(
+            pa.table(
+                {
+                    "query_id": query_ids.take(pa.array(query_rows)),
+                    "text_hash": hex_ids.take(pa.array(query_rows)),
+                    "source": pa.repeat(pa.scalar(source_path[_SOURCE_PAIRS], pa.string()), len(query_rows)),
+                    "lines": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(lines[:, 1])),
+                }
+            ),
+            tmp,
+        )
+
+    result_counts = {
+        "records": counts["records"],
+        "examples": counts["examples"],
+        "queries": int(is_query.sum()),
+        "documents": int(is_doc.sum()),
+        "distinct_texts": n,
+        "positives": int((grade == _POS).sum()),
+        "given_negatives_kept": int((grade == _NEG).sum()),
+        "own_text_excluded": len(same),
+        "repeated_anchors_merged": counts["examples"]
+        - counts["empty_anchors"]
+        - counts["examples_without_positive"]
+        - int(is_query.sum()),
+    }
+    for key in (
+        "corpus_read",
+        "corpus_empty",
+        "given_negatives_read",
+        "given_negatives_also_positive",
+        "empty_anchors",
+        "empty_positives",
+        "empty_negatives",
+        "positives_equal_to_anchor",
+        "negatives_equal_to_anchor",
+        "examples_without_positive",
+    ):
+        result_counts[key] = int(counts[key])
+    return {"counts": result_counts}
