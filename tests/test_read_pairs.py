@@ -317,3 +317,20 @@ def test_missing_or_mistyped_columns_name_the_column(tmp_path):
         run(tmp_path, "a", path, positive_column="answer")
     with pytest.raises(InputError, match=r"t\.parquet: column 'n' \(negative\) holds int64, expected strings or"):
         run(tmp_path, "b", path, negative_column="n")
+
+
+def test_tables_do_not_depend_on_the_chunk_size(tmp_path, docstrings, monkeypatch):
+    """Texts are numbered a chunk at a time through sorted key runs that merge as they grow: many tiny
+    chunks (and a corpus read first) must write what one chunk writes."""
+    import negflow.read_pairs as read_pairs_module
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docstrings["corpus"][::2])
+    pairs = write_jsonl(
+        tmp_path / "p.jsonl",
+        [[q, p, n] for (q, p, _), (n, _) in zip(docstrings["rows"], docstrings["negatives"], strict=True)],
+    )
+    whole, _ = run(tmp_path, "whole", pairs, corpus, given_negatives="keep")
+    monkeypatch.setattr(read_pairs_module, "CHUNK_TEXTS", 7)
+    chunked, _ = run(tmp_path, "chunked", pairs, corpus, given_negatives="keep")
+    for name in ("corpus", "queries", "qrels", "query_lines", "doc_hashes"):
+        assert pq.read_table(getattr(chunked, name)).equals(pq.read_table(getattr(whole, name))), name

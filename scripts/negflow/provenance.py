@@ -24,9 +24,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def data_fingerprint(ref: str) -> dict:
-    """A local input file with its size and hash; a hub dataset id as given (its revision is the hub's)."""
+    """A local input file with its size and hash; a local folder of a hub dataset with those of each file in
+    it; a hub dataset id as given (its revision is the hub's)."""
     if is_local_data(ref) and os.path.isfile(ref):
         return {"path": os.path.abspath(ref), "bytes": os.path.getsize(ref), "sha256": file_sha256(ref)}
+    if is_local_data(ref) and os.path.isdir(ref):
+        files = sorted(p for p in Path(ref).rglob("*") if p.is_file() and ".cache" not in p.parts)
+        return {
+            "path": os.path.abspath(ref),
+            "files": {str(p.relative_to(ref)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files},
+        }
     return {"hub_id": ref}
 
 

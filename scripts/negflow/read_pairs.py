@@ -17,8 +17,6 @@ not with Python objects per line.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +32,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
+from isal import igzip
 from tqdm import tqdm
 
 from negflow.beir import InputError
@@ -50,8 +50,14 @@ SAME_TEXT = -1  # the query's own text as a document: never a candidate, never l
 
 SET_MODES = ("first", "all")
 GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
-CHUNK_RECORDS = 200_000
+CHUNK_RECORDS = 200_000  # table rows read at once
+CHUNK_TEXTS = 200_000  # text occurrences numbered at once (the chunk's Python strings are what it holds)
 TEXT_BATCH = 65_536
+# Texts and hash ids are nearly all distinct: dictionary pages and min/max statistics only cost time, and
+# compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
+PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
+PROGRESS_EVERY = 100_000
+HEX_PAIRS = np.frombuffer("".join(f"{i:02x}" for i in range(256)).encode(), dtype="<u2")
 
 SHAPES = {
     "pair": '["anchor", "positive"]',
@@ -69,13 +75,15 @@ _SOURCE_PAIRS, _SOURCE_CORPUS = 0, 1
 
 
 def normalise(text: str) -> str:
-    """The form two texts must share to be one query or document: Unicode NFC, surrounding space trimmed."""
-    return unicodedata.normalize("NFC", text).strip()
+    """The form two texts must share to be one query or document: Unicode NFC, surrounding space trimmed
+    (ASCII is already NFC, which spares the call on most texts)."""
+    return (text if text.isascii() else unicodedata.normalize("NFC", text)).strip()
 
 
 def text_hash(text: str) -> str:
-    """The stable id of a normalised text: 128-bit BLAKE2b, hex (never Python's per-process hash())."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    """The stable id of a normalised text: XXH3-128 of its UTF-8 bytes as 32 hex digits. XXH3's output is
+    fixed by its specification, so the id is the same on every machine and run (never Python's hash())."""
+    return xxhash.xxh3_128_hexdigest(text.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ def _is_jsonl(path: str) -> bool:
 
 def _open_binary(path: str):
     try:
-        return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+        return igzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
 
@@ -281,41 +289,57 @@ def line_examples(obj, shape: str, where: str, set_mode: str) -> list[Example]:
     ]
 
 
-def jsonl_examples(
-    path: str, set_mode: str, keep: np.ndarray | None, counts: Counter
-) -> Iterator[tuple[int, list[Example]]]:
-    """(line number, examples) of every non-blank line (of the sample, when `keep` is given). The first
-    line fixes the shape; a line of another shape is an error naming both lines."""
+def read_jsonl(path: str, builder: PairBuilder, set_mode: str, keep: np.ndarray | None, counts: Counter) -> None:
+    """Feed every non-blank line (of the sample, when `keep` is given) to the builder. The first line fixes
+    the shape; a line of another shape is an error naming both lines. Lists of strings, the shape of most
+    training files, take a short path without building example tuples."""
     shape = first_line = None
     ordinal = -1
+    line_no = 0
+    n_items = 0  # the list length of a pair or triplet file, once its first line has set the shape
+    add_pair = builder.add_pair
+    progress = tqdm(desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
     with _open_binary(path) as f:
-        progress = tqdm(f, desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
-        for line_no, raw in enumerate(progress, start=1):
-            if not raw.strip():
-                continue
-            ordinal += 1
-            if keep is not None and not keep[ordinal]:
-                continue
-            where = f"{path}:{line_no}"
+        for line_no, raw in enumerate(f, start=1):
+            if not line_no % PROGRESS_EVERY:
+                progress.update(PROGRESS_EVERY)
             try:
                 obj = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
+                if not raw.strip():
+                    continue
                 try:
                     raw.decode("utf-8")
                 except UnicodeDecodeError as u:
-                    raise InputError(f"{where}: not valid UTF-8 ({u.reason} at byte {u.start})") from None
-                raise InputError(f"{where}: malformed JSON ({e})") from None
+                    raise InputError(f"{path}:{line_no}: not valid UTF-8 ({u.reason} at byte {u.start})") from None
+                raise InputError(f"{path}:{line_no}: malformed JSON ({e})") from None
+            ordinal += 1
+            if keep is not None and not keep[ordinal]:
+                continue
+            counts["records"] += 1
+            if (
+                type(obj) is list
+                and len(obj) == n_items
+                and type(obj[0]) is str
+                and type(obj[1]) is str
+                and (n_items == 2 or type(obj[2]) is str)
+            ):
+                add_pair(line_no, obj[0], obj[1], obj[2] if n_items == 3 else None)
+                continue
+            where = f"{path}:{line_no}"
             this = line_shape(obj, where)
             if shape is None:
                 shape, first_line = this, line_no
+                n_items = {"pair": 2, "triplet": 3}.get(shape, 0)
                 counts["shape:" + shape] = 1
             elif this != shape:
                 raise InputError(
                     f"{where}: a line of shape {SHAPES[this]} in a file whose line {first_line} set the shape "
                     f"{SHAPES[shape]}; a pair file keeps one shape"
                 )
-            counts["records"] += 1
-            yield line_no, line_examples(obj, shape, where, set_mode)
+            builder.add_examples(line_no, line_examples(obj, shape, where, set_mode))
+    progress.update(line_no % PROGRESS_EVERY)
+    progress.close()
 
 
 def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, str]:
@@ -351,10 +375,9 @@ def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, s
     return chosen
 
 
-def table_examples(
-    ref: str, s: PairSettings, keep: np.ndarray | None, counts: Counter
-) -> Iterator[tuple[int, list[Example]]]:
-    """(row number, examples) of a Parquet file or hub dataset. A null cell counts as empty."""
+def read_table(ref: str, builder: PairBuilder, s: PairSettings, keep: np.ndarray | None, counts: Counter) -> None:
+    """Feed every row of a Parquet file or hub dataset (of the sample, when `keep` is given) to the builder.
+    A null cell counts as empty."""
     where, table = _load_table_source(ref)
     columns = table_columns(_table_schema(table), s, where)
     counts["shape:table"] = 1
@@ -362,22 +385,21 @@ def table_examples(
     progress = tqdm(desc=f"reading {where}", unit=" rows", mininterval=10, unit_scale=True, total=_table_rows(table))
     for batch in _table_batches(table, list(dict.fromkeys(columns.values()))):
         values = {role: batch.column(column).to_pylist() for role, column in columns.items()}
-        for i, anchor in enumerate(values["anchor"]):
+        negatives = values.get("negative", [None] * batch.num_rows)
+        for anchor, positive, negative in zip(values["anchor"], values["positive"], negatives, strict=True):
             row += 1
             if keep is not None and not keep[row - 1]:
                 continue
             counts["records"] += 1
-            positives = values["positive"][i]
-            negatives = values["negative"][i] if "negative" in values else None
-            yield (
+            builder.add_examples(
                 row,
                 [
                     (
                         anchor or "",
                         None,
-                        [(p or "", None) for p in (positives if isinstance(positives, list) else [positives])],
-                        [(n or "", None) for n in (negatives if isinstance(negatives, list) else [negatives])]
-                        if negatives is not None
+                        [(p or "", None) for p in (positive if isinstance(positive, list) else [positive])],
+                        [(n or "", None) for n in (negative if isinstance(negative, list) else [negative])]
+                        if negative is not None
                         else [],
                     )
                 ],
@@ -419,68 +441,86 @@ def _parquet_rows(path: str) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------- builder
 
 
+class KeyRuns:
+    """64-bit key prefixes with their text numbers and other 64 key bits, as sorted runs of doubling size
+    (a log-structured merge): a lookup searches each run, and adding merges runs of equal size, so each key
+    is copied O(log n) times in all rather than once per chunk."""
+
+    def __init__(self):
+        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (hi sorted, lo, index)
+
+    def find(self, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For sorted unique `hi`: whether each is known, and its low bits and number where it is."""
+        found = np.zeros(len(hi), dtype=bool)
+        lo = np.zeros(len(hi), dtype=np.uint64)
+        index = np.zeros(len(hi), dtype=np.int64)
+        for run_hi, run_lo, run_index in self.runs:
+            pos = np.minimum(np.searchsorted(run_hi, hi), len(run_hi) - 1)
+            hit = run_hi[pos] == hi
+            found |= hit
+            lo[hit], index[hit] = run_lo[pos[hit]], run_index[pos[hit]]
+        return found, lo, index
+
+    def add(self, hi: np.ndarray, lo: np.ndarray, index: np.ndarray) -> None:
+        """Add sorted keys that `find` did not know."""
+        self.runs.append((hi, lo, index))
+        while len(self.runs) > 1 and len(self.runs[-1][0]) >= len(self.runs[-2][0]):
+            newer, older = self.runs.pop(), self.runs.pop()
+            merged = [np.concatenate([a, b]) for a, b in zip(older, newer, strict=True)]
+            order = np.argsort(merged[0], kind="stable")  # two sorted runs: a linear merge
+            self.runs.append(tuple(column[order] for column in merged))
+
+
 class TextIndex:
     """Distinct normalised texts, numbered in first-seen order. Texts go to an Arrow stream on disk when
-    first seen; in memory only the sorted 64-bit key prefixes with their numbers and the other 64 key bits
-    (checked, so two texts that share a prefix are an error, never a silent merge)."""
+    first seen; in memory only their 128-bit keys (XXH3-128 of the text), the sorted 64-bit prefixes with
+    their numbers, and each text's first source and line. Two texts that share a prefix but not the rest
+    are an error, never a silent merge."""
 
     def __init__(self, path: Path):
         self.path = path
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, pa.schema([("text", pa.large_string())]))
-        self.sorted_hi = np.empty(0, dtype=np.uint64)
-        self.sorted_index = np.empty(0, dtype=np.int64)
-        self.sorted_lo = np.empty(0, dtype=np.uint64)
+        self._lookup = KeyRuns()
         self.keys: list[np.ndarray] = []  # (n, 2) uint64 per chunk, in index order
         self.first_source: list[np.ndarray] = []
         self.first_line: list[np.ndarray] = []
         self.size = 0
 
-    def add(self, texts: list[str], sources: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    def add(self, texts: list[str], source: int, lines: np.ndarray) -> np.ndarray:
         """Index of each text (normalised already), adding the unseen ones in order of first appearance."""
         if not texts:
             return np.empty(0, dtype=np.int64)
-        digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts)
+        encoded = list(map(str.encode, texts))
+        digests = b"".join(map(xxhash.xxh3_128_digest, encoded))
         keys = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         hi, lo = keys[:, 0], keys[:, 1]
         unique_hi, first, inverse = np.unique(hi, return_index=True, return_inverse=True)
-        if np.any(lo[first][inverse] != lo):
-            at = int(np.flatnonzero(lo[first][inverse] != lo)[0])
-            raise InputError(f"two different texts share a 64-bit key prefix (one is {texts[at][:60]!r}); report this")
-        pos = np.searchsorted(self.sorted_hi, unique_hi)
-        clipped = np.minimum(pos, max(len(self.sorted_hi) - 1, 0))
-        found = (
-            (pos < len(self.sorted_hi)) & (self.sorted_hi[clipped] == unique_hi)
-            if len(self.sorted_hi)
-            else (np.zeros(len(unique_hi), dtype=bool))
-        )
-        if np.any(self.sorted_lo[clipped[found]] != lo[first[found]]):
-            raise InputError("two different texts share a 64-bit key prefix; report this")
-        index = np.empty(len(unique_hi), dtype=np.int64)
-        index[found] = self.sorted_index[clipped[found]]
-        new = np.flatnonzero(~found)
-        new = new[np.argsort(first[new], kind="stable")]  # first-seen order
-        index[new] = self.size + np.arange(len(new))
+        found, known_lo, index = self._lookup.find(unique_hi)
+        if np.any(lo[first][inverse] != lo) or np.any(known_lo[found] != lo[first[found]]):
+            raise InputError("two different texts share a 64-bit key prefix; please report this")
+        new = np.flatnonzero(~found)  # sorted by key
+        by_appearance = new[np.argsort(first[new], kind="stable")]
+        index[by_appearance] = self.size + np.arange(len(new))
         if len(new):
-            rows = first[new]
-            self._writer.write_batch(
-                pa.record_batch([pa.array([texts[i] for i in rows.tolist()], pa.large_string())], names=["text"])
-            )
+            rows = first[by_appearance]
+            chosen = [encoded[i] for i in rows.tolist()]
+            offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen)), out=offsets[1:])
+            data = pa.py_buffer(b"".join(chosen))  # valid UTF-8 already: no per-text conversion
+            column = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), data)
+            self._writer.write_batch(pa.record_batch([column], names=["text"]))
             self.keys.append(keys[rows])
-            self.first_source.append(sources[rows])
+            self.first_source.append(np.full(len(rows), source, dtype=np.int8))
             self.first_line.append(lines[rows])
             self.size += len(new)
-            order = np.argsort(unique_hi[new], kind="stable")
-            at = np.searchsorted(self.sorted_hi, unique_hi[new][order])
-            self.sorted_hi = np.insert(self.sorted_hi, at, unique_hi[new][order])
-            self.sorted_index = np.insert(self.sorted_index, at, index[new][order])
-            self.sorted_lo = np.insert(self.sorted_lo, at, lo[first[new]][order])
+            self._lookup.add(unique_hi[new], lo[first[new]], index[new])
         return index[inverse]
 
     def close(self) -> None:
         self._writer.close()
         self._sink.close()
-        self.sorted_hi = self.sorted_index = self.sorted_lo = None  # the lookup is done: free it
+        self._lookup = None  # every text is numbered: free the lookup
 
     def batches(self) -> Iterator[pa.Array]:
         """The texts in index order, one Arrow array per stored batch (read back from disk)."""
@@ -488,25 +528,26 @@ class TextIndex:
             for batch in pa.ipc.open_stream(source):
                 yield batch.column(0)
 
-    def hex_ids(self) -> pa.Array:
-        """Every text's content hash as 32 hex characters, built from the keys without a Python string each."""
-        keys = np.concatenate(self.keys) if self.keys else np.empty((0, 2), dtype=np.uint64)
-        raw = keys.astype(">u8").view(np.uint8).reshape(-1, 16)
-        digits = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-        chars = np.empty((len(raw), 32), dtype=np.uint8)
-        chars[:, 0::2], chars[:, 1::2] = digits[raw >> 4], digits[raw & 15]
-        offsets = np.arange(0, 32 * len(raw) + 1, 32, dtype=np.int32)
-        return pa.StringArray.from_buffers(len(raw), pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
+    def hex_ids(self, rows: np.ndarray) -> pa.Array:
+        """The content hash of texts `rows` as 32 hex digits, built from the keys without a Python string each."""
+        if len(self.keys) != 1:
+            self.keys = [np.concatenate(self.keys) if self.keys else np.empty((0, 2), dtype=np.uint64)]
+        raw = self.keys[0][rows].astype(">u8").view(np.uint8)
+        chars = HEX_PAIRS[raw]  # two hex digits per byte, as little-endian uint16 = in reading order
+        offsets = np.arange(0, 32 * len(rows) + 1, 32, dtype=np.int32)
+        return pa.StringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(chars))
 
 
 class PairBuilder:
     """Collects examples in chunks: normalises and numbers the texts, records query-document relations
-    (positive, given negative, corpus document) and the lines every query came from."""
+    (positive, given negative, corpus document) and the lines every query came from. Texts are numbered a
+    chunk at a time (one source per chunk: the corpus is read before the pair file)."""
 
     def __init__(self, index: TextIndex, given_negatives: str, counts: Counter):
         self.index = index
         self.given = given_negatives
         self.counts = counts
+        self.source = _SOURCE_PAIRS
         self.rel_query: list[np.ndarray] = []
         self.rel_doc: list[np.ndarray] = []
         self.rel_role: list[np.ndarray] = []
@@ -515,30 +556,86 @@ class PairBuilder:
         self._reset()
 
     def _reset(self) -> None:
-        self.texts: list[str] = []
-        self.sources: list[int] = []
+        self.texts: list[str] = []  # every text occurrence of the chunk, normalised
         self.lines: list[int] = []
-        self.pairs: list[tuple[int, int, int]] = []  # (query occurrence or -1, doc occurrence, role)
-        self.example_query: list[tuple[int, int]] = []  # (query occurrence, line)
+        # relations, by occurrence: the query's (-1 for a corpus document), the document's, the role
+        self.r_query: list[int] = []
+        self.r_doc: list[int] = []
+        self.r_role: list[int] = []
+        self.example_query: list[int] = []  # the query occurrence of every example, and its line
+        self.example_line: list[int] = []
         self.carried_occ: dict[str, list[tuple[int, str]]] = {"query": [], "doc": []}
 
-    def _occurrence(self, text: str, source: int, line: int, carried: str | None, role: str) -> int:
+    def _occurrence(self, text: str, line: int, carried: str | None, role: str) -> int:
         self.texts.append(text)
-        self.sources.append(source)
         self.lines.append(line)
         if carried is not None:
             self.carried_occ[role].append((len(self.texts) - 1, carried))
         return len(self.texts) - 1
 
     def add_document(self, line: int, text: str, carried: str | None) -> None:
+        if self.source != _SOURCE_CORPUS:
+            self.flush()
+            self.source = _SOURCE_CORPUS
         text = normalise(text)
         if not text:
             self.counts["corpus_empty"] += 1
             return
-        self.pairs.append((-1, self._occurrence(text, _SOURCE_CORPUS, line, carried, "doc"), _DOC))
-        self._maybe_flush()
+        self.r_query.append(-1)
+        self.r_doc.append(self._occurrence(text, line, carried, "doc"))
+        self.r_role.append(_DOC)
+        if len(self.texts) >= CHUNK_TEXTS:
+            self.flush()
+
+    def add_pair(self, line: int, anchor: str, positive: str, negative: str | None) -> None:
+        """One [anchor, positive] or [anchor, positive, negative] line: add_examples without the tuples."""
+        self._pairs_source()
+        anchor = (anchor if anchor.isascii() else unicodedata.normalize("NFC", anchor)).strip()
+        positive = (positive if positive.isascii() else unicodedata.normalize("NFC", positive)).strip()
+        counts = self.counts
+        counts["examples"] += 1
+        if not anchor or not positive or positive == anchor:
+            counts[
+                "empty_anchors" if not anchor else "empty_positives" if not positive else "positives_equal_to_anchor"
+            ] += 1
+            counts["examples_without_positive"] += bool(anchor)
+            return
+        texts, lines = self.texts, self.lines
+        q = len(texts)
+        texts.append(anchor)
+        texts.append(positive)
+        lines.append(line)
+        lines.append(line)
+        self.example_query.append(q)
+        self.example_line.append(line)
+        self.r_query.append(q)
+        self.r_doc.append(q + 1)
+        self.r_role.append(_POS)
+        if negative is not None:
+            self._given_negative(q, anchor, negative, line, None)
+        if len(texts) >= CHUNK_TEXTS:
+            self.flush()
+
+    def _given_negative(self, q: int, query: str, text: str, line: int, doc_id: str | None) -> None:
+        text = normalise(text)
+        if not text or text == query:
+            self.counts["empty_negatives" if not text else "negatives_equal_to_anchor"] += 1
+            return
+        self.counts["given_negatives_read"] += 1
+        if self.given == "drop":
+            return
+        keep = self.given == "keep"
+        self.r_query.append(q if keep else -1)
+        self.r_doc.append(self._occurrence(text, line, doc_id, "doc"))
+        self.r_role.append(_NEG if keep else _DOC)
+
+    def _pairs_source(self) -> None:
+        if self.source != _SOURCE_PAIRS:
+            self.flush()
+            self.source = _SOURCE_PAIRS
 
     def add_examples(self, line: int, examples: list[Example]) -> None:
+        self._pairs_source()
         for query, query_id, positives, negatives in examples:
             self.counts["examples"] += 1
             query = normalise(query)
@@ -557,41 +654,30 @@ class PairBuilder:
             if not pos:
                 self.counts["examples_without_positive"] += 1
                 continue
-            q = self._occurrence(query, _SOURCE_PAIRS, line, query_id, "query")
-            self.example_query.append((q, line))
+            q = self._occurrence(query, line, query_id, "query")
+            self.example_query.append(q)
+            self.example_line.append(line)
             for text, doc_id in pos:
-                self.pairs.append((q, self._occurrence(text, _SOURCE_PAIRS, line, doc_id, "doc"), _POS))
+                self.r_query.append(q)
+                self.r_doc.append(self._occurrence(text, line, doc_id, "doc"))
+                self.r_role.append(_POS)
             for text, doc_id in negatives:
-                text = normalise(text)
-                if not text or text == query:
-                    self.counts["empty_negatives" if not text else "negatives_equal_to_anchor"] += 1
-                    continue
-                self.counts["given_negatives_read"] += 1
-                if self.given == "drop":
-                    continue
-                role = _NEG if self.given == "keep" else _DOC
-                self.pairs.append(
-                    (q if role == _NEG else -1, self._occurrence(text, _SOURCE_PAIRS, line, doc_id, "doc"), role)
-                )
-        self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        if len(self.texts) >= 3 * CHUNK_RECORDS:
+                self._given_negative(q, query, text, line, doc_id)
+        if len(self.texts) >= CHUNK_TEXTS:
             self.flush()
 
     def flush(self) -> None:
         if not self.texts:
             return
-        index = self.index.add(self.texts, np.array(self.sources, dtype=np.int8), np.array(self.lines, dtype=np.int64))
-        if self.pairs:
-            pairs = np.array(self.pairs, dtype=np.int64)
-            has_query = pairs[:, 0] >= 0
-            self.rel_query.append(np.where(has_query, index[np.maximum(pairs[:, 0], 0)], -1))
-            self.rel_doc.append(index[pairs[:, 1]])
-            self.rel_role.append(pairs[:, 2].astype(np.int8))
+        index = self.index.add(self.texts, self.source, np.array(self.lines, dtype=np.int64))
+        if self.r_doc:
+            query = np.array(self.r_query, dtype=np.int64)
+            self.rel_query.append(np.where(query >= 0, index[np.maximum(query, 0)], -1))
+            self.rel_doc.append(index[np.array(self.r_doc, dtype=np.int64)])
+            self.rel_role.append(np.array(self.r_role, dtype=np.int8))
         if self.example_query:
-            ex = np.array(self.example_query, dtype=np.int64)
-            self.query_lines.append(np.stack([index[ex[:, 0]], ex[:, 1]], axis=1))
+            queries = index[np.array(self.example_query, dtype=np.int64)]
+            self.query_lines.append(np.stack([queries, np.array(self.example_line, dtype=np.int64)], axis=1))
         for role, occ in self.carried_occ.items():
             if occ:
                 self.carried[role].append((index[np.array([o for o, _ in occ], dtype=np.int64)], [c for _, c in occ]))
@@ -601,29 +687,38 @@ class PairBuilder:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def _carried_ids(chunks: list[tuple[np.ndarray, list[str]]], n: int, what: str, source_name) -> pa.Array:
-    """Per text index, the first id the data carried for it (null where none), after checking that no id
-    names two different texts."""
-    if not chunks:
-        return pa.nulls(n, pa.string())
-    index = np.concatenate([c[0] for c in chunks])
-    ids = pa.concat_arrays([pa.array(c[1], pa.string()) for c in chunks])
-    order = np.argsort(index, kind="stable")
-    index_sorted = index[order]
-    firsts = order[np.r_[True, index_sorted[1:] != index_sorted[:-1]]]
-    first_ids = ids.take(pa.array(firsts))
-    distinct = pc.value_counts(first_ids)
-    repeated = distinct.filter(pc.greater(distinct.field("counts"), 1))
-    if len(repeated):
-        bad = repeated.field("values")[0].as_py()
-        rows = index[firsts][np.asarray(pc.equal(first_ids, bad).to_numpy(zero_copy_only=False))][:2]
-        lines = ", ".join(source_name(int(r)) for r in rows)
-        raise InputError(
-            f"{what} id {bad!r} names {int(repeated.field('counts')[0].as_py())} different texts ({lines})"
-        )
-    position = np.full(n, -1, dtype=np.int64)
-    position[index[firsts]] = np.arange(len(firsts))
-    return first_ids.take(pa.array(position, mask=position < 0))
+class TextIds:
+    """The id of each text in one role (query or document): the id the data carried for it (the first, when
+    several lines carry one), else its content hash. Built per slice, so no column of all ids is held."""
+
+    def __init__(self, index: TextIndex, carried: list[tuple[np.ndarray, list[str]]], what: str, source_name):
+        self.index = index
+        self.position = self.ids = None
+        if not carried:
+            return
+        rows = np.concatenate([c[0] for c in carried])
+        ids = pa.concat_arrays([pa.array(c[1], pa.string()) for c in carried])
+        order = np.argsort(rows, kind="stable")
+        firsts = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
+        self.ids = ids.take(pa.array(firsts))
+        counts = pc.value_counts(self.ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            bad = repeated.field("values")[0].as_py()
+            named = rows[firsts][np.asarray(pc.equal(self.ids, bad).to_numpy(zero_copy_only=False))][:2]
+            raise InputError(
+                f"{what} id {bad!r} names {repeated.field('counts')[0].as_py()} different texts "
+                f"({', '.join(source_name(int(r)) for r in named)})"
+            )
+        self.position = np.full(index.size, -1, dtype=np.int64)
+        self.position[rows[firsts]] = np.arange(len(firsts))
+
+    def take(self, rows: np.ndarray) -> pa.Array:
+        hashes = self.index.hex_ids(rows)
+        if self.ids is None:
+            return hashes
+        position = self.position[rows]
+        return pc.coalesce(self.ids.take(pa.array(position, mask=position < 0)), hashes)
 
 
 @dataclass
@@ -664,13 +759,10 @@ def read_pairs(
         if corpus:
             for line, text, doc_id in corpus_documents(corpus, counts):
                 builder.add_document(line, text, doc_id)
-        examples = (
-            jsonl_examples(source, settings.set_mode, keep, counts)
-            if _is_jsonl(source)
-            else table_examples(pairs, settings, keep, counts)
-        )
-        for line, line_examples_ in examples:
-            builder.add_examples(line, line_examples_)
+        if _is_jsonl(source):
+            read_jsonl(source, builder, settings.set_mode, keep, counts)
+        else:
+            read_table(pairs, builder, settings, keep, counts)
         builder.flush()
         index.close()
         if counts["records"] == 0:
@@ -710,9 +802,8 @@ def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs
     def source_name(i: int) -> str:
         return f"{source_path[int(first_source[i])]}:{int(first_line[i])}"
 
-    hex_ids = index.hex_ids()
-    query_ids = pc.coalesce(_carried_ids(builder.carried["query"], n, "query", source_name), hex_ids)
-    doc_ids = pc.coalesce(_carried_ids(builder.carried["doc"], n, "document", source_name), hex_ids)
+    query_ids = TextIds(index, builder.carried["query"], "query", source_name)
+    doc_ids = TextIds(index, builder.carried["doc"], "document", source_name)
 
     rel_query = np.concatenate(builder.rel_query) if builder.rel_query else np.empty(0, np.int64)
     rel_doc = np.concatenate(builder.rel_doc) if builder.rel_doc else np.empty(0, np.int64)
@@ -741,27 +832,26 @@ def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs
     final = np.lexsort((np.r_[np.arange(len(q_rows)), np.full(len(same), len(q_rows))], q_all))
     qrels = pa.table(
         {
-            "query-id": query_ids.take(pa.array(q_all[final])),
-            "corpus-id": doc_ids.take(pa.array(d_all[final])),
+            "query-id": query_ids.take(q_all[final]),
+            "corpus-id": doc_ids.take(d_all[final]),
             "score": pa.array(score[final], pa.int32()),
         }
     )
     with atomic_output(out.qrels) as tmp:
-        pq.write_table(qrels, tmp)
+        pq.write_table(qrels, tmp, **PARQUET_OPTIONS)
 
     text_schema = pa.schema([("_id", pa.string()), ("text", pa.large_string())])
     with atomic_output(out.corpus) as corpus_tmp, atomic_output(out.queries) as queries_tmp:
-        corpus_writer = pq.ParquetWriter(str(corpus_tmp), text_schema)
-        queries_writer = pq.ParquetWriter(str(queries_tmp), text_schema)
+        corpus_writer = pq.ParquetWriter(str(corpus_tmp), text_schema, **PARQUET_OPTIONS)
+        queries_writer = pq.ParquetWriter(str(queries_tmp), text_schema, **PARQUET_OPTIONS)
         start = 0
         for texts in index.batches():
             stop = start + len(texts)
             for writer, mask, ids in ((corpus_writer, is_doc, doc_ids), (queries_writer, is_query, query_ids)):
                 rows = np.flatnonzero(mask[start:stop])
                 if len(rows):
-                    writer.write_table(
-                        pa.table([ids.slice(start, stop - start).take(rows), texts.take(rows)], schema=text_schema)
-                    )
+                    chosen = texts if len(rows) == len(texts) else texts.take(pa.array(rows))
+                    writer.write_table(pa.table([ids.take(start + rows), chosen], schema=text_schema))
             start = stop
         corpus_writer.close()
         queries_writer.close()
@@ -772,13 +862,14 @@ def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs
         pq.write_table(
             pa.table(
                 {
-                    "doc_id": doc_ids.take(pa.array(doc_rows)),
-                    "text_hash": hex_ids.take(pa.array(doc_rows)),
+                    "doc_id": doc_ids.take(doc_rows),
+                    "text_hash": index.hex_ids(doc_rows),
                     "first_source": sources,
                     "first_line": pa.array(first_line[doc_rows]),
                 }
             ),
             tmp,
+            **PARQUET_OPTIONS,
         )
     lines = np.concatenate(builder.query_lines) if builder.query_lines else np.empty((0, 2), np.int64)
     lines = lines[np.lexsort((lines[:, 1], lines[:, 0]))]
@@ -790,13 +881,14 @@ def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs
         pq.write_table(
             pa.table(
                 {
-                    "query_id": query_ids.take(pa.array(query_rows)),
-                    "text_hash": hex_ids.take(pa.array(query_rows)),
+                    "query_id": query_ids.take(query_rows),
+                    "text_hash": index.hex_ids(query_rows),
                     "source": pa.repeat(pa.scalar(source_path[_SOURCE_PAIRS], pa.string()), len(query_rows)),
                     "lines": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(lines[:, 1])),
                 }
             ),
             tmp,
+            **PARQUET_OPTIONS,
         )
 
     result_counts = {
