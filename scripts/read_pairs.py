@@ -11,13 +11,12 @@ from negflow.read_pairs import PairSettings, PairTables, read_pairs
 
 def main(log):
     s = snakemake.params.settings
-    result = read_pairs(
+    read_pairs(
         s["pairs"],
         s["corpus"],
         PairSettings.from_settings(s),
         PairTables(**{name: snakemake.output[name] for name in PairTables.__dataclass_fields__}),
     )
-    log.info("read %s (%s): %s", s["pairs"], result["shape"], result["counts"])
 
 
 run_stage(snakemake.log[0], main)

@@ -255,11 +255,17 @@ def test_max_pairs_is_a_seeded_sample_and_says_so(tmp_path):
     assert manifest["settings"]["max_pairs"] == 10 and manifest["inputs"]["pairs"]["path"] == str(pairs)
 
 
-def test_empty_anchors_and_positives_are_skipped_and_counted(tmp_path):
-    pairs = write_jsonl(tmp_path / "p.jsonl", [["", "p"], ["q", " "], ["q", "p"], ["q", "q"], {"set": ["solo"]}][:4])
-    _, result = run(tmp_path, "a", pairs)
+def test_empty_anchors_and_positives_are_skipped_counted_and_warned(tmp_path, caplog):
+    pairs = write_jsonl(tmp_path / "p.jsonl", [["", "p"], ["q", " "], ["q", "p"], ["q", "q"]])
+    with caplog.at_level("WARNING", logger="negflow"):
+        _, result = run(tmp_path, "a", pairs)
     c = result["counts"]
     assert (c["empty_anchors"], c["empty_positives"], c["positives_equal_to_anchor"], c["queries"]) == (1, 1, 1, 1)
+    assert "skipped: 1 empty anchors, 1 empty positives, 1 positives equal to anchor" in caplog.text
+    nothing = write_jsonl(tmp_path / "n.jsonl", [["", "p"], ["q", ""]])
+    with pytest.raises(InputError, match=r"n\.jsonl: no line has both an anchor and a positive; nothing to mine"):
+        run(tmp_path, "b", nothing)
+    assert not any((tmp_path / "b").glob("*.parquet"))
     table = pa.table({"question": ["q1", None, "q3"], "exp": ["e1", "e2", None]})
     pq.write_table(table, tmp_path / "t.parquet")
     out, result = run(tmp_path, "b", tmp_path / "t.parquet", anchor_column="question", positive_column="exp")

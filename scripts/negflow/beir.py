@@ -78,7 +78,8 @@ def iter_parquet(path: str) -> Iterator[tuple[str, dict]]:
             yield f"{path} row {row}", obj
 
 
-def _records(ref: str, hub_config: str) -> Iterator[tuple[str, dict]]:
+def iter_records(ref: str, hub_config: str) -> Iterator[tuple[str, dict]]:
+    """(location, object) of a local JSONL or Parquet file, or of a hub dataset's `hub_config`."""
     if not is_local_data(ref):
         return _iter_hub(ref, hub_config)
     return iter_parquet(ref) if ref.endswith(".parquet") else iter_jsonl(ref)
@@ -110,7 +111,7 @@ def iter_corpus(ref: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
     """Yield (doc id, text) with the title joined to the text by a space, as sentence-transformers' BEIR
     evaluation does. Documents with no text are skipped and counted; duplicate ids raise."""
     seen: set[str] = set()
-    for where, obj in _records(ref, "corpus"):
+    for where, obj in iter_records(ref, "corpus"):
         doc_id = _string_field(obj, "_id", where, required=True)
         text = _string_field(obj, "text", where, required=True)
         title = _string_field(obj, "title", where, required=False)
@@ -129,7 +130,7 @@ def iter_corpus(ref: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
 def iter_queries(ref: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
     """Yield (query id, text); empty queries are skipped and counted, duplicate ids raise."""
     seen: set[str] = set()
-    for where, obj in _records(ref, "queries"):
+    for where, obj in iter_records(ref, "queries"):
         query_id = _string_field(obj, "_id", where, required=True)
         text = _string_field(obj, "text", where, required=True).strip()
         if query_id in seen:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import unicodedata
 from collections import Counter
@@ -36,7 +37,7 @@ import xxhash
 from isal import igzip
 from tqdm import tqdm
 
-from negflow.beir import InputError
+from negflow.beir import InputError, iter_records
 from negflow.config import split_ref
 from negflow.files import atomic_output
 
@@ -57,6 +58,17 @@ TEXT_BATCH = 65_536
 # compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
 PROGRESS_EVERY = 100_000
+# Counts of what was skipped, each worth a warning.
+SKIP_COUNTS = (
+    "empty_anchors",
+    "empty_positives",
+    "positives_equal_to_anchor",
+    "examples_without_positive",
+    "empty_negatives",
+    "negatives_equal_to_anchor",
+    "given_negatives_also_positive",
+    "corpus_empty",
+)
 HEX_PAIRS = np.frombuffer("".join(f"{i:02x}" for i in range(256)).encode(), dtype="<u2")
 
 SHAPES = {
@@ -411,16 +423,8 @@ def read_table(ref: str, builder: PairBuilder, s: PairSettings, keep: np.ndarray
 def corpus_documents(ref: str, counts: Counter) -> Iterator[tuple[int, str, str | None]]:
     """(line, text, carried id) of `corpus`: BEIR lines {_id, title, text} or candidate-pool lines {"text"}
     (FlagEmbedding's candidate_pool), as JSONL or Parquet; a hub BEIR corpus by id."""
-    from negflow.beir import _records
-
-    source, _ = split_ref(ref)
-    records = (
-        ((f"{source} row {i}", row) for i, row in enumerate(_parquet_rows(source), start=1))
-        if source.endswith(".parquet")
-        else _records(ref, "corpus")
-    )
-    for where, obj in records:
-        line = int(where.rsplit(" ", 1)[1] if " row " in where else where.rsplit(":", 1)[1])
+    for where, obj in iter_records(ref, "corpus"):
+        line = int(re.search(r"(\d+)$", where)[1])  # `path:LINE`, `path row N`, `id[corpus] row N`
         text = _string(obj.get("text"), where, "'text'")
         title = obj.get("title") or ""
         title = _string(title, where, "'title'")
@@ -429,13 +433,6 @@ def corpus_documents(ref: str, counts: Counter) -> Iterator[tuple[int, str, str 
             raise InputError(f"{where}: '_id' must be a string, got {_type_name(doc_id)}")
         counts["corpus_read"] += 1
         yield line, (f"{title} {text}" if title.strip() else text), None if doc_id is None else str(doc_id)
-
-
-def _parquet_rows(path: str) -> Iterator[dict]:
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: file not found")
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=TEXT_BATCH):
-        yield from batch.to_pylist()
 
 
 # ---------------------------------------------------------------------------------------------- builder
@@ -772,6 +769,25 @@ def read_pairs(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["shape"] = SHAPES[shape]
+    c = result["counts"]
+    log.info(
+        "%s (%s): %d records, %d queries (%d repeated anchors merged), %d documents, %d positives, "
+        "%d given negatives read (%s: %d kept), %d own texts excluded",
+        pairs,
+        SHAPES[shape],
+        c["records"],
+        c["queries"],
+        c["repeated_anchors_merged"],
+        c["documents"],
+        c["positives"],
+        c["given_negatives_read"],
+        settings.given_negatives,
+        c["given_negatives_kept"],
+        c["own_text_excluded"],
+    )
+    skipped = {k: c[k] for k in SKIP_COUNTS if c[k]}
+    if skipped:
+        log.warning("skipped: %s", ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in skipped.items()))
     manifest = {
         "inputs": _input_fingerprints(pairs, corpus),
         "shape": SHAPES[shape],
@@ -825,6 +841,8 @@ def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs
     counts["given_negatives_also_positive"] = int((negative_pairs & (best == _POS)).sum())
     is_query = np.zeros(n, dtype=bool)
     is_query[q_rows[grade == _POS]] = True
+    if not is_query.any():
+        raise InputError(f"{pairs}: no line has both an anchor and a positive; nothing to mine")
     same = np.flatnonzero(is_query & is_doc)  # the query's own text is a document: exclude it
     q_all = np.r_[q_rows, same]
     d_all = np.r_[d_rows, same]
@@ -905,17 +923,6 @@ def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs
         - counts["examples_without_positive"]
         - int(is_query.sum()),
     }
-    for key in (
-        "corpus_read",
-        "corpus_empty",
-        "given_negatives_read",
-        "given_negatives_also_positive",
-        "empty_anchors",
-        "empty_positives",
-        "empty_negatives",
-        "positives_equal_to_anchor",
-        "negatives_equal_to_anchor",
-        "examples_without_positive",
-    ):
+    for key in ("corpus_read", "given_negatives_read", *SKIP_COUNTS):
         result_counts[key] = int(counts[key])
     return {"counts": result_counts}
