@@ -10,9 +10,9 @@ What the tools negflow replaces get wrong here (../shared/notes/pairs.md), and w
   (duplicate questions, sentence pairs) never returns the query itself;
 - every positive joins the corpus, whatever `corpus` adds; no silent cap on lines; a sample is seeded.
 
-The reader streams: texts go to an Arrow file on disk the first time they are seen, and the only things
-held per text are three 8-byte integers (a sorted key index), so memory grows with the distinct texts,
-not with Python objects per line.
+The reader streams: texts go to an Arrow file on disk the first time they are seen; memory holds numpy
+arrays (a 128-bit key, a sorted index and the first line per distinct text, two row numbers per relation),
+so it grows with the distinct texts, never with Python objects per line.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ SET_MODES = ("first", "all")
 GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
 CHUNK_RECORDS = 200_000  # table rows read at once
 CHUNK_TEXTS = 200_000  # text occurrences numbered at once (the chunk's Python strings are what it holds)
-TEXT_BATCH = 65_536
 # Texts and hash ids are nearly all distinct: dictionary pages and min/max statistics only cost time, and
 # compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
