@@ -17,11 +17,11 @@ so it grows with the distinct texts, never with Python objects per line.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
-import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Iterator
@@ -53,6 +53,7 @@ SET_MODES = ("first", "all")
 GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
 CHUNK_RECORDS = 200_000  # table rows read at once
 CHUNK_TEXTS = 200_000  # text occurrences numbered at once (the chunk's Python strings are what it holds)
+STORE_BATCH = 16_384  # texts per batch of the on-disk text store
 # Texts and hash ids are nearly all distinct: dictionary pages and min/max statistics only cost time, and
 # compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
@@ -68,7 +69,8 @@ SKIP_COUNTS = (
     "given_negatives_also_positive",
     "corpus_empty",
 )
-HEX_PAIRS = np.frombuffer("".join(f"{i:02x}" for i in range(256)).encode(), dtype="<u2")
+# Four hex digits of every 16-bit value, as the little-endian uint32 whose bytes read in order.
+HEX_QUADS = np.frombuffer("".join(f"{i:04x}" for i in range(1 << 16)).encode(), dtype="<u4")
 
 SHAPES = {
     "pair": '["anchor", "positive"]',
@@ -135,7 +137,9 @@ def _is_jsonl(path: str) -> bool:
 
 def _open_binary(path: str):
     try:
-        return igzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+        if path.endswith(".gz"):  # ISA-L inflates twice as fast as zlib; a 1 MB buffer halves the per-line cost
+            return io.BufferedReader(igzip.open(path, "rb"), buffer_size=1 << 20)
+        return open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
 
@@ -468,26 +472,17 @@ class KeyRuns:
 
 
 class TextIndex:
-    """Distinct normalised texts, numbered in first-seen order. Texts go to an Arrow stream on disk when
-    first seen; in memory only their 128-bit keys (XXH3-128 of the text), the sorted 64-bit prefixes with
-    their numbers, and each text's first source and line. Two texts that share a prefix but not the rest
-    are an error, never a silent merge."""
+    """Distinct normalised texts, numbered in first-seen order by their 128-bit keys (XXH3-128 of the UTF-8
+    bytes). Memory holds each text's key and the sorted 64-bit prefixes with their numbers; two texts that
+    share a prefix but not the rest are an error, never a silent merge."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, pa.schema([("text", pa.large_string())]))
+    def __init__(self):
         self._lookup = KeyRuns()
-        self.keys: list[np.ndarray] = []  # (n, 2) uint64 per chunk, in index order
-        self.first_source: list[np.ndarray] = []
-        self.first_line: list[np.ndarray] = []
+        self._keys = np.empty((1024, 2), dtype=np.uint64)  # in number order; grows by doubling
         self.size = 0
 
-    def add(self, texts: list[str], source: int, lines: np.ndarray) -> np.ndarray:
-        """Index of each text (normalised already), adding the unseen ones in order of first appearance."""
-        if not texts:
-            return np.empty(0, dtype=np.int64)
-        encoded = list(map(str.encode, texts))
+    def add(self, encoded: list[bytes]) -> np.ndarray:
+        """The number of each text (UTF-8 of the normalised text), numbering unseen ones as they appear."""
         digests = b"".join(map(xxhash.xxh3_128_digest, encoded))
         keys = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         hi, lo = keys[:, 0], keys[:, 1]
@@ -499,56 +494,120 @@ class TextIndex:
         by_appearance = new[np.argsort(first[new], kind="stable")]
         index[by_appearance] = self.size + np.arange(len(new))
         if len(new):
-            rows = first[by_appearance]
-            chosen = [encoded[i] for i in rows.tolist()]
-            offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
-            np.cumsum(np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen)), out=offsets[1:])
-            data = pa.py_buffer(b"".join(chosen))  # valid UTF-8 already: no per-text conversion
-            column = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), data)
-            self._writer.write_batch(pa.record_batch([column], names=["text"]))
-            self.keys.append(keys[rows])
-            self.first_source.append(np.full(len(rows), source, dtype=np.int8))
-            self.first_line.append(lines[rows])
+            if self.size + len(new) > len(self._keys):
+                grown = np.empty((2 * (self.size + len(new)), 2), dtype=np.uint64)
+                grown[: self.size] = self._keys[: self.size]
+                self._keys = grown
+            self._keys[self.size : self.size + len(new)] = keys[first[by_appearance]]
             self.size += len(new)
             self._lookup.add(unique_hi[new], lo[first[new]], index[new])
         return index[inverse]
 
     def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
         self._lookup = None  # every text is numbered: free the lookup
-
-    def batches(self) -> Iterator[pa.Array]:
-        """The texts in index order, one Arrow array per stored batch (read back from disk)."""
-        with pa.OSFile(str(self.path), "rb") as source:
-            for batch in pa.ipc.open_stream(source):
-                yield batch.column(0)
 
     def hex_ids(self, rows: np.ndarray) -> pa.Array:
         """The content hash of texts `rows` as 32 hex digits, built from the keys without a Python string each."""
-        if len(self.keys) != 1:
-            self.keys = [np.concatenate(self.keys) if self.keys else np.empty((0, 2), dtype=np.uint64)]
-        raw = self.keys[0][rows].astype(">u8").view(np.uint8)
-        chars = HEX_PAIRS[raw]  # two hex digits per byte, as little-endian uint16 = in reading order
+        chars = HEX_QUADS[self._keys[rows].astype(">u8").view(">u2")]  # (rows, 8) quads of hex digits
         offsets = np.arange(0, 32 * len(rows) + 1, 32, dtype=np.int32)
         return pa.StringArray.from_buffers(len(rows), pa.py_buffer(offsets), pa.py_buffer(chars))
 
 
-class PairBuilder:
-    """Collects examples in chunks: normalises and numbers the texts, records query-document relations
-    (positive, given negative, corpus document) and the lines every query came from. Texts are numbered a
-    chunk at a time (one source per chunk: the corpus is read before the pair file)."""
+class RoleTable:
+    """The texts of one role (queries or documents) written to their Parquet table the first time a text
+    appears in that role, with its id: the id its first appearance carried, else its content hash."""
 
-    def __init__(self, index: TextIndex, given_negatives: str, counts: Counter):
+    SCHEMA = pa.schema([("_id", pa.string()), ("text", pa.large_string())])
+
+    def __init__(self, path: Path, index: TextIndex, what: str):
         self.index = index
+        self.what = what
+        self.writer = pq.ParquetWriter(str(path), self.SCHEMA, **PARQUET_OPTIONS)
+        self.written = np.zeros(0, dtype=bool)  # by text number
+        self.rows: list[np.ndarray] = []  # text numbers in table order
+        self.sources: list[np.ndarray] = []
+        self.lines: list[np.ndarray] = []
+        self.carried: list[tuple[np.ndarray, pa.Array]] = []  # (text numbers, ids) of rows with a carried id
+
+    def add(self, numbers: np.ndarray, occurrences: np.ndarray, encoded, lines, source: int, carried: dict):
+        """Write the texts among `numbers` (the role's occurrences in a chunk, in order) not written yet."""
+        if len(self.written) < self.index.size:
+            self.written = np.r_[self.written, np.zeros(self.index.size - len(self.written), dtype=bool)]
+        unique, first = np.unique(numbers, return_index=True)
+        first = np.sort(first[~self.written[unique]])  # each new text at its first appearance, in order
+        if not len(first):
+            return
+        numbers, occurrences = numbers[first], occurrences[first]
+        self.written[numbers] = True
+        chosen = [encoded[i] for i in occurrences.tolist()]
+        offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen)), out=offsets[1:])
+        texts = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), pa.py_buffer(b"".join(chosen)))
+        ids = self.index.hex_ids(numbers)  # the texts are valid UTF-8 already: no per-text conversion above
+        named = [carried.get(o) for o in occurrences.tolist()] if carried else []
+        if any(n is not None for n in named):
+            given = pa.array(named, pa.string())
+            ids = pc.coalesce(given, ids)
+            has = np.asarray(given.is_valid())
+            self.carried.append((numbers[has], given.filter(pa.array(has))))
+        self.writer.write_table(pa.table([ids, texts], schema=self.SCHEMA))
+        self.rows.append(numbers)
+        self.sources.append(np.full(len(numbers), source, dtype=np.int8))
+        self.lines.append(np.asarray(lines)[occurrences])
+
+    def close(self, source_paths: dict[int, str]) -> None:
+        """Finish the table; refuse an id the data carried for two different texts."""
+        self.writer.close()
+        self.rows = [np.concatenate(self.rows) if self.rows else np.empty(0, np.int64)]
+        self.sources = [np.concatenate(self.sources) if self.sources else np.empty(0, np.int8)]
+        self.lines = [np.concatenate(self.lines) if self.lines else np.empty(0, np.int64)]
+        self.row_of = np.full(self.index.size, -1, dtype=np.int64)
+        self.row_of[self.rows[0]] = np.arange(len(self.rows[0]))
+        self.position = self.ids = None
+        if not self.carried:
+            return
+        numbers = np.concatenate([c[0] for c in self.carried])
+        self.ids = pa.concat_arrays([c[1] for c in self.carried])
+        counts = pc.value_counts(self.ids)
+        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+        if len(repeated):
+            bad = repeated.field("values")[0].as_py()
+            named = numbers[np.asarray(pc.equal(self.ids, bad).to_numpy(zero_copy_only=False))][:2]
+            where = ", ".join(self.source_line(int(n), source_paths) for n in named)
+            raise InputError(
+                f"{self.what} id {bad!r} names {repeated.field('counts')[0].as_py()} different texts ({where})"
+            )
+        self.position = np.full(self.index.size, -1, dtype=np.int64)
+        self.position[numbers] = np.arange(len(numbers))
+
+    def source_line(self, number: int, source_paths: dict[int, str]) -> str:
+        row = self.row_of[number]
+        return f"{source_paths[int(self.sources[0][row])]}:{int(self.lines[0][row])}"
+
+    def ids_of(self, numbers: np.ndarray) -> pa.Array:
+        """The ids of texts `numbers` in this role."""
+        hashes = self.index.hex_ids(numbers)
+        if self.ids is None:
+            return hashes
+        position = self.position[numbers]
+        return pc.coalesce(self.ids.take(pa.array(position, mask=position < 0)), hashes)
+
+
+class PairBuilder:
+    """Collects examples in chunks: normalises and numbers the texts, writes each new query and document to
+    its table, and records query-document relations (positive, given negative, corpus document) and the
+    lines every query came from. One source per chunk: the corpus is read before the pair file."""
+
+    def __init__(self, index: TextIndex, queries: RoleTable, docs: RoleTable, given_negatives: str, counts: Counter):
+        self.index = index
+        self.tables = {"query": queries, "doc": docs}
         self.given = given_negatives
         self.counts = counts
         self.source = _SOURCE_PAIRS
         self.rel_query: list[np.ndarray] = []
         self.rel_doc: list[np.ndarray] = []
         self.rel_role: list[np.ndarray] = []
-        self.query_lines: list[np.ndarray] = []  # (query index, line) per example
-        self.carried: dict[str, list[tuple[np.ndarray, list[str]]]] = {"query": [], "doc": []}
+        self.query_lines: list[np.ndarray] = []  # (query number, line) per example
         self._reset()
 
     def _reset(self) -> None:
@@ -560,13 +619,13 @@ class PairBuilder:
         self.r_role: list[int] = []
         self.example_query: list[int] = []  # the query occurrence of every example, and its line
         self.example_line: list[int] = []
-        self.carried_occ: dict[str, list[tuple[int, str]]] = {"query": [], "doc": []}
+        self.carried_occ: dict[str, dict[int, str]] = {"query": {}, "doc": {}}
 
     def _occurrence(self, text: str, line: int, carried: str | None, role: str) -> int:
         self.texts.append(text)
         self.lines.append(line)
         if carried is not None:
-            self.carried_occ[role].append((len(self.texts) - 1, carried))
+            self.carried_occ[role][len(self.texts) - 1] = carried
         return len(self.texts) - 1
 
     def add_document(self, line: int, text: str, carried: str | None) -> None:
@@ -584,8 +643,8 @@ class PairBuilder:
             self.flush()
 
     def add_pair(self, line: int, anchor: str, positive: str, negative: str | None) -> None:
-        """One [anchor, positive] or [anchor, positive, negative] line: add_examples without the tuples."""
-        self._pairs_source()
+        """One [anchor, positive] or [anchor, positive, negative] line: add_examples without the tuples, for
+        the lines after a file's first (which went through add_examples, so the source is the pair file)."""
         anchor = (anchor if anchor.isascii() else unicodedata.normalize("NFC", anchor)).strip()
         positive = (positive if positive.isascii() else unicodedata.normalize("NFC", positive)).strip()
         counts = self.counts
@@ -596,12 +655,10 @@ class PairBuilder:
             ] += 1
             counts["examples_without_positive"] += bool(anchor)
             return
-        texts, lines = self.texts, self.lines
+        texts = self.texts
         q = len(texts)
-        texts.append(anchor)
-        texts.append(positive)
-        lines.append(line)
-        lines.append(line)
+        texts.extend((anchor, positive))
+        self.lines.extend((line, line))
         self.example_query.append(q)
         self.example_line.append(line)
         self.r_query.append(q)
@@ -665,56 +722,23 @@ class PairBuilder:
     def flush(self) -> None:
         if not self.texts:
             return
-        index = self.index.add(self.texts, self.source, np.array(self.lines, dtype=np.int64))
-        if self.r_doc:
+        encoded = list(map(str.encode, self.texts))
+        numbers = self.index.add(encoded)
+        r_doc = np.array(self.r_doc, dtype=np.int64)
+        if len(r_doc):
             query = np.array(self.r_query, dtype=np.int64)
-            self.rel_query.append(np.where(query >= 0, index[np.maximum(query, 0)], -1))
-            self.rel_doc.append(index[np.array(self.r_doc, dtype=np.int64)])
+            self.rel_query.append(np.where(query >= 0, numbers[np.maximum(query, 0)], -1))
+            self.rel_doc.append(numbers[r_doc])
             self.rel_role.append(np.array(self.r_role, dtype=np.int8))
-        if self.example_query:
-            queries = index[np.array(self.example_query, dtype=np.int64)]
-            self.query_lines.append(np.stack([queries, np.array(self.example_line, dtype=np.int64)], axis=1))
-        for role, occ in self.carried_occ.items():
-            if occ:
-                self.carried[role].append((index[np.array([o for o, _ in occ], dtype=np.int64)], [c for _, c in occ]))
-        self._reset()
-
-
-# ---------------------------------------------------------------------------------------------- tables
-
-
-class TextIds:
-    """The id of each text in one role (query or document): the id the data carried for it (the first, when
-    several lines carry one), else its content hash. Built per slice, so no column of all ids is held."""
-
-    def __init__(self, index: TextIndex, carried: list[tuple[np.ndarray, list[str]]], what: str, source_name):
-        self.index = index
-        self.position = self.ids = None
-        if not carried:
-            return
-        rows = np.concatenate([c[0] for c in carried])
-        ids = pa.concat_arrays([pa.array(c[1], pa.string()) for c in carried])
-        order = np.argsort(rows, kind="stable")
-        firsts = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
-        self.ids = ids.take(pa.array(firsts))
-        counts = pc.value_counts(self.ids)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-        if len(repeated):
-            bad = repeated.field("values")[0].as_py()
-            named = rows[firsts][np.asarray(pc.equal(self.ids, bad).to_numpy(zero_copy_only=False))][:2]
-            raise InputError(
-                f"{what} id {bad!r} names {repeated.field('counts')[0].as_py()} different texts "
-                f"({', '.join(source_name(int(r)) for r in named)})"
+        example_query = np.array(self.example_query, dtype=np.int64)
+        if len(example_query):
+            lines = np.array(self.example_line, dtype=np.int64)
+            self.query_lines.append(np.stack([numbers[example_query], lines], axis=1))
+        for role, occurrences in (("query", example_query), ("doc", r_doc)):
+            self.tables[role].add(
+                numbers[occurrences], occurrences, encoded, self.lines, self.source, self.carried_occ[role]
             )
-        self.position = np.full(index.size, -1, dtype=np.int64)
-        self.position[rows[firsts]] = np.arange(len(firsts))
-
-    def take(self, rows: np.ndarray) -> pa.Array:
-        hashes = self.index.hex_ids(rows)
-        if self.ids is None:
-            return hashes
-        position = self.position[rows]
-        return pc.coalesce(self.ids.take(pa.array(position, mask=position < 0)), hashes)
+        self._reset()
 
 
 @dataclass
@@ -729,14 +753,11 @@ class PairTables:
     manifest: str
 
 
-def read_pairs(
-    pairs: str, corpus: str | None, settings: PairSettings, out: PairTables, scratch_dir: str | None = None
-) -> dict:
-    """Read a pair file (and an optional corpus) into BEIR tables; return the counts."""
+def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: PairTables) -> dict:
+    """Read a pair file (and an optional corpus) into BEIR tables and the id map; return the counts."""
     counts: Counter = Counter()
     source, _ = split_ref(pairs)
-    keep = None
-    total = None
+    keep = total = None
     if settings.max_pairs is not None:
         total = count_records(pairs)
         keep = sample_mask(total, settings.max_pairs, settings.seed)
@@ -747,11 +768,12 @@ def read_pairs(
             total,
             settings.seed,
         )
-    scratch = Path(scratch_dir or Path(out.corpus).parent) / f".read_pairs-scratch-{os.getpid()}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        index = TextIndex(scratch / "texts.arrow")
-        builder = PairBuilder(index, settings.given_negatives, counts)
+    source_paths = {_SOURCE_PAIRS: source, _SOURCE_CORPUS: corpus}
+    index = TextIndex()
+    with atomic_output(out.queries) as queries_tmp, atomic_output(out.corpus) as corpus_tmp:
+        queries = RoleTable(queries_tmp, index, "query")
+        docs = RoleTable(corpus_tmp, index, "document")
+        builder = PairBuilder(index, queries, docs, settings.given_negatives, counts)
         if corpus:
             for line, text, doc_id in corpus_documents(corpus, counts):
                 builder.add_document(line, text, doc_id)
@@ -761,12 +783,14 @@ def read_pairs(
             read_table(pairs, builder, settings, keep, counts)
         builder.flush()
         index.close()
+        queries.close(source_paths)
+        docs.close(source_paths)
         if counts["records"] == 0:
             raise InputError(f"{pairs}: no pairs to read")
-        shape = next((k.split(":", 1)[1] for k in counts if k.startswith("shape:")), None)
-        result = _write_tables(index, builder, counts, pairs, corpus, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not len(queries.rows[0]):
+            raise InputError(f"{pairs}: no line has both an anchor and a positive; nothing to mine")
+        result = _write_qrels_and_id_map(index, builder, queries, docs, counts, source_paths, out)
+    shape = next(k.split(":", 1)[1] for k in counts if k.startswith("shape:"))
     result["shape"] = SHAPES[shape]
     c = result["counts"]
     log.info(
@@ -808,119 +832,89 @@ def _input_fingerprints(pairs: str, corpus: str | None) -> dict:
     return inputs
 
 
-def _write_tables(index: TextIndex, builder: PairBuilder, counts: Counter, pairs: str, corpus, out: PairTables):
+def _write_qrels_and_id_map(
+    index: TextIndex,
+    builder: PairBuilder,
+    queries: RoleTable,
+    docs: RoleTable,
+    counts: Counter,
+    source_paths: dict[int, str],
+    out: PairTables,
+) -> dict:
+    """The qrels (one row per query and document: a positive wins over a given negative of the same pair;
+    the query's own text as a document is an excluded row) and the id map, once every text is written."""
     n = index.size
-    first_source = np.concatenate(index.first_source) if index.first_source else np.empty(0, np.int8)
-    first_line = np.concatenate(index.first_line) if index.first_line else np.empty(0, np.int64)
-    source_path = {_SOURCE_PAIRS: split_ref(pairs)[0], _SOURCE_CORPUS: corpus}
 
-    def source_name(i: int) -> str:
-        return f"{source_path[int(first_source[i])]}:{int(first_line[i])}"
+    def joined(chunks: list[np.ndarray], dtype) -> np.ndarray:
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype)
 
-    query_ids = TextIds(index, builder.carried["query"], "query", source_name)
-    doc_ids = TextIds(index, builder.carried["doc"], "document", source_name)
-
-    rel_query = np.concatenate(builder.rel_query) if builder.rel_query else np.empty(0, np.int64)
-    rel_doc = np.concatenate(builder.rel_doc) if builder.rel_doc else np.empty(0, np.int64)
-    rel_role = np.concatenate(builder.rel_role) if builder.rel_role else np.empty(0, np.int8)
-    is_doc = np.zeros(n, dtype=bool)
-    is_doc[rel_doc] = True
-
-    # qrels: one row per (query, document); a positive wins over a given negative of the same pair
+    rel_query, rel_doc, rel_role = (
+        joined(builder.rel_query, np.int64),
+        joined(builder.rel_doc, np.int64),
+        joined(builder.rel_role, np.int8),
+    )
     judged = rel_role != _DOC
     q, d, role = rel_query[judged], rel_doc[judged], rel_role[judged]
-    pair_key = q * np.int64(n) + d
-    unique_key, first, inverse = np.unique(pair_key, return_index=True, return_inverse=True)
+    unique_key, first, inverse = np.unique(q * np.int64(n) + d, return_index=True, return_inverse=True)
     best = np.zeros(len(unique_key), dtype=np.int8)
     np.maximum.at(best, inverse, role)
-    order = np.lexsort((first, q[first]))  # by query index, then by first appearance
-    q_rows, d_rows, grade = q[first][order], d[first][order], best[order]
-    negative_pairs = np.zeros(len(unique_key), dtype=bool)
-    np.logical_or.at(negative_pairs, inverse, role == _NEG)
-    counts["given_negatives_also_positive"] = int((negative_pairs & (best == _POS)).sum())
-    is_query = np.zeros(n, dtype=bool)
-    is_query[q_rows[grade == _POS]] = True
-    if not is_query.any():
-        raise InputError(f"{pairs}: no line has both an anchor and a positive; nothing to mine")
-    same = np.flatnonzero(is_query & is_doc)  # the query's own text is a document: exclude it
-    q_all = np.r_[q_rows, same]
-    d_all = np.r_[d_rows, same]
-    score = np.r_[np.where(grade == _POS, POSITIVE, GIVEN_NEGATIVE), np.full(len(same), SAME_TEXT)].astype(np.int32)
-    final = np.lexsort((np.r_[np.arange(len(q_rows)), np.full(len(same), len(q_rows))], q_all))
+    given = np.zeros(len(unique_key), dtype=bool)
+    np.logical_or.at(given, inverse, role == _NEG)
+    counts["given_negatives_also_positive"] = int((given & (best == _POS)).sum())
+    same = queries.rows[0][docs.row_of[queries.rows[0]] >= 0]  # queries whose own text is a document
+    q_all = np.r_[q[first], same]
+    d_all = np.r_[d[first], same]
+    grade = np.r_[np.where(best == _POS, POSITIVE, GIVEN_NEGATIVE), np.full(len(same), SAME_TEXT)]
+    appearance = np.r_[first, np.full(len(same), len(q))]  # a query's rows in order of appearance, own text last
+    order = np.lexsort((appearance, queries.row_of[q_all]))
     qrels = pa.table(
         {
-            "query-id": query_ids.take(q_all[final]),
-            "corpus-id": doc_ids.take(d_all[final]),
-            "score": pa.array(score[final], pa.int32()),
+            "query-id": queries.ids_of(q_all[order]),
+            "corpus-id": docs.ids_of(d_all[order]),
+            "score": pa.array(grade[order], pa.int32()),
         }
     )
     with atomic_output(out.qrels) as tmp:
         pq.write_table(qrels, tmp, **PARQUET_OPTIONS)
+    del qrels
 
-    text_schema = pa.schema([("_id", pa.string()), ("text", pa.large_string())])
-    with atomic_output(out.corpus) as corpus_tmp, atomic_output(out.queries) as queries_tmp:
-        corpus_writer = pq.ParquetWriter(str(corpus_tmp), text_schema, **PARQUET_OPTIONS)
-        queries_writer = pq.ParquetWriter(str(queries_tmp), text_schema, **PARQUET_OPTIONS)
-        start = 0
-        for texts in index.batches():
-            stop = start + len(texts)
-            for writer, mask, ids in ((corpus_writer, is_doc, doc_ids), (queries_writer, is_query, query_ids)):
-                rows = np.flatnonzero(mask[start:stop])
-                if len(rows):
-                    chosen = texts if len(rows) == len(texts) else texts.take(pa.array(rows))
-                    writer.write_table(pa.table([ids.take(start + rows), chosen], schema=text_schema))
-            start = stop
-        corpus_writer.close()
-        queries_writer.close()
-
-    doc_rows = np.flatnonzero(is_doc)
-    sources = pa.array(np.array(["pairs", "corpus"])[first_source[doc_rows]])
+    names = np.array(["pairs", "corpus"])
     with atomic_output(out.doc_hashes) as tmp:
-        pq.write_table(
-            pa.table(
-                {
-                    "doc_id": doc_ids.take(doc_rows),
-                    "text_hash": index.hex_ids(doc_rows),
-                    "first_source": sources,
-                    "first_line": pa.array(first_line[doc_rows]),
-                }
-            ),
-            tmp,
-            **PARQUET_OPTIONS,
-        )
-    lines = np.concatenate(builder.query_lines) if builder.query_lines else np.empty((0, 2), np.int64)
-    lines = lines[np.lexsort((lines[:, 1], lines[:, 0]))]
+        rows = docs.rows[0]
+        table = {
+            "doc_id": docs.ids_of(rows),
+            "text_hash": index.hex_ids(rows),
+            "first_source": pa.array(names[docs.sources[0]]),
+            "first_line": pa.array(docs.lines[0]),
+        }
+        pq.write_table(pa.table(table), tmp, **PARQUET_OPTIONS)
+    lines = joined(builder.query_lines, np.int64).reshape(-1, 2)
+    lines = lines[np.lexsort((lines[:, 1], queries.row_of[lines[:, 0]]))]  # by query row, then line
     lines = lines[np.r_[True, np.any(lines[1:] != lines[:-1], axis=1)]] if len(lines) else lines
-    query_rows = np.flatnonzero(is_query)
-    lines = lines[is_query[lines[:, 0]]]
-    offsets = np.r_[0, np.cumsum(np.bincount(np.searchsorted(query_rows, lines[:, 0]), minlength=len(query_rows)))]
+    rows = queries.rows[0]
+    offsets = np.r_[0, np.cumsum(np.bincount(queries.row_of[lines[:, 0]], minlength=len(rows)))]
     with atomic_output(out.query_lines) as tmp:
-        pq.write_table(
-            pa.table(
-                {
-                    "query_id": query_ids.take(query_rows),
-                    "text_hash": index.hex_ids(query_rows),
-                    "source": pa.repeat(pa.scalar(source_path[_SOURCE_PAIRS], pa.string()), len(query_rows)),
-                    "lines": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(lines[:, 1])),
-                }
-            ),
-            tmp,
-            **PARQUET_OPTIONS,
-        )
+        table = {
+            "query_id": queries.ids_of(rows),
+            "text_hash": index.hex_ids(rows),
+            "source": pa.repeat(pa.scalar(source_paths[_SOURCE_PAIRS], pa.string()), len(rows)),
+            "lines": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(lines[:, 1])),
+        }
+        pq.write_table(pa.table(table), tmp, **PARQUET_OPTIONS)
 
     result_counts = {
         "records": counts["records"],
         "examples": counts["examples"],
-        "queries": int(is_query.sum()),
-        "documents": int(is_doc.sum()),
+        "queries": len(queries.rows[0]),
+        "documents": len(docs.rows[0]),
         "distinct_texts": n,
-        "positives": int((grade == _POS).sum()),
-        "given_negatives_kept": int((grade == _NEG).sum()),
+        "positives": int((best == _POS).sum()),
+        "given_negatives_kept": int((best == _NEG).sum()),
         "own_text_excluded": len(same),
         "repeated_anchors_merged": counts["examples"]
         - counts["empty_anchors"]
         - counts["examples_without_positive"]
-        - int(is_query.sum()),
+        - len(queries.rows[0]),
     }
     for key in ("corpus_read", "given_negatives_read", *SKIP_COUNTS):
         result_counts[key] = int(counts[key])
