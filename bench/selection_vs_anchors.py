@@ -49,12 +49,19 @@ def read_qrels(path: Path) -> list[tuple[str, str, int]]:
     return [(q, d, int(s)) for q, d, s in (line.rstrip("\r").split("\t") for line in lines if line.strip())]
 
 
-def visible_qrels(rows: list[tuple[str, str, int]], out: Path) -> dict[str, str]:
-    """One top-graded positive (grade >= 2) per query: the first of the highest grade in file order."""
+def visible_positives(rows: list[tuple[str, str, int]]) -> dict[str, tuple[str, int]]:
+    """One top-graded positive (grade >= 2) per query, with its grade: the first of the highest grade in file
+    order."""
     best: dict[str, tuple[str, int]] = {}
     for q, d, s in rows:
         if s >= 2 and (q not in best or s > best[q][1]):
             best[q] = (d, s)
+    return best
+
+
+def visible_qrels(rows: list[tuple[str, str, int]], out: Path) -> dict[str, str]:
+    """The visible positives written as qrels with their grades."""
+    best = visible_positives(rows)
     out.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, (d, s) in best.items()))
     return {q: d for q, (d, _) in best.items()}
 

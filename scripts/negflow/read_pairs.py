@@ -23,8 +23,9 @@ import logging
 import os
 import re
 import unicodedata
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -52,7 +53,7 @@ SAME_TEXT = -1  # the query's own text as a document: never a candidate, never l
 SET_MODES = ("first", "all")
 GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
 CHUNK_RECORDS = 200_000  # table rows read at once
-CHUNK_TEXTS = 200_000  # text occurrences numbered at once (the chunk's Python strings are what it holds)
+CHUNK_TEXTS = 500_000  # text occurrences numbered at once (the chunk's Python strings are what it holds)
 STORE_BATCH = 16_384  # texts per batch of the on-disk text store
 # Texts and hash ids are nearly all distinct: dictionary pages and min/max statistics only cost time, and
 # compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
@@ -442,39 +443,38 @@ def corpus_documents(ref: str, counts: Counter) -> Iterator[tuple[int, str, str 
 
 
 class KeyRuns:
-    """64-bit key prefixes with their text numbers and other 64 key bits, as sorted runs of doubling size
-    (a log-structured merge): a lookup searches each run, and adding merges runs of equal size, so each key
-    is copied O(log n) times in all rather than once per chunk."""
+    """64-bit key prefixes with their text numbers, as sorted runs of doubling size (a log-structured merge):
+    a lookup searches each run, and adding merges runs of equal size, so each key is copied O(log n) times in
+    all rather than once per chunk."""
 
     def __init__(self):
-        self.runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (hi sorted, lo, index)
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (prefixes sorted, numbers)
 
-    def find(self, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For sorted unique `hi`: whether each is known, and its low bits and number where it is."""
+    def find(self, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For sorted unique `hi`: whether each is known, and its number where it is."""
         found = np.zeros(len(hi), dtype=bool)
-        lo = np.zeros(len(hi), dtype=np.uint64)
         index = np.zeros(len(hi), dtype=np.int64)
-        for run_hi, run_lo, run_index in self.runs:
+        for run_hi, run_index in self.runs:
             pos = np.minimum(np.searchsorted(run_hi, hi), len(run_hi) - 1)
             hit = run_hi[pos] == hi
             found |= hit
-            lo[hit], index[hit] = run_lo[pos[hit]], run_index[pos[hit]]
-        return found, lo, index
+            index[hit] = run_index[pos[hit]]
+        return found, index
 
-    def add(self, hi: np.ndarray, lo: np.ndarray, index: np.ndarray) -> None:
-        """Add sorted keys that `find` did not know."""
-        self.runs.append((hi, lo, index))
+    def add(self, hi: np.ndarray, index: np.ndarray) -> None:
+        """Add sorted prefixes that `find` did not know."""
+        self.runs.append((hi, index))
         while len(self.runs) > 1 and len(self.runs[-1][0]) >= len(self.runs[-2][0]):
             newer, older = self.runs.pop(), self.runs.pop()
-            merged = [np.concatenate([a, b]) for a, b in zip(older, newer, strict=True)]
-            order = np.argsort(merged[0], kind="stable")  # two sorted runs: a linear merge
-            self.runs.append(tuple(column[order] for column in merged))
+            merged_hi = np.concatenate([older[0], newer[0]])
+            order = np.argsort(merged_hi, kind="stable")  # two sorted runs: a linear merge
+            self.runs.append((merged_hi[order], np.concatenate([older[1], newer[1]])[order]))
 
 
 class TextIndex:
     """Distinct normalised texts, numbered in first-seen order by their 128-bit keys (XXH3-128 of the UTF-8
-    bytes). Memory holds each text's key and the sorted 64-bit prefixes with their numbers; two texts that
-    share a prefix but not the rest are an error, never a silent merge."""
+    bytes). Memory holds each text's key (by number) and the sorted 64-bit prefixes with their numbers; two
+    texts that share a prefix but not the rest are an error, never a silent merge."""
 
     def __init__(self):
         self._lookup = KeyRuns()
@@ -487,8 +487,9 @@ class TextIndex:
         keys = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
         hi, lo = keys[:, 0], keys[:, 1]
         unique_hi, first, inverse = np.unique(hi, return_index=True, return_inverse=True)
-        found, known_lo, index = self._lookup.find(unique_hi)
-        if np.any(lo[first][inverse] != lo) or np.any(known_lo[found] != lo[first[found]]):
+        found, index = self._lookup.find(unique_hi)
+        known_lo = self._keys[index[found], 1]
+        if np.any(lo[first][inverse] != lo) or np.any(known_lo != lo[first[found]]):
             raise InputError("two different texts share a 64-bit key prefix; please report this")
         new = np.flatnonzero(~found)  # sorted by key
         by_appearance = new[np.argsort(first[new], kind="stable")]
@@ -500,7 +501,7 @@ class TextIndex:
                 self._keys = grown
             self._keys[self.size : self.size + len(new)] = keys[first[by_appearance]]
             self.size += len(new)
-            self._lookup.add(unique_hi[new], lo[first[new]], index[new])
+            self._lookup.add(unique_hi[new], index[new])
         return index[inverse]
 
     def close(self) -> None:
@@ -523,6 +524,10 @@ class RoleTable:
         self.index = index
         self.what = what
         self.writer = pq.ParquetWriter(str(path), self.SCHEMA, **PARQUET_OPTIONS)
+        # Writing gigabytes waits on the disk: a thread writes (without the GIL) while reading goes on; at
+        # most two chunks wait, which bounds memory.
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque = deque()
         self.written = np.zeros(0, dtype=bool)  # by text number
         self.rows: list[np.ndarray] = []  # text numbers in table order
         self.sources: list[np.ndarray] = []
@@ -550,13 +555,18 @@ class RoleTable:
             ids = pc.coalesce(given, ids)
             has = np.asarray(given.is_valid())
             self.carried.append((numbers[has], given.filter(pa.array(has))))
-        self.writer.write_table(pa.table([ids, texts], schema=self.SCHEMA))
+        self._pending.append(self._pool.submit(self.writer.write_table, pa.table([ids, texts], schema=self.SCHEMA)))
+        while len(self._pending) > 2:
+            self._pending.popleft().result()
         self.rows.append(numbers)
         self.sources.append(np.full(len(numbers), source, dtype=np.int8))
         self.lines.append(np.asarray(lines)[occurrences])
 
     def close(self, source_paths: dict[int, str]) -> None:
         """Finish the table; refuse an id the data carried for two different texts."""
+        while self._pending:
+            self._pending.popleft().result()
+        self._pool.shutdown()
         self.writer.close()
         self.rows = [np.concatenate(self.rows) if self.rows else np.empty(0, np.int64)]
         self.sources = [np.concatenate(self.sources) if self.sources else np.empty(0, np.int8)]
@@ -856,17 +866,19 @@ def _write_qrels_and_id_map(
     judged = rel_role != _DOC
     q, d, role = rel_query[judged], rel_doc[judged], rel_role[judged]
     unique_key, first, inverse = np.unique(q * np.int64(n) + d, return_index=True, return_inverse=True)
-    best = np.zeros(len(unique_key), dtype=np.int8)
-    np.maximum.at(best, inverse, role)
-    given = np.zeros(len(unique_key), dtype=bool)
-    np.logical_or.at(given, inverse, role == _NEG)
-    counts["given_negatives_also_positive"] = int((given & (best == _POS)).sum())
+    best = np.ones(len(unique_key), dtype=np.int8)  # _POS: most files give no negatives
+    if np.any(role == _NEG):
+        best[:] = _NEG
+        np.maximum.at(best, inverse, role)
+        given = np.zeros(len(unique_key), dtype=bool)
+        np.logical_or.at(given, inverse, role == _NEG)
+        counts["given_negatives_also_positive"] = int((given & (best == _POS)).sum())
     same = queries.rows[0][docs.row_of[queries.rows[0]] >= 0]  # queries whose own text is a document
     q_all = np.r_[q[first], same]
     d_all = np.r_[d[first], same]
     grade = np.r_[np.where(best == _POS, POSITIVE, GIVEN_NEGATIVE), np.full(len(same), SAME_TEXT)]
     appearance = np.r_[first, np.full(len(same), len(q))]  # a query's rows in order of appearance, own text last
-    order = np.lexsort((appearance, queries.row_of[q_all]))
+    order = np.argsort(queries.row_of[q_all] * np.int64(len(q) + 1) + appearance)  # by query row, then appearance
     qrels = pa.table(
         {
             "query-id": queries.ids_of(q_all[order]),
