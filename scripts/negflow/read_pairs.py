@@ -594,9 +594,9 @@ class RoleTable:
         row = self.row_of[number]
         return f"{source_paths[int(self.sources[0][row])]}:{int(self.lines[0][row])}"
 
-    def ids_of(self, numbers: np.ndarray) -> pa.Array:
-        """The ids of texts `numbers` in this role."""
-        hashes = self.index.hex_ids(numbers)
+    def ids_of(self, numbers: np.ndarray, hashes: pa.Array | None = None) -> pa.Array:
+        """The ids of texts `numbers` in this role (`hashes`: their content hashes, when already built)."""
+        hashes = self.index.hex_ids(numbers) if hashes is None else hashes
         if self.ids is None:
             return hashes
         position = self.position[numbers]
@@ -890,25 +890,26 @@ def _write_qrels_and_id_map(
         pq.write_table(qrels, tmp, **PARQUET_OPTIONS)
     del qrels
 
-    names = np.array(["pairs", "corpus"])
     with atomic_output(out.doc_hashes) as tmp:
         rows = docs.rows[0]
+        hashes = index.hex_ids(rows)
         table = {
-            "doc_id": docs.ids_of(rows),
-            "text_hash": index.hex_ids(rows),
-            "first_source": pa.array(names[docs.sources[0]]),
+            "doc_id": docs.ids_of(rows, hashes),
+            "text_hash": hashes,
+            "first_source": pa.DictionaryArray.from_arrays(pa.array(docs.sources[0]), ["pairs", "corpus"]),
             "first_line": pa.array(docs.lines[0]),
         }
         pq.write_table(pa.table(table), tmp, **PARQUET_OPTIONS)
-    lines = joined(builder.query_lines, np.int64).reshape(-1, 2)
-    lines = lines[np.lexsort((lines[:, 1], queries.row_of[lines[:, 0]]))]  # by query row, then line
+    lines = joined(builder.query_lines, np.int64).reshape(-1, 2)  # (query, line) in reading order
+    lines = lines[np.argsort(queries.row_of[lines[:, 0]], kind="stable")]  # by query row, lines stay in order
     lines = lines[np.r_[True, np.any(lines[1:] != lines[:-1], axis=1)]] if len(lines) else lines
     rows = queries.rows[0]
     offsets = np.r_[0, np.cumsum(np.bincount(queries.row_of[lines[:, 0]], minlength=len(rows)))]
     with atomic_output(out.query_lines) as tmp:
+        hashes = index.hex_ids(rows)
         table = {
-            "query_id": queries.ids_of(rows),
-            "text_hash": index.hex_ids(rows),
+            "query_id": queries.ids_of(rows, hashes),
+            "text_hash": hashes,
             "source": pa.repeat(pa.scalar(source_paths[_SOURCE_PAIRS], pa.string()), len(rows)),
             "lines": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(lines[:, 1])),
         }
