@@ -23,7 +23,6 @@ Usage: python bench/pairs_vs_anchors.py [--datasets ../shared/datasets] [--workd
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -43,6 +42,7 @@ from selection_vs_anchors import (  # noqa: E402
     MODEL,
     NEGATIVES,
     SEED,
+    msmarco_subset_and_workdir,
     rank_lists,
     read_qrels,
     score,
@@ -182,17 +182,7 @@ def run_sentence_transformers(model, corpus: list[str], pairs: list[tuple[str, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--datasets", default=os.environ.get("NEGFLOW_SHARED_DATASETS", REPO.parent / "shared/datasets")
-    )
-    parser.add_argument("--workdir", default="/tmp/negflow-bench-pairs")
-    args = parser.parse_args()
-    data = Path(args.datasets) / "msmarco-subset"
-    if not data.is_dir():
-        sys.exit(f"{data} not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    data, workdir = msmarco_subset_and_workdir(__doc__.split("\n")[0], "/tmp/negflow-bench-pairs")
     bench_start = time.perf_counter()
 
     corpus_docs = read_jsonl(data / "corpus.jsonl")

@@ -157,18 +157,25 @@ def flag_hn_mine(ranking: dict[str, np.ndarray], visible_row, texts, q_text, rng
     return picks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def msmarco_subset_and_workdir(description: str, default_workdir: str) -> tuple[Path, Path]:
+    """The --datasets and --workdir arguments of the msmarco-subset benchmarks: that dataset's folder (or exit
+    saying how to point at it) and a work folder, created."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--datasets", default=os.environ.get("NEGFLOW_SHARED_DATASETS", REPO.parent / "shared/datasets")
     )
-    parser.add_argument("--workdir", default="/tmp/negflow-bench-selection")
+    parser.add_argument("--workdir", default=default_workdir)
     args = parser.parse_args()
     data = Path(args.datasets) / "msmarco-subset"
     if not data.is_dir():
         sys.exit(f"{data} not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    return data, workdir
+
+
+def main() -> None:
+    data, workdir = msmarco_subset_and_workdir(__doc__.split("\n")[0], "/tmp/negflow-bench-selection")
 
     qrels = read_qrels(data / "qrels" / "test.tsv")
     visible = visible_qrels(qrels, workdir / "visible.tsv")
