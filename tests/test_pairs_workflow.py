@@ -69,7 +69,12 @@ def pair_runs(tmp_path_factory, fixture_data, dataset_block):
         "beir_top": {**common, "queries": str(beir / "queries.jsonl"), "qrels": str(beir / "qrels.tsv")},
         "pairs_top": {**common, "pairs": pairs},
         "sym": {**common, "pairs": _write_jsonl(root / "sets.jsonl", sets), "set_mode": "all"},
-        "keep": {**common, "pairs": _write_jsonl(root / "triplets.jsonl", triplets), "given_negatives": "keep"},
+        "keep": {
+            **common,
+            "pairs": _write_jsonl(root / "triplets.jsonl", triplets),
+            "given_negatives": "keep",
+            "audit_holdout": True,  # the audit works on pair data: the repeated anchor's second positive hides
+        },
     }
     for name in ("pairs_top", "sym", "keep"):  # a pairs dataset names no queries or qrels
         datasets[name] = {k: v for k, v in datasets[name].items() if k not in ("queries", "qrels")}
@@ -133,6 +138,9 @@ def test_kept_negatives_come_first_and_count_towards_num_negatives(pair_runs):
     assert selection["counts"]["negatives"] == sum(len(n) for _, n in mined.values()) - sum(map(len, given.values()))
     rows = pq.read_table(pair_runs / "results/keep/train/n-tuple.parquet").to_pylist()
     assert rows and all(r["negative_1"] == given[r["anchor"]][0] for r in rows)
+    audit = json.loads((pair_runs / "results/keep/audit.json").read_text())
+    assert audit["queries_audited"] == 1 and audit["judgments"]["audit_holdout"].startswith("1 hidden positives")
+    assert (pair_runs / "results/keep/report/summary.html").is_file()
 
 
 def test_a_bad_pair_file_stops_before_any_model_loads(tmp_path, dataset_block):
