@@ -117,7 +117,7 @@ def test_output_schema_and_invariants(mined, fixture_data):
     log = (mined / "logs/prepare/fx.log").read_text()
     assert "1 queries without positives skipped" in log
     assert re.search(
-        r"selected on cosine: \d+ queries, \d+ candidates, \d+ negatives; \d+ queries short of 4 .*"
+        r"selected on cosine: \d+ queries, \d+ candidates, \d+ negatives \(and 0 given\); \d+ queries short of 4 .*"
         r"dropped same_text_as_positive 0, relative_margin \d+$",
         (mined / "logs/export_negatives/fx.log").read_text(),
         re.M,
