@@ -1,7 +1,7 @@
 rule export_negatives:
     input:
         unpack(export_inputs),
-        code=library("export", "selection", "provenance"),
+        code=library("export", "selection", "provenance", "beir"),
     output:
         negatives="results/{dataset}/negatives.jsonl",
         report="results/{dataset}/selection.json",

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from negflow.beir import GIVEN_NEGATIVE
 from negflow.embed import ShardedEmbeddings
 from negflow.files import atomic_output, read_parquet
 from negflow.prepare import load_table
-from negflow.read_pairs import GIVEN_NEGATIVE
 from negflow.selection import (
     FILTERS,
     QueryScores,

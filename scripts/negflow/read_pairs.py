@@ -38,17 +38,11 @@ import xxhash
 from isal import igzip
 from tqdm import tqdm
 
-from negflow.beir import InputError, iter_records
+from negflow.beir import GIVEN_NEGATIVE, POSITIVE, SAME_TEXT, InputError, iter_records
 from negflow.config import split_ref
 from negflow.files import atomic_output
 
 log = logging.getLogger("negflow")
-
-# Grades in the qrels this stage writes. Only POSITIVE reaches min_positive_score (which must be 1 for a
-# pair dataset); every other row is excluded from the query's candidates by search like any judged row.
-POSITIVE = 1
-GIVEN_NEGATIVE = 0  # a negative the data gave (given_negatives: keep lists it first among the negatives)
-SAME_TEXT = -1  # the query's own text as a document: never a candidate, never listed
 
 SET_MODES = ("first", "all")
 GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
