@@ -21,6 +21,7 @@ from negflow.read_pairs import (
     GIVEN_NEGATIVE,
     POSITIVE,
     SAME_TEXT,
+    PairBuilder,
     PairSettings,
     PairTables,
     normalise,
@@ -286,8 +287,14 @@ BAD_LINES = [
 ]
 
 
+@pytest.mark.parametrize("block_bytes", [1 << 21, 1], ids=["one block", "a line a block"])
 @pytest.mark.parametrize("lines, message", [c[1:] for c in BAD_LINES], ids=[c[0] for c in BAD_LINES])
-def test_bad_lines_are_one_line_naming_file_and_line(tmp_path, lines, message):
+def test_bad_lines_are_one_line_naming_file_and_line(tmp_path, lines, message, block_bytes, monkeypatch):
+    """Whether a bad line is in the file's first block (read line by line) or a later one (read as columns
+    until a line does not fit), the error names it."""
+    import negflow.read_pairs as read_pairs_module
+
+    monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", block_bytes)
     pairs = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(InputError) as err:
         run(tmp_path, "out", pairs)
@@ -295,7 +302,10 @@ def test_bad_lines_are_one_line_naming_file_and_line(tmp_path, lines, message):
     assert not any((tmp_path / "out").glob("*.parquet"))
 
 
-def test_malformed_json_and_bad_bytes_name_their_line(tmp_path):
+def test_malformed_json_and_bad_bytes_name_their_line(tmp_path, monkeypatch):
+    import negflow.read_pairs as read_pairs_module
+
+    monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", 1)  # one line a block: the bad one after the first
     path = tmp_path / "p.jsonl"
     path.write_bytes(b'["q", "p"]\n["q", "p"\n')
     with pytest.raises(InputError, match=r"p\.jsonl:2: malformed JSON"):
@@ -340,3 +350,65 @@ def test_tables_do_not_depend_on_the_chunk_size(tmp_path, docstrings, monkeypatc
     chunked, _ = run(tmp_path, "chunked", pairs, corpus, given_negatives="keep")
     for name in ("corpus", "queries", "qrels", "query_lines", "doc_hashes"):
         assert pq.read_table(getattr(chunked, name)).equals(pq.read_table(getattr(whole, name))), name
+
+
+def test_blocks_read_as_columns_write_what_line_by_line_reading_writes(tmp_path, monkeypatch):
+    """Pair and triplet lines after a file's first block, and table batches, go to the builder as columns;
+    a block with a line that needs counting (empty, equal to its anchor, null) is read line by line. Tiny
+    blocks must write exactly what one line-by-line pass writes, whatever the policy and sample."""
+    import negflow.read_pairs as read_pairs_module
+
+    cafe, cafe_nfd = "caf\u00e9 au lait", unicodedata.normalize("NFD", "caf\u00e9 au lait")
+    triplets = [[f"query {i % 23}", f" positive {i % 31} ", f"negative {i % 17}"] for i in range(120)]
+    triplets[40] = [cafe_nfd, "  the " + cafe + " doc", "negative 3"]
+    triplets[41] = [cafe, "another doc", "the " + cafe_nfd + " doc"]
+    triplets[60] = ["query 60", "", "negative 1"]  # an empty positive: its block is read line by line
+    triplets[61] = ["query 61", "query 61", "negative 2"]
+    triplets[80] = ["query 80", "positive 80", " query 80"]
+    files = {
+        "pair": write_jsonl(tmp_path / "p.jsonl.gz", [t[:2] for t in triplets], gz=True),
+        "triplet": write_jsonl(tmp_path / "t.jsonl", triplets),
+    }
+    nulls = [[None if i == 70 else a, p, None if i == 90 else n] for i, (a, p, n) in enumerate(triplets)]
+    files["table"] = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table([list(column) for column in zip(*nulls, strict=True)], ["anchor", "positive", "negative"]),
+        files["table"],
+    )
+    cases = [("pair", {}), ("pair", {"max_pairs": 50}), ("table", {"given_negatives": "keep"})]
+    cases += [("triplet", {"given_negatives": policy}) for policy in ("pool", "keep", "drop")]
+    results = {}
+    for name, settings in cases:
+        monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", 1 << 30)
+        monkeypatch.setattr(read_pairs_module, "CHUNK_RECORDS", 1 << 20)
+        monkeypatch.setattr(read_pairs_module, "PairBuilder", LineByLine)
+        label = f"{name} {settings}"
+        whole, counts = run(tmp_path, f"whole {label}", files[name], **settings)
+        monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", 64)  # two or three lines a block
+        monkeypatch.setattr(read_pairs_module, "CHUNK_RECORDS", 9)
+        monkeypatch.setattr(read_pairs_module, "PairBuilder", CountingBlocks)
+        CountingBlocks.blocks = 0
+        blocks, block_counts = run(tmp_path, f"blocks {label}", files[name], **settings)
+        assert CountingBlocks.blocks > 5, label  # most of the file went as columns
+        assert block_counts == counts, label
+        results[label] = counts["counts"]
+        for table in ("corpus", "queries", "qrels", "query_lines", "doc_hashes"):
+            assert pq.read_table(getattr(blocks, table)).equals(pq.read_table(getattr(whole, table))), (label, table)
+    kept = results["triplet {'given_negatives': 'keep'}"]
+    assert kept["given_negatives_kept"] > 100
+    assert (kept["negatives_equal_to_anchor"], kept["empty_positives"], kept["positives_equal_to_anchor"]) == (1, 1, 1)
+    assert results["pair {'max_pairs': 50}"]["records"] == 50
+
+
+class LineByLine(PairBuilder):
+    def add_pair_block(self, *args) -> bool:
+        return False
+
+
+class CountingBlocks(PairBuilder):
+    blocks = 0
+
+    def add_pair_block(self, *args) -> bool:
+        added = super().add_pair_block(*args)
+        type(self).blocks += added
+        return added

@@ -17,16 +17,17 @@ so it grows with the distinct texts, never with Python objects per line.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import unicodedata
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from itertools import chain, compress
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ STORE_BATCH = 16_384  # texts per batch of the on-disk text store
 # Texts and hash ids are nearly all distinct: dictionary pages and min/max statistics only cost time, and
 # compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
-PROGRESS_EVERY = 100_000
+BLOCK_BYTES = 1 << 21  # lines read and parsed at once (about 4,000 pair lines)
 # Counts of what was skipped, each worth a warning.
 SKIP_COUNTS = (
     "empty_anchors",
@@ -132,8 +133,8 @@ def _is_jsonl(path: str) -> bool:
 
 def _open_binary(path: str):
     try:
-        if path.endswith(".gz"):  # ISA-L inflates twice as fast as zlib; a 1 MB buffer halves the per-line cost
-            return io.BufferedReader(igzip.open(path, "rb"), buffer_size=1 << 20)
+        if path.endswith(".gz"):  # ISA-L inflates twice as fast as zlib
+            return igzip.open(path, "rb")
         return open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
@@ -176,7 +177,7 @@ def count_records(ref: str) -> int:
     source, _ = split_ref(ref)
     if _is_jsonl(source):
         with _open_binary(source) as f:
-            return sum(1 for raw in f if raw.strip())
+            return sum(sum(1 for raw in block if raw.strip()) for block in _line_blocks(f))
     return _table_rows(_load_table_source(ref)[1])
 
 
@@ -300,56 +301,81 @@ def line_examples(obj, shape: str, where: str, set_mode: str) -> list[Example]:
 
 
 def read_jsonl(path: str, builder: PairBuilder, set_mode: str, keep: np.ndarray | None, counts: Counter) -> None:
-    """Feed every non-blank line (of the sample, when `keep` is given) to the builder. The first line fixes
-    the shape; a line of another shape is an error naming both lines. Lists of strings, the shape of most
-    training files, take a short path without building example tuples."""
+    """Feed every non-blank line (of the sample, when `keep` is given) to the builder, a block of lines at a
+    time. The first line fixes the shape; a line of another shape is an error naming both lines. Once a
+    file's shape is a pair or triplet, a block whose lines are all such lists of strings goes to the builder
+    as columns (`add_pair_block`); any other block is read line by line, which finds and names a bad line."""
     shape = first_line = None
-    ordinal = -1
+    ordinal = 0  # non-blank lines before this block: the index into `keep`
     line_no = 0
-    n_items = 0  # the list length of a pair or triplet file, once its first line has set the shape
-    add_pair = builder.add_pair
     progress = tqdm(desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
     with _open_binary(path) as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not line_no % PROGRESS_EVERY:
-                progress.update(PROGRESS_EVERY)
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                if not raw.strip():
-                    continue
+        for block in _line_blocks(f):
+            start, line_no = line_no + 1, line_no + len(block)
+            progress.update(len(block))
+            if shape in ("pair", "triplet"):
+                objs = _list_lines(block, 2 if shape == "pair" else 3)
+                if objs is not None:
+                    lines = np.arange(start, line_no + 1, dtype=np.int64)
+                    if keep is not None:
+                        picked = keep[ordinal : ordinal + len(objs)]
+                        objs, lines = list(compress(objs, picked)), lines[picked]
+                    if not objs or builder.add_pair_block(lines, *zip(*objs, strict=True)):
+                        ordinal += len(block)
+                        counts["records"] += len(objs)
+                        continue
+            for line, raw in enumerate(block, start=start):
                 try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError as u:
-                    raise InputError(f"{path}:{line_no}: not valid UTF-8 ({u.reason} at byte {u.start})") from None
-                raise InputError(f"{path}:{line_no}: malformed JSON ({e})") from None
-            ordinal += 1
-            if keep is not None and not keep[ordinal]:
-                continue
-            counts["records"] += 1
-            if (
-                type(obj) is list
-                and len(obj) == n_items
-                and type(obj[0]) is str
-                and type(obj[1]) is str
-                and (n_items == 2 or type(obj[2]) is str)
-            ):
-                add_pair(line_no, obj[0], obj[1], obj[2] if n_items == 3 else None)
-                continue
-            where = f"{path}:{line_no}"
-            this = line_shape(obj, where)
-            if shape is None:
-                shape, first_line = this, line_no
-                n_items = {"pair": 2, "triplet": 3}.get(shape, 0)
-                counts["shape:" + shape] = 1
-            elif this != shape:
-                raise InputError(
-                    f"{where}: a line of shape {SHAPES[this]} in a file whose line {first_line} set the shape "
-                    f"{SHAPES[shape]}; a pair file keeps one shape"
-                )
-            builder.add_examples(line_no, line_examples(obj, shape, where, set_mode))
-    progress.update(line_no % PROGRESS_EVERY)
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError as e:
+                    if not raw.strip():
+                        continue
+                    try:
+                        raw.decode("utf-8")
+                    except UnicodeDecodeError as u:
+                        raise InputError(f"{path}:{line}: not valid UTF-8 ({u.reason} at byte {u.start})") from None
+                    raise InputError(f"{path}:{line}: malformed JSON ({e})") from None
+                ordinal += 1
+                if keep is not None and not keep[ordinal - 1]:
+                    continue
+                counts["records"] += 1
+                where = f"{path}:{line}"
+                this = line_shape(obj, where)
+                if shape is None:
+                    shape, first_line = this, line
+                    counts["shape:" + shape] = 1
+                elif this != shape:
+                    raise InputError(
+                        f"{where}: a line of shape {SHAPES[this]} in a file whose line {first_line} set the shape "
+                        f"{SHAPES[shape]}; a pair file keeps one shape"
+                    )
+                builder.add_examples(line, line_examples(obj, shape, where, set_mode))
     progress.close()
+
+
+def _line_blocks(f) -> Iterator[list[bytes]]:
+    """The lines of a binary file (without their newlines) in blocks of about BLOCK_BYTES: one large read
+    split in C costs far less than a readline per line."""
+    rest = b""
+    while data := f.read(BLOCK_BYTES):
+        data = rest + data
+        end = data.rfind(b"\n") + 1
+        if end:
+            yield data[: end - 1].split(b"\n")
+        rest = data[end:]
+    if rest:
+        yield [rest]
+
+
+def _list_lines(block: list[bytes], n_items: int) -> list[list] | None:
+    """Every line of `block` parsed, when each is a JSON list of `n_items` (else None: read line by line)."""
+    try:
+        objs = list(map(orjson.loads, block))
+    except orjson.JSONDecodeError:
+        return None
+    if set(map(type, objs)) == {list} and set(map(len, objs)) == {n_items}:
+        return objs
+    return None
 
 
 def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, str]:
@@ -395,14 +421,22 @@ def read_table(ref: str, builder: PairBuilder, s: PairSettings, keep: np.ndarray
     progress = tqdm(desc=f"reading {where}", unit=" rows", mininterval=10, unit_scale=True, total=_table_rows(table))
     for batch in _table_batches(table, list(dict.fromkeys(columns.values()))):
         values = {role: batch.column(column).to_pylist() for role, column in columns.items()}
-        negatives = values.get("negative", [None] * batch.num_rows)
-        for anchor, positive, negative in zip(values["anchor"], values["positive"], negatives, strict=True):
-            row += 1
-            if keep is not None and not keep[row - 1]:
-                continue
-            counts["records"] += 1
+        start, row = row + 1, row + batch.num_rows
+        rows = np.arange(start, row + 1, dtype=np.int64)
+        if keep is not None:
+            picked = keep[start - 1 : row]
+            values = {role: list(compress(v, picked)) for role, v in values.items()}
+            rows = rows[picked]
+        counts["records"] += len(rows)
+        if builder.add_pair_block(rows, values["anchor"], values["positive"], values.get("negative")):
+            progress.update(batch.num_rows)
+            continue
+        negatives = values.get("negative", [None] * len(rows))
+        for line, anchor, positive, negative in zip(
+            rows.tolist(), values["anchor"], values["positive"], negatives, strict=True
+        ):
             builder.add_examples(
-                row,
+                line,
                 [
                     (
                         anchor or "",
@@ -554,7 +588,7 @@ class RoleTable:
             self._pending.popleft().result()
         self.rows.append(numbers)
         self.sources.append(np.full(len(numbers), source, dtype=np.int8))
-        self.lines.append(np.asarray(lines)[occurrences])
+        self.lines.append(lines[occurrences])
 
     def close(self, source_paths: dict[int, str]) -> None:
         """Finish the table; refuse an id the data carried for two different texts."""
@@ -616,13 +650,13 @@ class PairBuilder:
 
     def _reset(self) -> None:
         self.texts: list[str] = []  # every text occurrence of the chunk, normalised
-        self.lines: list[int] = []
+        self.lines = array("q")
         # relations, by occurrence: the query's (-1 for a corpus document), the document's, the role
-        self.r_query: list[int] = []
-        self.r_doc: list[int] = []
-        self.r_role: list[int] = []
-        self.example_query: list[int] = []  # the query occurrence of every example, and its line
-        self.example_line: list[int] = []
+        self.r_query = array("q")
+        self.r_doc = array("q")
+        self.r_role = array("b")
+        self.example_query = array("q")  # the query occurrence of every example, and its line
+        self.example_line = array("q")
         self.carried_occ: dict[str, dict[int, str]] = {"query": {}, "doc": {}}
 
     def _occurrence(self, text: str, line: int, carried: str | None, role: str) -> int:
@@ -646,32 +680,44 @@ class PairBuilder:
         if len(self.texts) >= CHUNK_TEXTS:
             self.flush()
 
-    def add_pair(self, line: int, anchor: str, positive: str, negative: str | None) -> None:
-        """One [anchor, positive] or [anchor, positive, negative] line: add_examples without the tuples, for
-        the lines after a file's first (which went through add_examples, so the source is the pair file)."""
-        anchor = (anchor if anchor.isascii() else unicodedata.normalize("NFC", anchor)).strip()
-        positive = (positive if positive.isascii() else unicodedata.normalize("NFC", positive)).strip()
-        counts = self.counts
-        counts["examples"] += 1
-        if not anchor or not positive or positive == anchor:
-            counts[
-                "empty_anchors" if not anchor else "empty_positives" if not positive else "positives_equal_to_anchor"
-            ] += 1
-            counts["examples_without_positive"] += bool(anchor)
-            return
-        texts = self.texts
-        q = len(texts)
-        texts.extend((anchor, positive))
-        self.lines.extend((line, line))
-        self.example_query.append(q)
-        self.example_line.append(line)
-        self.r_query.append(q)
-        self.r_doc.append(q + 1)
-        self.r_role.append(_POS)
-        if negative is not None:
-            self._given_negative(q, anchor, negative, line, None)
-        if len(texts) >= CHUNK_TEXTS:
+    def add_pair_block(self, lines: np.ndarray, anchors, positives, negatives=None) -> bool:
+        """Lines of [anchor, positive] or [anchor, positive, negative] strings as columns: what add_examples does
+        for each, in the same order, without a Python call per line. False, having added nothing, when a line
+        needs add_examples to count or refuse it (a non-string, an empty text, a text equal to its anchor)."""
+        columns = (anchors, positives) if negatives is None else (anchors, positives, negatives)
+        if any(set(map(type, column)) != {str} for column in columns):
+            return False
+        nfc = unicodedata.normalize
+        columns = [[(t if t.isascii() else nfc("NFC", t)).strip() for t in column] for column in columns]
+        anchors, *others = columns
+        if not all(anchors) or not all(all(c) and not any(map(str.__eq__, anchors, c)) for c in others):
+            return False
+        self._pairs_source()
+        n = len(anchors)
+        self.counts["examples"] += n
+        if negatives is not None:
+            self.counts["given_negatives_read"] += n
+            if self.given == "drop":
+                columns = columns[:2]
+        width = len(columns)
+        q = len(self.texts) + width * np.arange(n, dtype=np.int64)  # each line's anchor occurrence
+        self.texts.extend(chain.from_iterable(zip(*columns, strict=True)))
+        self.lines.frombytes(np.repeat(lines, width).astype(np.int64).tobytes())
+        self.example_query.frombytes(q.tobytes())
+        self.example_line.frombytes(lines.astype(np.int64).tobytes())
+        query, doc, role = [q], [q + 1], [_POS]
+        if width == 3:
+            keep = self.given == "keep"
+            query.append(q if keep else np.full(n, -1))
+            doc.append(q + 2)
+            role.append(_NEG if keep else _DOC)
+        # stacked by line: a line's positive, then its negative, as add_examples orders them
+        self.r_query.frombytes(np.stack(query, axis=1).tobytes())
+        self.r_doc.frombytes(np.stack(doc, axis=1).tobytes())
+        self.r_role.frombytes(np.tile(np.array(role, dtype=np.int8), n).tobytes())
+        if len(self.texts) >= CHUNK_TEXTS:
             self.flush()
+        return True
 
     def _given_negative(self, q: int, query: str, text: str, line: int, doc_id: str | None) -> None:
         text = normalise(text)
@@ -728,19 +774,20 @@ class PairBuilder:
             return
         encoded = list(map(str.encode, self.texts))
         numbers = self.index.add(encoded)
-        r_doc = np.array(self.r_doc, dtype=np.int64)
+        r_doc = np.frombuffer(self.r_doc, dtype=np.int64)
         if len(r_doc):
-            query = np.array(self.r_query, dtype=np.int64)
+            query = np.frombuffer(self.r_query, dtype=np.int64)
             self.rel_query.append(np.where(query >= 0, numbers[np.maximum(query, 0)], -1))
             self.rel_doc.append(numbers[r_doc])
-            self.rel_role.append(np.array(self.r_role, dtype=np.int8))
-        example_query = np.array(self.example_query, dtype=np.int64)
+            self.rel_role.append(np.frombuffer(self.r_role, dtype=np.int8).copy())
+        example_query = np.frombuffer(self.example_query, dtype=np.int64)
         if len(example_query):
-            lines = np.array(self.example_line, dtype=np.int64)
+            lines = np.frombuffer(self.example_line, dtype=np.int64)
             self.query_lines.append(np.stack([numbers[example_query], lines], axis=1))
+        lines = np.frombuffer(self.lines, dtype=np.int64)
         for role, occurrences in (("query", example_query), ("doc", r_doc)):
             self.tables[role].add(
-                numbers[occurrences], occurrences, encoded, self.lines, self.source, self.carried_occ[role]
+                numbers[occurrences], occurrences, encoded, lines, self.source, self.carried_occ[role]
             )
         self._reset()
 
@@ -893,7 +940,7 @@ def _write_qrels_and_id_map(
             "first_source": pa.DictionaryArray.from_arrays(pa.array(docs.sources[0]), ["pairs", "corpus"]),
             "first_line": pa.array(docs.lines[0]),
         }
-        pq.write_table(pa.table(table), tmp, **PARQUET_OPTIONS)
+        pq.write_table(pa.table(table), tmp, **{**PARQUET_OPTIONS, "use_dictionary": ["first_source"]})
     lines = joined(builder.query_lines, np.int64).reshape(-1, 2)  # (query, line) in reading order
     lines = lines[np.argsort(queries.row_of[lines[:, 0]], kind="stable")]  # by query row, lines stay in order
     lines = lines[np.r_[True, np.any(lines[1:] != lines[:-1], axis=1)]] if len(lines) else lines
@@ -904,10 +951,10 @@ def _write_qrels_and_id_map(
         table = {
             "query_id": queries.ids_of(rows, hashes),
             "text_hash": hashes,
-            "source": pa.repeat(pa.scalar(source_paths[_SOURCE_PAIRS], pa.string()), len(rows)),
+            "source": pa.DictionaryArray.from_arrays(np.zeros(len(rows), np.int8), [source_paths[_SOURCE_PAIRS]]),
             "lines": pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(lines[:, 1])),
         }
-        pq.write_table(pa.table(table), tmp, **PARQUET_OPTIONS)
+        pq.write_table(pa.table(table), tmp, **{**PARQUET_OPTIONS, "use_dictionary": ["source"]})
 
     result_counts = {
         "records": counts["records"],
