@@ -1,7 +1,7 @@
 rule audit:
     input:
         unpack(audit_inputs),
-        code=library("audit", "evaluate", "export", "selection"),
+        code=library("audit", "evaluate", "export", "selection", "embed", "models"),
     output:
         "results/{dataset}/audit.json",
     log:

@@ -3,7 +3,7 @@ rule embed:
     input:
         corpus="results/{dataset}/prepare/corpus",
         queries="results/{dataset}/prepare/queries",
-        code=library("embed", "models"),
+        code=library("embed", "models", "prepare"),
     output:
         corpus="results/{dataset}/embed/corpus/{scatteritem}.npy",
         queries="results/{dataset}/embed/queries/{scatteritem}.npy",

@@ -1,7 +1,7 @@
 rule score_pairs:
     input:
         pairs="results/{dataset}/score_prepare/pairs",
-        code=library("pairs", "models", "embed"),
+        code=library("pairs", "models", "embed", "prepare"),
     output:
         "results/{dataset}/score/shards/{scatteritem}.parquet",
     log:

@@ -476,25 +476,24 @@ def test_load_table_reads_a_saved_dataset_as_datasets_does(tmp_path):
 def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind, caplog):
     """A forward pass over more than 300 padded tokens raises torch's CUDA OOM error: the stage halves the
     batch until it fits and returns what an unconstrained run returns; one row that does not fit re-raises."""
-    import datasets
     import torch
 
     from negflow.models import load_cross_encoder, load_embedding_model, run_model
-    from negflow.prepare import load_extras
+    from negflow.prepare import load_extras, load_tokens
 
     out, _ = staged
     folder, loader, key = {
         "embed": (out / "corpus", load_embedding_model, "sentence_embedding"),
         "score": (out / "pairs", load_cross_encoder, "scores"),
     }[kind]
-    rows, extras = datasets.load_from_disk(str(folder)), load_extras(folder)
+    rows, extras = load_tokens(folder), load_extras(folder)
     model = loader(str(tiny_models["embedder" if kind == "embed" else "ce"]), torch.device("cpu"), 64)
     cpu, limits = torch.device("cpu"), BatchLimits(512, 4096)
 
     def collect():
-        result = np.zeros((len(rows), 1 if kind == "score" else model.get_embedding_dimension()), np.float32)
+        result = np.zeros((rows.num_rows, 1 if kind == "score" else model.get_embedding_dimension()), np.float32)
         for idx, values in run_model(model, rows, extras, key, limits, cpu, None, kind):
-            result[idx] = values.reshape(len(idx), -1).numpy()
+            result[idx] = values.reshape(len(idx), -1)
         return result
 
     expected = collect()
@@ -558,3 +557,33 @@ def test_tokenize_in_length_sorted_chunks_returns_each_rows_own_tokens_in_input_
         alone = ce.preprocess([pair])
         assert rows["input_ids"][i] == alone["input_ids"][0].tolist()
         assert rows["token_type_ids"][i] == alone["token_type_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batches_from_arrow_buffers_are_padded_as_the_tokenizer_pads(tiny_models, fixture_data, side):
+    """Vectorised padding from the flat token values of a sliced table: the tokenizer's own `pad` output
+    (its side, pad id, pad token type, multiple of 8), row for row."""
+    import pyarrow as pa
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from negflow.models import TokenBatches, tokenize
+
+    texts = [json.loads(line)["text"] for line in fixture_data["corpus"].read_text().splitlines()]
+    ce = CrossEncoder(str(tiny_models["ce"]), device="cpu", max_length=100)
+    ce.tokenizer.padding_side = side
+    pairs = [(texts[i][: 7 * i + 5], texts[-1 - i]) for i in range(9)]
+    rows, _ = tokenize(ce, pairs)
+    batcher = TokenBatches(pa.table(rows).slice(2), ce.tokenizer, torch.device("cpu"))
+    for idx in (np.array([4, 0, 2]), np.array([6]), np.arange(7)):
+        arrays, slot = batcher.pad(idx)
+        keys = ("input_ids", "token_type_ids")
+        want = ce.tokenizer.pad(
+            {k: [rows[k][i + 2] for i in idx] for k in keys}, padding=True, pad_to_multiple_of=8, return_tensors="np"
+        )
+        assert slot == -1 and set(arrays) == set(want)
+        for key in want:
+            np.testing.assert_array_equal(arrays[key], want[key], err_msg=key)
+        assert arrays["input_ids"].dtype == np.int64 and arrays["attention_mask"].sum() == sum(
+            rows["length"][i + 2] for i in idx
+        )

@@ -45,11 +45,9 @@ def embed_shard(
 ) -> dict[str, int]:
     """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
     the model's own pooling, L2-normalised so inner product = cosine. Returns rows written per output."""
-    import datasets
-    import torch
 
     from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model
-    from negflow.prepare import load_extras
+    from negflow.prepare import load_extras, load_tokens
 
     index, count = parse_shard(shard)
     device = pick_device(device_setting)
@@ -58,9 +56,9 @@ def embed_shard(
     dim = model.get_embedding_dimension()
     written = {}
     for dataset_dir, out_path in parts:
-        rows = datasets.load_from_disk(dataset_dir)
-        part = shard_range(len(rows), index, count)
-        rows = rows.select(part)
+        rows = load_tokens(dataset_dir)
+        part = shard_range(rows.num_rows, index, count)
+        rows = rows.slice(part.start, len(part))
         log.info(
             "embedding rows %d-%d of %s (shard %s) on %s, dtype %s, dim %d",
             part.start,
@@ -73,16 +71,23 @@ def embed_shard(
         )
         extras = load_extras(dataset_dir)
         with atomic_output(out_path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(part), dim))
             for idx, emb in run_model(
-                model, rows, extras, "sentence_embedding", limits, device, dtype, f"embed {shard}"
+                model, rows, extras, "sentence_embedding", limits, device, dtype, f"embed {shard}", unit_vectors
             ):
-                out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+                out[idx] = emb
             out.flush()
             del out
-        log.info("wrote %d embeddings to %s", len(rows), out_path)
-        written[out_path] = len(rows)
+        log.info("wrote %d embeddings to %s", len(part), out_path)
+        written[out_path] = len(part)
     return written
+
+
+def unit_vectors(embeddings):
+    """L2-normalised on the device: inner product = cosine."""
+    import torch
+
+    return torch.nn.functional.normalize(embeddings, dim=-1)
 
 
 def _release(mapped: np.memmap) -> None:

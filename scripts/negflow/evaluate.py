@@ -69,17 +69,16 @@ def retrieval_quality(ranked: dict[str, list[str]], judged: dict, min_positive_s
 
 def embed_texts(model, texts: list[str], prompt: str | None, limits, device, dtype) -> np.ndarray:
     """Unit vectors of `texts` through the same tokenize / length-sorted path the embed stage uses."""
-    import datasets
-    import torch
+    import pyarrow as pa
 
+    from negflow.embed import unit_vectors
     from negflow.models import run_model, tokenize
 
     tokens, extras = tokenize(model, texts, prompt)
-    rows = datasets.Dataset.from_dict(tokens)
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
-    with torch.inference_mode():
-        for idx, emb in run_model(model, rows, extras, "sentence_embedding", limits, device, dtype, "embed"):
-            out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+    table = pa.table(tokens)
+    for idx, emb in run_model(model, table, extras, "sentence_embedding", limits, device, dtype, "embed", unit_vectors):
+        out[idx] = emb
     return out
 
 

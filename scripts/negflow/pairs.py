@@ -69,15 +69,13 @@ def score_pairs(
 ) -> int:
     """Score the pairs of one contiguous shard (`I-of-N`) with the CrossEncoder's own head and activation
     (as `predict` does)."""
-    import datasets
-
     from negflow.embed import parse_shard, shard_range
     from negflow.models import compute_dtype, load_cross_encoder, pick_device, run_model
-    from negflow.prepare import load_extras
+    from negflow.prepare import load_extras, load_table, load_tokens
 
-    pairs = datasets.load_from_disk(pairs_dir)
-    part = shard_range(len(pairs), *parse_shard(shard))
-    pairs = pairs.select(part)
+    tokens = load_tokens(pairs_dir)
+    part = shard_range(tokens.num_rows, *parse_shard(shard))
+    tokens = tokens.slice(part.start, len(part))
     device = pick_device(device_setting)
     dtype = compute_dtype(dtype_setting, device)
     model = load_cross_encoder(ce_ref, device, seq_len)
@@ -91,12 +89,15 @@ def score_pairs(
         dtype or "fp32",
         activation,
     )
-    scores = np.empty(len(pairs), dtype=np.float32)
-    for idx, out in run_model(model, pairs, load_extras(pairs_dir), "scores", limits, device, dtype, "score"):
-        if activation is not None:
-            out = activation(out)
-        scores[idx] = out.reshape(len(idx), -1)[:, 0].cpu().numpy()
-    keys = pairs.select_columns(["query_row", "doc_row"]).with_format("arrow")[:]
+
+    def first_score(out):
+        return (out if activation is None else activation(out)).reshape(len(out), -1)[:, 0]
+
+    scores = np.empty(len(part), dtype=np.float32)
+    extras = load_extras(pairs_dir)
+    for idx, out in run_model(model, tokens, extras, "scores", limits, device, dtype, "score", first_score):
+        scores[idx] = out
+    keys = load_table(pairs_dir, ["query_row", "doc_row"]).slice(part.start, len(part))
     table = pa.table(
         {
             "query_row": keys["query_row"].cast(pa.int32()),
@@ -107,7 +108,7 @@ def score_pairs(
     )
     with atomic_output(out_path) as tmp:
         pq.write_table(table, str(tmp))
-    return len(pairs)
+    return len(part)
 
 
 def merge_scores(shard_paths: list[str], out_path: str) -> int:

@@ -184,6 +184,15 @@ def load_table(dataset_dir: str | Path, columns: list[str]) -> pa.Table:
     return pa.concat_tables(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().select(columns) for f in files)
 
 
+TOKEN_COLUMNS = ("input_ids", "token_type_ids", "length")  # what the model stages read of a tokenized dataset
+
+
+def load_tokens(dataset_dir: str | Path) -> pa.Table:
+    """The token columns a tokenized dataset has (token types only for models that use them), memory-mapped."""
+    state = json.loads(Path(dataset_dir, "dataset_info.json").read_text(encoding="utf-8"))
+    return load_table(dataset_dir, [c for c in TOKEN_COLUMNS if c in state["features"]])
+
+
 def load_extras(dataset_dir: str | Path) -> dict:
     """Batch-level model inputs (e.g. prompt_length) saved beside a tokenized dataset."""
     return json.loads(Path(dataset_dir, EXTRAS_FILE).read_text(encoding="utf-8"))
