@@ -28,6 +28,7 @@ def main(log):
         out_holdout=snakemake.output.holdout,
         out_manifest=snakemake.output.manifest,
         pairs_manifest=snakemake.input.get("pairs_manifest"),
+        workers=snakemake.threads,
     )
     log.info("prepared %s", counts)
 

@@ -19,6 +19,7 @@ def main(log):
         ce_ref=s["ce"],
         seq_len=s["ce_seq_len"],
         out_dir=snakemake.output[0],
+        workers=snakemake.threads,
     )
 
 

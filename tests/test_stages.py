@@ -540,6 +540,7 @@ def test_tokenize_in_length_sorted_chunks_returns_each_rows_own_tokens_in_input_
     texts = [texts[0] * 40, texts[1][:5], *texts[2:9]]  # one truncated, one tiny, then unsorted lengths
     embedder = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
     rows, extras = tokenize(embedder, texts, "query: ", chunk_rows=2)
+    rows = {k: v.to_pylist() for k, v in rows.items()}
     for i, text in enumerate(texts):
         alone = embedder.preprocess([text], prompt="query: ")
         assert rows["input_ids"][i] == alone["input_ids"][0].tolist()
@@ -553,6 +554,7 @@ def test_tokenize_in_length_sorted_chunks_returns_each_rows_own_tokens_in_input_
     ce = CrossEncoder(str(tiny_models["ce"]), device="cpu", max_length=100)
     pairs = [(texts[i], texts[-1 - i]) for i in range(len(texts))]
     rows, _ = tokenize(ce, pairs, chunk_rows=3)
+    rows = {k: v.to_pylist() for k, v in rows.items()}
     for i, pair in enumerate(pairs):
         alone = ce.preprocess([pair])
         assert rows["input_ids"][i] == alone["input_ids"][0].tolist()
@@ -573,8 +575,9 @@ def test_batches_from_arrow_buffers_are_padded_as_the_tokenizer_pads(tiny_models
     ce = CrossEncoder(str(tiny_models["ce"]), device="cpu", max_length=100)
     ce.tokenizer.padding_side = side
     pairs = [(texts[i][: 7 * i + 5], texts[-1 - i]) for i in range(9)]
-    rows, _ = tokenize(ce, pairs)
-    batcher = TokenBatches(pa.table(rows).slice(2), ce.tokenizer, torch.device("cpu"))
+    columns, _ = tokenize(ce, pairs)
+    batcher = TokenBatches(pa.table(columns).slice(2), ce.tokenizer, torch.device("cpu"))
+    rows = {k: v.to_pylist() for k, v in columns.items()}
     for idx in (np.array([4, 0, 2]), np.array([6]), np.arange(7)):
         arrays, slot = batcher.pad(idx)
         keys = ("input_ids", "token_type_ids")
@@ -587,3 +590,26 @@ def test_batches_from_arrow_buffers_are_padded_as_the_tokenizer_pads(tiny_models
         assert arrays["input_ids"].dtype == np.int64 and arrays["attention_mask"].sum() == sum(
             rows["length"][i + 2] for i in idx
         )
+
+
+def test_tokenizing_in_worker_processes_writes_the_same_bytes(staged, fixture_data, tiny_models, tmp_path, monkeypatch):
+    """prepare and prepare_pairs with three worker processes (several blocks each, written in order) write
+    folders byte for byte equal to the single-process ones."""
+    import negflow.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "TOKENIZE_ROWS", 7)
+    out, _ = staged
+    args = [str(fixture_data[n]) for n in ("corpus", "queries", "qrels")] + [str(tiny_models["embedder"])]
+    for workers in (1, 3):
+        folder = tmp_path / str(workers)
+        outputs = [str(folder / n) for n in ("corpus", "queries", "qrels", "holdout.parquet", "manifest.json")]
+        prepare(*args, "query: ", None, 64, 1, True, 3, *outputs, workers=workers)
+        inputs = [str(out / n) for n in ("mined.parquet", "qrels.parquet", "corpus", "queries")]
+        prepare_pairs(*inputs, str(tiny_models["ce"]), 100, str(folder / "pairs"), workers=workers)
+
+    def contents(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    single, parallel = contents(tmp_path / "1"), contents(tmp_path / "3")
+    assert single == parallel and len([name for name in single if name.endswith(".arrow")]) == 4
+    assert load_table(tmp_path / "3" / "corpus", ["id"]).num_rows == load_table(out / "corpus", ["id"]).num_rows

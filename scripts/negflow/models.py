@@ -149,37 +149,45 @@ def same_extras(seen: dict | None, new: dict) -> dict:
     return new
 
 
-def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int = 256) -> tuple[dict[str, list], dict]:
-    """Tokenize with the model's own preprocessing; return unpadded per-row token lists and the
-    batch-level extras (e.g. `prompt_length`) that the model's modules expect back at forward time.
+def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int = 256) -> tuple[dict, dict]:
+    """Tokenize with the model's own preprocessing; return the unpadded token columns as Arrow list arrays
+    (int32) plus `length`, in input order, and the batch-level extras (e.g. `prompt_length`) that the
+    model's modules expect back at forward time.
 
-    `preprocess` pads each call to its longest row and builds tensors from nested lists, which costs more
-    than the tokenizer itself; so inputs go through it in chunks of similar length (by characters), and
-    the rows come back in input order."""
+    `preprocess` pads each call to its longest row, so inputs go through it in chunks of similar length (by
+    characters), as numpy arrays; each chunk's tokens are cut out of the padding with its attention mask."""
     inputs = list(inputs)
-    order = sorted(range(len(inputs)), key=lambda i: _char_length(inputs[i]))
-    rows: dict[str, list] = {}
-    lengths = [0] * len(inputs)
+    order = np.argsort(np.fromiter(map(_char_length, inputs), dtype=np.int64, count=len(inputs)), kind="stable")
+    lengths = np.zeros(len(inputs), dtype=np.int32)
+    chunks: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []  # (rows, lengths, tokens by key)
     extras: dict | None = None
+    as_numpy = {"common": {"return_tensors": "np"}}
     for start in range(0, len(order), chunk_rows):
-        chunk = order[start : start + chunk_rows]
-        features = model.preprocess([inputs[i] for i in chunk], prompt=prompt or None)
-        mask = features["attention_mask"].bool()
-        chunk_extras = {}
+        rows = order[start : start + chunk_rows]
+        features = model.preprocess([inputs[i] for i in rows], prompt=prompt or None, processing_kwargs=as_numpy)
+        mask = np.asarray(features["attention_mask"]).astype(bool)
+        tokens, chunk_extras = {}, {}
         for key, value in features.items():
             if key == "attention_mask":
                 continue
-            if isinstance(value, torch.Tensor) and value.shape[:2] == mask.shape:
-                column = rows.setdefault(key, [None] * len(inputs))
-                for i, v, m in zip(chunk, value, mask, strict=True):
-                    column[i] = v[m].tolist()
+            if isinstance(value, np.ndarray) and value.shape[:2] == mask.shape:
+                tokens[key] = value[mask].astype(np.int32)  # row by row, whichever side the padding is on
             else:
-                chunk_extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
+                chunk_extras[key] = value.tolist() if isinstance(value, np.ndarray) else value
         extras = same_extras(extras, chunk_extras)
-        for i, n in zip(chunk, mask.sum(dim=1).tolist(), strict=True):
-            lengths[i] = n
-    rows["length"] = lengths
-    return rows, extras or {}
+        lengths[rows] = mask.sum(axis=1)
+        chunks.append((rows, lengths[rows], tokens))
+    offsets = np.zeros(len(inputs) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    columns = {}
+    for key in chunks[0][2] if chunks else ():
+        values = np.empty(int(offsets[-1]), dtype=np.int32)
+        for rows, chunk_lengths, tokens in chunks:
+            before = np.cumsum(chunk_lengths) - chunk_lengths
+            values[np.repeat(offsets[rows] - before, chunk_lengths) + np.arange(len(tokens[key]))] = tokens[key]
+        columns[key] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    columns["length"] = pa.array(lengths)
+    return columns, extras or {}
 
 
 class TokenBatches:

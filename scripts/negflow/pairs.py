@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -23,16 +24,21 @@ def unique_pairs(mined: pa.Table, qrels: pa.Table) -> tuple[np.ndarray, np.ndarr
 
 
 def prepare_pairs(
-    mined_path: str, qrels_path: str, corpus_dir: str, queries_dir: str, ce_ref: str, seq_len: int, out_dir: str
+    mined_path: str,
+    qrels_path: str,
+    corpus_dir: str,
+    queries_dir: str,
+    ce_ref: str,
+    seq_len: int,
+    out_dir: str,
+    workers: int = 1,
 ) -> int:
-    import datasets
-
+    """Tokenize every unique (query, document) pair for the cross-encoder (in `workers` processes)."""
     from negflow.models import load_cross_encoder, pick_device, tokenize
-    from negflow.prepare import save_tokenized
+    from negflow.prepare import load_table, save_tokenized
 
-    datasets.disable_caching()
-    corpus = datasets.load_from_disk(corpus_dir).select_columns(["text"])
-    queries = datasets.load_from_disk(queries_dir).select_columns(["text"])
+    corpus = load_table(corpus_dir, ["text"])["text"]
+    queries = load_table(queries_dir, ["text"])["text"]
     query_rows, doc_rows = unique_pairs(read_parquet(mined_path), read_parquet(qrels_path))
     model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len)
     log.info(
@@ -41,16 +47,16 @@ def prepare_pairs(
         ce_ref,
         model.max_seq_length,
     )
+    pairs = pa.table({"query_row": pa.array(query_rows, pa.int64()), "doc_row": pa.array(doc_rows, pa.int64())})
 
-    pairs = datasets.Dataset.from_dict({"query_row": query_rows, "doc_row": doc_rows})
-
-    def encode_batch(batch):
-        query_texts = queries[batch["query_row"]]["text"]
-        doc_texts = corpus[batch["doc_row"]]["text"]
-        return tokenize(model, list(zip(query_texts, doc_texts, strict=True)))
+    def texts(block: pa.RecordBatch) -> list[tuple[str, str]]:
+        query_texts = queries.take(block.column("query_row")).to_pylist()
+        doc_texts = corpus.take(block.column("doc_row")).to_pylist()
+        return list(zip(query_texts, doc_texts, strict=True))
 
     with atomic_output(out_dir) as tmp:
-        save_tokenized(pairs, encode_batch, tmp, Path(f"{tmp}.tokens"), "pairs")
+        encode = functools.partial(tokenize, model)
+        save_tokenized(pairs.to_batches(), len(query_rows), texts, encode, tmp, Path(f"{tmp}.tokens"), "pairs", workers)
     return len(query_rows)
 
 

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import shutil
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from negflow.beir import InputError, ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
 from negflow.files import atomic_output
@@ -128,31 +133,88 @@ def write_holdout(rows: list[tuple[str, str, int]], path: str) -> None:
         pq.write_table(table, tmp)
 
 
-def save_tokenized(dataset, encode_batch, out_dir: Path, cache_file: Path, desc: str) -> None:
-    """Map `encode_batch(batch) -> (token columns, extras)` over a dataset and save it, with the batch-level
-    extras (identical for every batch) beside it for the model stage to pass back."""
+TOKENIZE_ROWS = 8_192  # rows a worker tokenizes at once: enough for length-sorted chunks to pad little
+_encode = None  # the tokenizing function, set before worker processes fork (they inherit it with the model)
+
+
+def _encode_rows(inputs: list) -> tuple[dict, dict]:
+    tokens, extras = _encode(inputs)
+    return {k: (v.offsets.to_numpy(), v.values.to_numpy()) if k != "length" else v for k, v in tokens.items()}, extras
+
+
+def _as_arrays(tokens: dict) -> dict[str, pa.Array]:
+    return {k: v if k == "length" else pa.ListArray.from_arrays(*v) for k, v in tokens.items()}
+
+
+def _quiet_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: each tokenizes on its own
+
+
+def save_tokenized(
+    batches: Iterator[pa.RecordBatch],
+    n_rows: int,
+    inputs_of,
+    encode,
+    out_dir: Path,
+    scratch: Path,
+    desc: str,
+    workers: int = 1,
+) -> None:
+    """Tokenize the rows of `batches` (`inputs_of(batch)`: the model inputs of a record batch;
+    `encode(inputs) -> (token columns, extras)`) and save them with the batch's own columns as a dataset
+    folder, with the batch-level extras (identical for every batch) beside it for the model stage.
+
+    With `workers` > 1, blocks of TOKENIZE_ROWS rows are tokenized in as many forked processes, at most two
+    blocks each ahead of the writer, and written in order: the folder is byte-identical to one process's."""
+    global _encode
     from negflow.models import same_extras
 
-    seen: dict[str, dict] = {}
-
-    def add_tokens(batch):
-        tokens, extras = encode_batch(batch)
-        seen["extras"] = same_extras(seen.get("extras"), extras)
-        return tokens
-
+    _encode = encode
+    pool = None
+    if workers > 1:
+        context = multiprocessing.get_context("fork")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker)
+    pending: deque = deque()
+    extras = None
+    writer = None
     try:
-        tokenized = dataset.map(
-            add_tokens,
-            batched=True,
-            batch_size=10_000,  # tokenize() sorts each batch by length: larger batches pad less
-            new_fingerprint=f"negflow-{desc}",
-            cache_file_name=str(cache_file),
-            desc=desc,
-        )
-        tokenized.save_to_disk(str(out_dir))
+        with pa.OSFile(str(scratch), "wb") as sink, tqdm(total=n_rows, desc=desc, unit=" rows", mininterval=10) as bar:
+
+            def write_next():
+                nonlocal writer, extras
+                block, result = pending.popleft()
+                tokens, block_extras = result.result() if pool else result
+                extras = same_extras(extras, block_extras)
+                columns = {name: block.column(name) for name in block.schema.names} | _as_arrays(tokens)
+                table = pa.table(columns)
+                if writer is None:
+                    writer = pa.ipc.new_stream(sink, table.schema)
+                writer.write_table(table)
+                bar.update(table.num_rows)
+
+            for batch in batches:
+                for start in range(0, batch.num_rows, TOKENIZE_ROWS):
+                    block = batch.slice(start, TOKENIZE_ROWS)
+                    inputs = inputs_of(block)
+                    pending.append((block, pool.submit(_encode_rows, inputs) if pool else _encode_rows(inputs)))
+                    while len(pending) > (2 * workers if pool else 0):
+                        write_next()
+            while pending:
+                write_next()
+            if writer is not None:
+                writer.close()
     finally:
-        cache_file.unlink(missing_ok=True)
-    (out_dir / EXTRAS_FILE).write_text(json.dumps(seen.get("extras", {})), encoding="utf-8")
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        _encode = None
+    import datasets
+
+    table = datasets.table.MemoryMappedTable.from_file(str(scratch))
+    datasets.Dataset(table, fingerprint=f"negflow-{desc}").save_to_disk(str(out_dir))  # no path in state.json
+    scratch.unlink(missing_ok=True)
+    (out_dir / EXTRAS_FILE).write_text(json.dumps(extras or {}), encoding="utf-8")
 
 
 def write_manifest(
@@ -215,8 +277,10 @@ def prepare(
     out_holdout: str,
     out_manifest: str,
     pairs_manifest: str | None = None,
+    workers: int = 1,
 ) -> dict[str, int]:
-    """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets."""
+    """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets
+    (tokenized in `workers` processes: performance only, the output is the same)."""
     import datasets
 
     from negflow.models import load_embedding_model, model_prompt, pick_device, tokenize
@@ -268,8 +332,6 @@ def prepare(
         model = load_embedding_model(embedding, device, seq_len)
         log.info("tokenizer of %s, max_seq_length %d", embedding, model.max_seq_length)
 
-        corpus_ds = datasets.Dataset.from_file(str(scratch / "corpus.arrow"), in_memory=False)
-        query_ds = datasets.Dataset.from_dict({"id": [q for q, _ in query_list], "text": [t for _, t in query_list]})
         qrels_ds = datasets.Dataset.from_dict(
             {
                 "query_id": matched.query_ids,
@@ -279,13 +341,24 @@ def prepare(
                 "positive": matched.positive,
             }
         )
-        for ds, out, prompt, name in (
-            (corpus_ds, out_corpus, model_prompt(model, doc_prompt, "document"), "corpus"),
-            (query_ds, out_queries, model_prompt(model, query_prompt, "query"), "queries"),
+        corpus_batches = pa.ipc.open_stream(pa.memory_map(str(scratch / "corpus.arrow")))
+        query_batches = pa.table({"id": [q for q, _ in query_list], "text": [t for _, t in query_list]}).to_batches()
+        doc_prompt = model_prompt(model, doc_prompt, "document")
+        query_prompt = model_prompt(model, query_prompt, "query")
+        for batches, n_rows, out, prompt, name in (
+            (corpus_batches, len(doc_rows), out_corpus, doc_prompt, "corpus"),
+            (query_batches, len(query_list), out_queries, query_prompt, "queries"),
         ):
             with atomic_output(out) as tmp:
                 save_tokenized(
-                    ds, lambda b, p=prompt: tokenize(model, b["text"], p), tmp, scratch / f"{name}.tokens", name
+                    batches,
+                    n_rows,
+                    lambda block: block.column("text").to_pylist(),
+                    lambda texts, p=prompt: tokenize(model, texts, p),
+                    tmp,
+                    scratch / f"{name}.tokens",
+                    name,
+                    workers,
                 )
         with atomic_output(out_qrels) as tmp:
             qrels_ds.save_to_disk(str(tmp))
@@ -293,8 +366,8 @@ def prepare(
         write_manifest(
             out_manifest,
             inputs={"corpus": corpus, "queries": queries, "qrels": qrels},
-            query_prompt=model_prompt(model, query_prompt, "query"),
-            doc_prompt=model_prompt(model, doc_prompt, "document"),
+            query_prompt=query_prompt,
+            doc_prompt=doc_prompt,
             max_seq_length=model.max_seq_length,
             pairs_manifest=pairs_manifest,
         )
