@@ -5,8 +5,10 @@ positives of 30-80 words from a 20,000-word vocabulary; 5% of lines repeat an ea
 positive) is read by `negflow.read_pairs.read_pairs` in a child process pinned to one core. Printed beside
 the file's size: wall time, lines/s, peak RSS (the child's ru_maxrss), and the distinct texts' Arrow size
 (UTF-8 bytes plus an 8-byte offset per text, what the stage streams to disk), with the two targets:
-at least 100,000 lines/s on one core and peak RSS under 1.5x that Arrow size. A second, smaller baseline in
-the same run reads the same file with `json.loads` and a Python dict of texts, the one-off script's way.
+at least 100,000 lines/s on one core and peak RSS under 1.5x that Arrow size. The child's CPU seconds are
+printed too: on a slow disk, writing the 10M-line tables (8.6 GB) adds waits that are not the reader's. A
+second, smaller baseline in the same run reads the same file with `json.loads` and a Python dict of texts,
+the one-off script's way.
 
 Usage: python bench/pairs_scale.py [--lines 10000000] [--workdir /tmp/negflow-bench-pairs-scale]
 """
@@ -82,9 +84,9 @@ def write_pairs(path: Path, lines: int, seed: int = 0) -> None:
             f.write("\n".join(out) + "\n")
 
 
-def run_child(code: str) -> tuple[list[str], float, float]:
-    """Run `code` in a fresh interpreter; its printed fields, its wall time and its own peak RSS in MB
-    (os.wait4 gives this child's rusage, not the maximum over all children)."""
+def run_child(code: str) -> tuple[list[str], float, float, float]:
+    """Run `code` in a fresh interpreter; its printed fields, its wall time, its own peak RSS in MB and its
+    CPU seconds (os.wait4 gives this child's rusage, not the maximum over all children)."""
     start = time.perf_counter()
     with (
         open(os.devnull, "w") as devnull,
@@ -95,7 +97,7 @@ def run_child(code: str) -> tuple[list[str], float, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}): {code}")
-    return output.split(), time.perf_counter() - start, usage.ru_maxrss / 1024
+    return output.split(), time.perf_counter() - start, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def arrow_size(out: Path) -> float:
@@ -125,10 +127,12 @@ def main() -> None:
         print(f"wrote {pairs} in {time.perf_counter() - start:.0f} s")
     out = workdir / "tables"
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: replacing old outputs would be timed too
-    fields, wall, peak = run_child(READ.format(scripts=str(REPO / "scripts"), out=str(out), pairs=str(pairs)))
+    os.sync()  # and the old outputs' deletion (discards, journal) finished before it starts
+    code = READ.format(scripts=str(REPO / "scripts"), out=str(out), pairs=str(pairs))
+    fields, wall, peak, cpu_seconds = run_child(code)
     seconds, records, distinct = float(fields[0]), int(fields[1]), int(fields[2])
     texts_mb = arrow_size(out)
-    base_fields, base_wall, base_peak = run_child(BASELINE.format(pairs=str(pairs)))
+    base_fields, base_wall, base_peak, base_cpu = run_child(BASELINE.format(pairs=str(pairs)))
     base_seconds = float(base_fields[0])
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
@@ -136,12 +140,12 @@ def main() -> None:
     size = pairs.stat().st_size / 2**20
     print(f"\n{pairs.name}: {size:,.0f} MB gzipped, {records:,} lines, {distinct:,} distinct texts")
     print(f"CPU: {cpu}, one core (sched_setaffinity)")
-    print(f"{'reader':52s} {'seconds':>8s} {'lines/s':>10s} {'peak RSS MB':>12s}")
+    print(f"{'reader':52s} {'seconds':>8s} {'lines/s':>10s} {'CPU s':>7s} {'peak RSS MB':>12s}")
     name = "negflow read_pairs (BEIR tables + id map written)"
-    print(f"{name:52s} {seconds:8.1f} {records / seconds:10,.0f} {peak:12,.0f}")
+    print(f"{name:52s} {seconds:8.1f} {records / seconds:10,.0f} {cpu_seconds:7.1f} {peak:12,.0f}")
     print(
         f"{'baseline: json.loads + dict of texts (nothing written)':52s} {base_seconds:8.1f} "
-        f"{records / base_seconds:10,.0f} {base_peak:12,.0f}"
+        f"{records / base_seconds:10,.0f} {base_cpu:7.1f} {base_peak:12,.0f}"
     )
     print(f"\ndistinct texts' Arrow size: {texts_mb:,.0f} MB")
     print(
@@ -150,6 +154,7 @@ def main() -> None:
     ratio = peak / texts_mb
     print(f"peak RSS / Arrow size: {ratio:.2f}x (target < 1.5x): {'PASS' if ratio < 1.5 else 'FAIL'}")
     print(f"negflow / baseline time: {seconds / base_seconds:.2f}x; process wall time with start-up {wall:.1f} s")
+    print(f"CPU seconds (user + system, the rest is waiting on the disk): {cpu_seconds:.1f}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main(log):
         scored_path=inp.get("scored"),
         selection_score=s["selection_score"],
     )
-    strategies = anchor_strategies(SelectionSettings.from_settings(s), has_ce=mined.ce is not None)
+    strategies = anchor_strategies(SelectionSettings.from_settings(s), has_ce=mined.has_ce)
     report = {"judgments": source, "selection_score": mined.score_name, **audit_selection(mined, strategies, relevant)}
     log.info("false negatives and hardness on the same candidates:\n%s", format_table(report["strategies"]))
 

@@ -24,6 +24,7 @@ def _mined(tmp_path):
         pa.table(
             {
                 "query_id": ["q1", "q1", "q1", "q2"],
+                "query_row": pa.array([0, 0, 0, 1], pa.int32()),
                 "doc_id": ["x", "n1", "n2", "y"],
                 "rank": pa.array([1, 2, 7, 1], pa.int32()),
                 "cosine": pa.array([0.6, 0.5, 0.4, 0.7], pa.float32()),
@@ -34,20 +35,27 @@ def _mined(tmp_path):
     return path
 
 
+QUERY_IDS = pa.array(["q1", "q2"])
+
+
 def test_scores_split_by_grade_and_padded_negatives_have_no_rank(tmp_path):
-    mined, scan = pq.read_table(_mined(tmp_path)), scan_negatives(RECORDS)
+    mined = _mined(tmp_path)
+    scan = scan_negatives(RECORDS, mined, QUERY_IDS)
     scores = score_sets(scan, mined)
     np.testing.assert_allclose(scores.positive_cosine, [0.9, 0.8])
     np.testing.assert_allclose(scores.negative_cosine, [0.5, 0.4, 0.1])
     np.testing.assert_allclose(scores.positive_ce, [3.0, 2.5])
     np.testing.assert_allclose(scores.negative_ce, [-1.0, -2.0])  # the padded negative was never scored
-    assert len(scores.candidate_cosine) == 4
-    assert negative_ranks(scan, mined).tolist() == [2, 7]
+    assert scores.candidate_counts.sum() == 4  # counted on the cosine grid: 0.4, 0.5, 0.6, 0.7
+    grid = np.linspace(-1, 1, 2001)
+    np.testing.assert_allclose(grid[np.flatnonzero(scores.candidate_counts)], [0.4, 0.5, 0.6, 0.7], atol=1e-3)
+    assert negative_ranks(scan).tolist() == [2, 7]
 
 
 def test_without_a_cross_encoder_there_is_no_ce_panel(tmp_path):
     records = [{k: v for k, v in r.items() if k != "query_doc_ce"} for r in RECORDS]
-    scores = score_sets(scan_negatives(records), pq.read_table(_mined(tmp_path)))
+    mined = _mined(tmp_path)
+    scores = score_sets(scan_negatives(records, mined, QUERY_IDS), mined)
     assert scores.positive_ce is None and scores.negative_ce is None
 
 

@@ -613,3 +613,27 @@ def test_tokenizing_in_worker_processes_writes_the_same_bytes(staged, fixture_da
     single, parallel = contents(tmp_path / "1"), contents(tmp_path / "3")
     assert single == parallel and len([name for name in single if name.endswith(".arrow")]) == 4
     assert load_table(tmp_path / "3" / "corpus", ["id"]).num_rows == load_table(out / "corpus", ["id"]).num_rows
+
+
+def test_export_reads_candidates_and_scores_in_query_blocks(staged, tmp_path, monkeypatch):
+    """Blocks of one query, read from files in 5-row batches, write what one block of every query writes;
+    a candidates file out of query order is refused rather than misread."""
+    import pyarrow as pa
+
+    from negflow.files import SortedRows
+
+    out, paths = staged
+    no_filters = dict(relative_margin=None, positive_doc_margin=None, dup_threshold=None)
+    settings = SelectionSettings(num_negatives=3, sampling="random", **no_filters)
+    whole = export_negatives(mined_candidates(out, paths), settings, str(tmp_path / "a.jsonl"), str(tmp_path / "a"), {})
+    monkeypatch.setattr(MinedCandidates, "QUERY_BLOCK", 1)
+    monkeypatch.setattr(SortedRows.__init__, "__defaults__", (5,))
+    blocks = export_negatives(
+        mined_candidates(out, paths), settings, str(tmp_path / "b.jsonl"), str(tmp_path / "b"), {}
+    )
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() and blocks == whole
+    assert whole["counts"]["queries_written"] > 5 and whole["counts"]["negatives"] > 0
+    mined = pq.read_table(out / "mined.parquet")
+    pq.write_table(mined.take(pa.array(np.arange(mined.num_rows)[::-1])), tmp_path / "reversed.parquet")
+    with pytest.raises(ValueError, match="rows are not sorted by query_row; rerun the stage that wrote them"):
+        list(SortedRows(str(tmp_path / "reversed.parquet"), "query_row", ["query_row"]).below(10**9))

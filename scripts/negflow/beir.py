@@ -71,10 +71,10 @@ def _iter_hub(dataset_id: str, config_name: str) -> Iterator[tuple[str, dict]]:
 
 def iter_parquet(path: str) -> Iterator[tuple[str, dict]]:
     """Yield (location, row) of a Parquet table; location is `path row N` (1-based)."""
-    import pyarrow.parquet as pq
+    from negflow.files import open_parquet
 
     try:
-        table = pq.ParquetFile(path)
+        table = open_parquet(path)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     row = 0

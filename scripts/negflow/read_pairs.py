@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from itertools import chain, compress
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from negflow.beir import GIVEN_NEGATIVE, POSITIVE, SAME_TEXT, InputError, iter_records
 from negflow.config import split_ref
-from negflow.files import atomic_output
+from negflow.files import atomic_output, open_parquet
 
 log = logging.getLogger("negflow")
 
@@ -87,6 +88,14 @@ def normalise(text: str) -> str:
     """The form two texts must share to be one query or document: Unicode NFC, surrounding space trimmed
     (ASCII is already NFC, which spares the call on most texts)."""
     return (text if text.isascii() else unicodedata.normalize("NFC", text)).strip()
+
+
+def _normalised(texts: list[str]) -> list[str]:
+    """`normalise` over a column; a column that is all ASCII (one check over the joined texts, most columns)
+    is only trimmed, without a Python call per text."""
+    if "".join(texts).isascii():
+        return list(map(str.strip, texts))
+    return list(map(normalise, texts))
 
 
 def text_hash(text: str) -> str:
@@ -147,7 +156,7 @@ def _load_table_source(ref: str) -> tuple[str, pa.Table | pq.ParquetFile]:
     if source.endswith(".parquet"):
         if not os.path.isfile(source):
             raise InputError(f"{source}: file not found")
-        return source, pq.ParquetFile(source)
+        return source, open_parquet(source)
     import datasets
 
     try:
@@ -572,7 +581,7 @@ class RoleTable:
             return
         numbers, occurrences = numbers[first], occurrences[first]
         self.written[numbers] = True
-        chosen = [encoded[i] for i in occurrences.tolist()]
+        chosen = [encoded[occurrences[0]]] if len(occurrences) == 1 else itemgetter(*occurrences.tolist())(encoded)
         offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen)), out=offsets[1:])
         texts = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), pa.py_buffer(b"".join(chosen)))
@@ -687,8 +696,7 @@ class PairBuilder:
         columns = (anchors, positives) if negatives is None else (anchors, positives, negatives)
         if any(set(map(type, column)) != {str} for column in columns):
             return False
-        nfc = unicodedata.normalize
-        columns = [[(t if t.isascii() else nfc("NFC", t)).strip() for t in column] for column in columns]
+        columns = [_normalised(column) for column in columns]
         anchors, *others = columns
         if not all(anchors) or not all(all(c) and not any(map(str.__eq__, anchors, c)) for c in others):
             return False

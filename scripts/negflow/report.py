@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from negflow.files import atomic_output, read_parquet
+from negflow.files import SortedRows, atomic_output, open_parquet
 from negflow.prepare import load_table
 
 EXAMPLE_QUERIES = 5
@@ -22,13 +23,18 @@ EXAMPLE_NEGATIVES = 3
 TEXT_WIDTH = 180
 
 
+COSINE_GRID = np.linspace(-1.0, 1.0, 2001)  # every candidate's cosine is counted on this grid, not kept
+RANK_BLOCK = 4096  # negatives.jsonl records whose ranks are looked up at once
+
+
 @dataclass
 class ScoreSets:
-    """Scores of the exported positives and negatives, and of every retrieved candidate (cosine only)."""
+    """Scores of the exported positives and negatives, and how many retrieved candidates (cosine only) fall
+    in each COSINE_GRID bin."""
 
     positive_cosine: np.ndarray
     negative_cosine: np.ndarray
-    candidate_cosine: np.ndarray
+    candidate_counts: np.ndarray
     positive_ce: np.ndarray | None
     negative_ce: np.ndarray | None
 
@@ -42,8 +48,7 @@ class ExportScan:
     examples: list[dict] = field(default_factory=list)
     scores: dict[str, array] = field(default_factory=lambda: {k: array("d") for k in SCORE_KEYS})
     has_ce: bool = False
-    negative_queries: list[str] = field(default_factory=list)
-    negative_docs: list[str] = field(default_factory=list)
+    ranks: array = field(default_factory=lambda: array("q"))  # of the negatives that were candidates
 
 
 SCORE_KEYS = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce")
@@ -56,44 +61,72 @@ def read_negatives(path: str | Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def scan_negatives(records: Iterable[dict]) -> ExportScan:
+def scan_negatives(records: Iterable[dict], mined_path: str | Path, query_ids: pa.Array) -> ExportScan:
+    """One pass over the records (in query order, as export writes them) and, alongside, over the candidates
+    file: each block of records' negatives are joined with their queries' candidates for their ranks, so
+    neither file is ever whole in memory. `query_ids`: the prepared queries' ids, by row."""
     scan = ExportScan()
+    candidates = SortedRows(str(mined_path), "query_row", ["query_row", "doc_id", "rank"])
+    block: list[tuple[str, list[str]]] = []
     for r in records:
         scan.queries += 1
         if len(scan.examples) < EXAMPLE_QUERIES:
             scan.examples.append(r)
         scan.has_ce |= "query_doc_ce" in r
         ce = r.get("query_doc_ce") or [None] * len(r["docs"])
-        for doc, grade, cos, ce_score in zip(r["docs"], r["doc_scores"], r["query_doc_cos"], ce, strict=True):
+        for grade, cos, ce_score in zip(r["doc_scores"], r["query_doc_cos"], ce, strict=True):
             side = "positive" if grade > 0 else "negative"
             scan.scores[f"{side}_cosine"].append(cos)
             if ce_score is not None:
                 scan.scores[f"{side}_ce"].append(ce_score)
-            if grade == 0:
-                scan.negative_queries.append(r["query"])
-                scan.negative_docs.append(doc)
+        block.append((r["query"], [d for d, grade in zip(r["docs"], r["doc_scores"], strict=True) if grade == 0]))
+        if len(block) == RANK_BLOCK:
+            _add_ranks(scan, block, candidates, query_ids)
+            block = []
+    _add_ranks(scan, block, candidates, query_ids)
     return scan
 
 
-def score_sets(scan: ExportScan, mined: pa.Table) -> ScoreSets:
+def _add_ranks(scan: ExportScan, block: list[tuple[str, list[str]]], candidates: SortedRows, query_ids) -> None:
+    if not block:
+        return
+    rows = pc.index_in(pa.array([q for q, _ in block], pa.string()), value_set=query_ids).to_numpy(zero_copy_only=False)
+    negatives = pa.table(
+        {
+            "query_row": pa.array(np.repeat(rows, [len(docs) for _, docs in block]), pa.int32()),
+            "doc_id": pa.array([d for _, docs in block for d in docs], pa.string()),
+        }
+    )
+    mined = candidates.below(int(rows.max()) + 1)
+    joined = negatives.join(mined, ["query_row", "doc_id"], join_type="inner")
+    scan.ranks.extend(joined["rank"].to_numpy().tolist())
+
+
+def candidate_counts(mined_path: str | Path) -> np.ndarray:
+    """How many candidates' cosines fall in each COSINE_GRID bin, read a batch at a time."""
+    counts = np.zeros(len(COSINE_GRID) - 1, dtype=np.int64)
+    for batch in open_parquet(mined_path).iter_batches(columns=["cosine"], batch_size=1 << 20):
+        counts += np.histogram(batch.column(0).to_numpy(), bins=COSINE_GRID)[0]
+    return counts
+
+
+def score_sets(scan: ExportScan, mined_path: str | Path) -> ScoreSets:
     def values(key: str) -> np.ndarray:
         return np.frombuffer(scan.scores[key], dtype=np.float64)
 
     return ScoreSets(
         values("positive_cosine"),
         values("negative_cosine"),
-        mined["cosine"].to_numpy(),
+        candidate_counts(mined_path),
         values("positive_ce") if scan.has_ce else None,
         values("negative_ce") if scan.has_ce else None,
     )
 
 
-def negative_ranks(scan: ExportScan, mined: pa.Table) -> np.ndarray:
+def negative_ranks(scan: ExportScan) -> np.ndarray:
     """Retrieval rank (1 = most similar non-positive) of every exported negative, in increasing order;
     padded negatives, which come from outside the candidate list, have none."""
-    negatives = pa.table({"query_id": scan.negative_queries, "doc_id": scan.negative_docs})
-    joined = negatives.join(mined.select(["query_id", "doc_id", "rank"]), ["query_id", "doc_id"], join_type="inner")
-    return np.sort(joined["rank"].to_numpy().astype(np.int64))
+    return np.sort(np.frombuffer(scan.ranks, dtype=np.int64))
 
 
 def _save_figure(fig, path: str | Path) -> None:
@@ -116,17 +149,20 @@ def _figure(panels: int):
 def plot_scores(scores: ScoreSets, path: str | Path, dataset: str) -> None:
     """Histograms of positive vs negative scores: cosine (with all candidates for context) and, when a
     cross-encoder scored the pairs, CE. Negatives piled against the positives are false-negative risk."""
-    panels = [("cosine", scores.positive_cosine, scores.negative_cosine, scores.candidate_cosine)]
+    panels = [("cosine", scores.positive_cosine, scores.negative_cosine, scores.candidate_counts)]
     if scores.positive_ce is not None:
         panels.append(("cross-encoder score", scores.positive_ce, scores.negative_ce, None))
     fig, axes = _figure(len(panels))
+    centers = (COSINE_GRID[1:] + COSINE_GRID[:-1]) / 2
     for ax, (name, pos, neg, cand) in zip(axes[0], panels, strict=True):
-        values = [v for v in (pos, neg, cand) if v is not None and len(v)]
+        filled = centers[cand > 0] if cand is not None else np.empty(0)
+        values = [v for v in (pos, neg, filled) if len(v)]
         lo = min(float(v.min()) for v in values) if values else 0.0
         hi = max(float(v.max()) for v in values) if values else 1.0
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
-        if cand is not None and len(cand):
-            ax.hist(cand, bins=bins, density=True, color="0.8", label=f"all candidates ({len(cand):,})")
+        if cand is not None and cand.sum():
+            label = f"all candidates ({int(cand.sum()):,})"
+            ax.hist(centers, bins=bins, weights=cand, density=True, color="0.8", label=label)
         if len(neg):
             ax.hist(neg, bins=bins, density=True, alpha=0.6, color="tab:red", label=f"negatives ({len(neg):,})")
         if len(pos):
@@ -235,7 +271,8 @@ def examples_html(records: list[dict], texts: dict[str, str], queries: dict[str,
 
 def texts_of(dataset_dir: str | Path, ids: set[str]) -> dict[str, str]:
     table = load_table(dataset_dir, ["id", "text"])
-    return {i: t for i, t in zip(table["id"].to_pylist(), table["text"].to_pylist(), strict=True) if i in ids}
+    table = table.filter(pc.is_in(table["id"], value_set=pa.array(sorted(ids), pa.string())))
+    return dict(zip(table["id"].to_pylist(), table["text"].to_pylist(), strict=True))
 
 
 def build_report(
@@ -251,14 +288,13 @@ def build_report(
     out_ranks: str,
     out_examples: str,
 ) -> dict[str, int]:
-    scan = scan_negatives(read_negatives(negatives_path))
+    scan = scan_negatives(read_negatives(negatives_path), mined_path, load_table(queries_dir, ["id"])["id"])
     selection = json.loads(Path(selection_path).read_text(encoding="utf-8"))
     documents = load_table(corpus_dir, ["id"]).num_rows
     write_html(out_summary, f"{dataset}: counts", summary_html(selection, documents, dataset))
-    mined = read_parquet(mined_path, columns=["query_id", "doc_id", "rank", "cosine"])
-    scores = score_sets(scan, mined)
+    scores = score_sets(scan, mined_path)
     plot_scores(scores, out_scores, dataset)
-    ranks = negative_ranks(scan, mined)
+    ranks = negative_ranks(scan)
     plot_ranks(ranks, candidates, out_ranks, dataset)
     doc_ids = {d for r in scan.examples for d in r["docs"]}
     body = examples_html(

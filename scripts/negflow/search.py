@@ -18,7 +18,7 @@ from negflow.beir import InputError
 from negflow.config import ConfigError
 from negflow.devices import visible_gpus
 from negflow.embed import ShardedEmbeddings, in_shard_order, parse_shard, shard_range
-from negflow.files import atomic_output
+from negflow.files import atomic_output, open_parquet
 from negflow.prepare import load_table
 
 log = logging.getLogger("negflow")
@@ -355,7 +355,7 @@ def merge_candidates(
     total = 0
     with atomic_output(out_mined) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
         for path in shard_paths:
-            for batch in pq.ParquetFile(path).iter_batches():
+            for batch in open_parquet(path).iter_batches():
                 writer.write_batch(batch)
                 total += batch.num_rows
     corpus = ShardedEmbeddings(corpus_shards)
