@@ -45,7 +45,6 @@ def embed_shard(
 ) -> dict[str, int]:
     """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
     the model's own pooling, L2-normalised so inner product = cosine. Returns rows written per output."""
-
     from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model
     from negflow.prepare import load_extras, load_tokens
 

@@ -138,12 +138,7 @@ _encode = None  # the tokenizing function, set before worker processes fork (the
 
 
 def _encode_rows(inputs: list) -> tuple[dict, dict]:
-    tokens, extras = _encode(inputs)
-    return {k: (v.offsets.to_numpy(), v.values.to_numpy()) if k != "length" else v for k, v in tokens.items()}, extras
-
-
-def _as_arrays(tokens: dict) -> dict[str, pa.Array]:
-    return {k: v if k == "length" else pa.ListArray.from_arrays(*v) for k, v in tokens.items()}
+    return _encode(inputs)  # in a worker: the forked copy of `_encode`; Arrow columns pickle as buffers
 
 
 def _quiet_worker() -> None:
@@ -187,7 +182,7 @@ def save_tokenized(
                 block, result = pending.popleft()
                 tokens, block_extras = result.result() if pool else result
                 extras = same_extras(extras, block_extras)
-                columns = {name: block.column(name) for name in block.schema.names} | _as_arrays(tokens)
+                columns = {name: block.column(name) for name in block.schema.names} | tokens
                 table = pa.table(columns)
                 if writer is None:
                     writer = pa.ipc.new_stream(sink, table.schema)

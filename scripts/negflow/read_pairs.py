@@ -50,7 +50,6 @@ SET_MODES = ("first", "all")
 GIVEN_NEGATIVE_POLICIES = ("pool", "keep", "drop")
 CHUNK_RECORDS = 200_000  # table rows read at once
 CHUNK_TEXTS = 500_000  # text occurrences numbered at once (the chunk's Python strings are what it holds)
-STORE_BATCH = 16_384  # texts per batch of the on-disk text store
 # Texts and hash ids are nearly all distinct: dictionary pages and min/max statistics only cost time, and
 # compressing them (read once, by prepare) would double this stage's time for a smaller intermediate file.
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
