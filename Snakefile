@@ -18,6 +18,7 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
+    scatteritem=SHARD_PATTERN,
 
 
 # Shard counts (config `scatter`, or `--set-scatter embed=8` for one run).

@@ -54,7 +54,7 @@ def sentence_transformers_baseline(data: Path, out: Path) -> None:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
-    from negflow.config import resolve_model_ref
+    from negflow.refs import resolve_model_ref
 
     corpus = {}
     for doc in read_jsonl(data / "corpus.jsonl"):

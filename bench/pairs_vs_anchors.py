@@ -49,10 +49,9 @@ from selection_vs_anchors import (  # noqa: E402
     visible_positives,
 )
 
-from negflow.config import resolve_model_ref  # noqa: E402
-from negflow.embed import ShardedEmbeddings  # noqa: E402
-from negflow.prepare import load_table  # noqa: E402
 from negflow.read_pairs import normalise, text_hash  # noqa: E402
+from negflow.refs import resolve_model_ref  # noqa: E402
+from negflow.store import ShardedEmbeddings, load_table  # noqa: E402
 
 MODES = ("pairs", "beir")
 NEGFLOW = "negflow pair mode default (snakemake end to end)"

@@ -44,7 +44,7 @@ print(time.perf_counter() - start)
 
 
 def write_beir(folder: Path, docs: int, seed: int = 0) -> None:
-    from negflow.config import resolve_model_ref
+    from negflow.refs import resolve_model_ref
 
     rng = np.random.default_rng(seed)
     vocab = (Path(resolve_model_ref(MODEL)) / "vocab.txt").read_text(encoding="utf-8").splitlines()

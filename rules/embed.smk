@@ -3,7 +3,7 @@ rule embed:
     input:
         corpus="results/{dataset}/prepare/corpus",
         queries="results/{dataset}/prepare/queries",
-        code=library("embed", "models", "prepare"),
+        code=code_of("embed"),
     output:
         corpus="results/{dataset}/embed/corpus/{scatteritem}.npy",
         queries="results/{dataset}/embed/queries/{scatteritem}.npy",
@@ -11,8 +11,6 @@ rule embed:
         "logs/embed/{dataset}.{scatteritem}.log",
     benchmark:
         "benchmarks/embed/{dataset}.{scatteritem}.tsv"
-    wildcard_constraints:
-        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8

@@ -1,7 +1,7 @@
 rule export_negatives:
     input:
         unpack(export_inputs),
-        code=library("export", "selection", "provenance", "beir"),
+        code=code_of("export_negatives"),
     output:
         negatives="results/{dataset}/negatives.jsonl",
         report="results/{dataset}/selection.json",
@@ -25,7 +25,7 @@ rule export_flag:
         provenance="results/{dataset}/negatives.provenance.json",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
-        code=library("training", "provenance"),
+        code=code_of("export_flag"),
     output:
         data="results/{dataset}/train/flag.jsonl",
         provenance="results/{dataset}/train/flag.provenance.json",
@@ -45,7 +45,7 @@ rule export_sentence_transformers:
         provenance="results/{dataset}/negatives.provenance.json",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
-        code=library("training", "provenance"),
+        code=code_of("export_sentence_transformers"),
     output:
         data="results/{dataset}/train/{format}.parquet",
         provenance="results/{dataset}/train/{format}.provenance.json",

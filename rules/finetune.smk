@@ -2,7 +2,7 @@ rule finetune:
     """Opt-in proof stage (not part of `all`): request results/NAME/finetune/report.json."""
     input:
         unpack(finetune_inputs),
-        code=library("finetune", "evaluate", "training", "embed", "models"),
+        code=code_of("finetune"),
     output:
         "results/{dataset}/finetune/report.json",
     log:

@@ -1,7 +1,7 @@
 rule prepare:
     input:
         unpack(prepare_inputs),
-        code=library("prepare", "beir", "models", "provenance"),
+        code=code_of("prepare"),
     output:
         corpus=directory("results/{dataset}/prepare/corpus"),
         queries=directory("results/{dataset}/prepare/queries"),

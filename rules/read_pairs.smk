@@ -4,7 +4,7 @@ rule read_pairs:
     """
     input:
         unpack(pair_inputs),
-        code=library("read_pairs", "beir", "config", "files", "provenance"),
+        code=code_of("read_pairs"),
     output:
         corpus="results/{dataset}/read_pairs/corpus.parquet",
         queries="results/{dataset}/read_pairs/queries.parquet",

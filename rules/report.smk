@@ -5,7 +5,7 @@ rule plot_report:
         mined="results/{dataset}/search/mined_qrels.parquet",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
-        code=library("report", "prepare"),
+        code=code_of("plot_report"),
     output:
         summary=report(
             "results/{dataset}/report/summary.html",

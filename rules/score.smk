@@ -1,15 +1,13 @@
 rule score_pairs:
     input:
         pairs="results/{dataset}/score_prepare/pairs",
-        code=library("pairs", "models", "embed", "prepare"),
+        code=code_of("score_pairs"),
     output:
         "results/{dataset}/score/shards/{scatteritem}.parquet",
     log:
         "logs/score_pairs/{dataset}.{scatteritem}.log",
     benchmark:
         "benchmarks/score_pairs/{dataset}.{scatteritem}.tsv"
-    wildcard_constraints:
-        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8
@@ -26,7 +24,7 @@ rule score_pairs:
 rule merge_scores:
     input:
         shards=score_shards,
-        code=library("pairs"),
+        code=code_of("merge_scores"),
     output:
         "results/{dataset}/score/scored_qrels.parquet",
     log:

@@ -4,7 +4,7 @@ rule prepare_pairs:
         qrels="results/{dataset}/search/qrels_cosine.parquet",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
-        code=library("pairs", "models"),
+        code=code_of("prepare_pairs"),
     output:
         directory("results/{dataset}/score_prepare/pairs"),
     log:

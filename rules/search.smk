@@ -1,7 +1,7 @@
 rule train_index:
     input:
         corpus=embedding_shards("corpus"),
-        code=library("search", "embed"),
+        code=code_of("train_index"),
     output:
         "results/{dataset}/search/index/trained.faiss",
     log:
@@ -21,15 +21,13 @@ rule add_to_index:
     input:
         trained="results/{dataset}/search/index/trained.faiss",
         corpus=embedding_shards("corpus"),
-        code=library("search", "embed"),
+        code=code_of("add_to_index"),
     output:
         "results/{dataset}/search/index/parts/{scatteritem}.faiss",
     log:
         "logs/add_to_index/{dataset}.{scatteritem}.log",
     benchmark:
         "benchmarks/add_to_index/{dataset}.{scatteritem}.tsv"
-    wildcard_constraints:
-        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8
@@ -40,7 +38,7 @@ rule add_to_index:
 rule build_index:
     input:
         unpack(index_inputs),
-        code=library("search", "embed"),
+        code=code_of("build_index"),
     output:
         "results/{dataset}/search/index.faiss",
     log:
@@ -64,15 +62,13 @@ rule search:
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
         qrels_dir="results/{dataset}/prepare/qrels",
-        code=library("search", "embed"),
+        code=code_of("search"),
     output:
         "results/{dataset}/search/candidates/{scatteritem}.parquet",
     log:
         "logs/search/{dataset}.{scatteritem}.log",
     benchmark:
         "benchmarks/search/{dataset}.{scatteritem}.tsv"
-    wildcard_constraints:
-        scatteritem=r"\d+-of-\d+",
     conda:
         "../envs/negflow.yaml"
     threads: 8
@@ -91,7 +87,7 @@ rule merge_candidates:
         queries=embedding_shards("queries"),
         queries_dir="results/{dataset}/prepare/queries",
         qrels_dir="results/{dataset}/prepare/qrels",
-        code=library("search", "embed"),
+        code=code_of("merge_candidates"),
     output:
         mined="results/{dataset}/search/mined_qrels.parquet",
         qrels="results/{dataset}/search/qrels_cosine.parquet",

@@ -13,9 +13,10 @@ from negflow.audit import anchor_strategies, audit_selection, format_table, writ
 from negflow.beir import ReadStats, iter_queries
 from negflow.evaluate import evaluate_model, read_judgments
 from negflow.export import MinedCandidates
-from negflow.files import read_parquet, run_stage
-from negflow.prepare import load_table
+from negflow.files import read_parquet
 from negflow.selection import SelectionSettings
+from negflow.stage import run_stage
+from negflow.store import load_table
 
 
 def main(log):

@@ -6,8 +6,8 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.embed import embed_shard
-from negflow.files import run_stage
 from negflow.models import BatchLimits, limit_threads
+from negflow.stage import run_stage
 
 
 def main(log):

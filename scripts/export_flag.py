@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.files import run_stage
 from negflow.provenance import shared_provenance, write_sidecar
+from negflow.stage import run_stage
 from negflow.training import iter_examples, write_flag
 
 

@@ -6,9 +6,9 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.export import MinedCandidates, export_negatives
-from negflow.files import run_stage
 from negflow.provenance import build_provenance, write_sidecar
 from negflow.selection import SelectionSettings
+from negflow.stage import run_stage
 
 
 def main(log):

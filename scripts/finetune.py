@@ -11,10 +11,11 @@ if TYPE_CHECKING:
 
 from negflow.beir import ReadStats, iter_queries
 from negflow.evaluate import read_judgments
-from negflow.files import atomic_output, run_stage
+from negflow.files import write_json
 from negflow.finetune import finetune_report
 from negflow.models import BatchLimits, limit_threads
-from negflow.prepare import load_table
+from negflow.stage import run_stage
+from negflow.store import load_table
 
 
 def main(log):
@@ -41,8 +42,7 @@ def main(log):
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     report["settings"] = s
-    with atomic_output(snakemake.output[0]) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(snakemake.output[0], report)
 
 
 run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

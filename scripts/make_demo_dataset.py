@@ -6,7 +6,7 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.demo import build_docstring_dataset, write_beir
-from negflow.files import run_stage
+from negflow.stage import run_stage
 
 
 def main(log):

@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.files import run_stage
 from negflow.read_pairs import PairSettings, PairTables, read_pairs
+from negflow.stage import run_stage
 
 
 def main(log):

@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.files import run_stage
 from negflow.models import BatchLimits, limit_threads
 from negflow.pairs import score_pairs
+from negflow.stage import run_stage
 
 
 def main(log):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,15 +104,34 @@ def write_config(workdir: Path, datasets: dict, **top) -> Path:
     return path
 
 
+WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "report")
+
+
+def copy_workflow(workdir: Path) -> Path:
+    """A copy of the workflow inside `workdir` (`workdir/workflow`), which snakemake_cmd then runs: a test
+    may edit its code without touching the checkout."""
+    copy = workdir / "workflow"
+    for part in WORKFLOW_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            copy.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / part)
+    return copy
+
+
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
-    """The command that runs the repository's workflow in `workdir` with the workdir's config.yaml. The `=`
-    keeps Snakemake's multi-file --configfile option from swallowing targets given after it."""
+    """The command that runs the workflow in `workdir` with the workdir's config.yaml: the repository's,
+    or the workdir's own copy (copy_workflow). The `=` keeps Snakemake's multi-file --configfile option
+    from swallowing targets given after it."""
+    own = workdir / "workflow" / "Snakefile"
     return [
         sys.executable,
         "-m",
         "snakemake",
         "-s",
-        str(REPO / "Snakefile"),
+        str(own if own.exists() else REPO / "Snakefile"),
         "--directory",
         str(workdir),
         "--cores",

@@ -220,7 +220,7 @@ def test_empty_texts_warn_skip_and_count(tmp_path, dataset_block):
     snakemake(tmp_path, "results/ok/prepare/manifest.json")
     log = (tmp_path / "logs/prepare/ok.log").read_text()
     assert f"corpus: {len(corpus)} documents read, {len(corpus) - 1} kept, 1 empty skipped" in log
-    from negflow.prepare import load_table
+    from negflow.store import load_table
 
     ids = load_table(tmp_path / "results/ok/prepare/corpus", ["id"])["id"].to_pylist()
     assert len(ids) == len(corpus) - 1 and doc["_id"] not in ids
@@ -233,7 +233,7 @@ def test_ten_megabyte_document_is_truncated_by_the_tokenizer(tmp_path, dataset_b
     corpus_path = _write(tmp_path / "corpus.jsonl", [*corpus, json.dumps(huge)])
     write_config(tmp_path, {"ok": {**dataset_block, "corpus": str(corpus_path)}})
     snakemake(tmp_path, "results/ok/prepare/manifest.json")
-    from negflow.prepare import load_table
+    from negflow.store import load_table
 
     table = load_table(tmp_path / "results/ok/prepare/corpus", ["id", "length"])
     lengths = dict(zip(table["id"].to_pylist(), table["length"].to_pylist(), strict=True))

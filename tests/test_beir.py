@@ -4,7 +4,8 @@ import gzip
 
 import pytest
 
-from negflow.beir import InputError, ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
+from negflow.beir import ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
+from negflow.errors import InputError
 
 
 def write(path, text, mode="w"):

@@ -7,14 +7,13 @@ import yaml
 from conftest import REPO
 
 from negflow.config import (
-    ConfigError,
     dataset_settings,
-    is_local_data,
     load_schema,
-    resolve_model_ref,
     scatter_counts,
     setting_defaults,
 )
+from negflow.errors import ConfigError
+from negflow.refs import is_local_data, resolve_model_ref
 
 SCHEMA = load_schema(REPO / "config" / "schema.yaml")
 DATA = {"corpus": "c.jsonl", "queries": "q.jsonl", "qrels": "r.tsv"}

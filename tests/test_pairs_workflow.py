@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import read_jsonl, snakemake, write_config
 
-from negflow.prepare import load_table
+from negflow.store import load_table
 
 
 def _texts(run: Path, dataset: str) -> tuple[dict[str, str], dict[str, str]]:

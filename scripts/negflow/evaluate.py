@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from negflow.beir import InputError, read_qrels, unknown_ids_message
+from negflow.beir import read_qrels, unknown_ids_message
+from negflow.errors import InputError
 from negflow.search import exact_top_k
 
 log = logging.getLogger("negflow")

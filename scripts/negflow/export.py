@@ -20,9 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negflow.beir import GIVEN_NEGATIVE
-from negflow.embed import ShardedEmbeddings
-from negflow.files import SortedRows, atomic_output, read_parquet
-from negflow.prepare import load_table
+from negflow.files import SortedRows, atomic_output, read_parquet, write_json
 from negflow.selection import (
     FILTERS,
     QueryScores,
@@ -32,6 +30,7 @@ from negflow.selection import (
     filter_mask,
     select_negatives,
 )
+from negflow.store import ShardedEmbeddings, load_table
 
 log = logging.getLogger("negflow")
 
@@ -375,8 +374,7 @@ def export_negatives(
         "distributions": {name: quantiles(np.frombuffer(v)) for name, v in dist.items() if len(v)},
         "settings": report_settings,
     }
-    with atomic_output(report_path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(report_path, report)
     log.info(
         "selected on %s: %d queries, %d candidates, %d negatives (and %d given); %d queries short of %d (%s: %d "
         "dropped, %d padded); dropped %s",

@@ -1,18 +1,14 @@
-"""Atomic outputs and logging, so a killed or failed job never leaves a file that looks complete."""
+"""Atomic outputs, so a killed or failed job never leaves a file that looks complete, and Parquet reading."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import logging
+import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-from negflow.beir import InputError
-from negflow.config import ConfigError
 
 
 @contextlib.contextmanager
@@ -31,6 +27,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         _remove(tmp)
+
+
+def write_json(path: str | os.PathLike, obj, ensure_ascii: bool = True) -> None:
+    """`obj` as indented JSON with a final newline, written atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=ensure_ascii) + "\n", encoding="utf-8")
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
@@ -90,36 +92,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-def setup_logging(log_path: str | None) -> logging.Logger:
-    """Send stderr (tqdm bars, warnings, tracebacks) and negflow's log lines to the rule's log file."""
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        sys.stderr = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the job
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    return logging.getLogger("negflow")
-
-
-def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> None:
-    """Run one stage with logging set up; a known input problem becomes one line in the log and on the
-    terminal (Snakemake shows the failing rule's log path), with exit status 1. A GPU stage passes its
-    `device` setting: the job leases its own GPU before the stage can touch CUDA."""
-    log = setup_logging(log_path)
-    if os.environ.get("SLURM_JOB_ID"):
-        log.info("running as SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
-    if gpu_device is not None:
-        from negflow.devices import lease_device
-
-        lease_device(gpu_device)
-    try:
-        stage(log)
-    except (InputError, ConfigError) as e:
-        log.error("%s", e)
-        print(f"negflow error: {e}", file=sys.__stderr__)
-        sys.exit(1)

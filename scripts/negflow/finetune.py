@@ -103,7 +103,7 @@ def finetune_report(
     """nDCG@10 (and MRR@10, Recall@100) before training, after training on the mined negatives, and after
     training on random negatives, with wall times."""
     from negflow.models import load_embedding_model, pick_device
-    from negflow.prepare import load_table
+    from negflow.store import load_table
 
     device = pick_device(settings["device"])
     corpus = load_table(corpus_dir, ["id", "text"])

@@ -20,7 +20,9 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from negflow.config import ConfigError, check_model_ref, resolve_model_ref
+from negflow.errors import ConfigError
+from negflow.refs import check_model_ref, resolve_model_ref
+from negflow.store import same_extras
 
 log = logging.getLogger("negflow")
 
@@ -140,13 +142,6 @@ def _char_length(item) -> int:
     if isinstance(item, (tuple, list)):
         return sum(len(part) for part in item if isinstance(part, str))
     return 0
-
-
-def same_extras(seen: dict | None, new: dict) -> dict:
-    """Batch-level extras are saved once for all rows, so every batch must return the same ones."""
-    if seen is not None and new != seen:
-        raise ValueError(f"model preprocessing returned batch extras that differ: {new} vs {seen}")
-    return new
 
 
 def tokenize(model, inputs: Sequence, prompt: str | None = None, chunk_rows: int = 256) -> tuple[dict, dict]:

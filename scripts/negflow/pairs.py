@@ -35,7 +35,7 @@ def prepare_pairs(
 ) -> int:
     """Tokenize every unique (query, document) pair for the cross-encoder (in `workers` processes)."""
     from negflow.models import load_cross_encoder, pick_device, tokenize
-    from negflow.prepare import load_table, save_tokenized
+    from negflow.store import load_table, save_tokenized
 
     corpus = load_table(corpus_dir, ["text"])["text"]
     queries = load_table(queries_dir, ["text"])["text"]
@@ -75,9 +75,9 @@ def score_pairs(
 ) -> int:
     """Score the pairs of one contiguous shard (`I-of-N`) with the CrossEncoder's own head and activation
     (as `predict` does)."""
-    from negflow.embed import parse_shard, shard_range
     from negflow.models import compute_dtype, load_cross_encoder, pick_device, run_model
-    from negflow.prepare import load_extras, load_table, load_tokens
+    from negflow.shards import parse_shard, shard_range
+    from negflow.store import load_extras, load_table, load_tokens
 
     tokens = load_tokens(pairs_dir)
     part = shard_range(tokens.num_rows, *parse_shard(shard))
@@ -119,7 +119,7 @@ def score_pairs(
 
 def merge_scores(shard_paths: list[str], out_path: str) -> int:
     """Concatenate score shards in pair order."""
-    from negflow.embed import in_shard_order
+    from negflow.shards import in_shard_order
 
     shard_paths = in_shard_order(shard_paths)
     rows = 0

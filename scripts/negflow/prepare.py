@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import shutil
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from negflow.beir import InputError, ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
-from negflow.files import atomic_output
+from negflow.beir import ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
+from negflow.errors import InputError
+from negflow.files import atomic_output, write_json
+from negflow.store import save_tokenized
 
 log = logging.getLogger("negflow")
 
 CHUNK_ROWS = 10_000
-EXTRAS_FILE = "negflow_features.json"
 
 
 @dataclass
@@ -133,85 +129,6 @@ def write_holdout(rows: list[tuple[str, str, int]], path: str) -> None:
         pq.write_table(table, tmp)
 
 
-TOKENIZE_ROWS = 8_192  # rows a worker tokenizes at once: enough for length-sorted chunks to pad little
-_encode = None  # the tokenizing function, set before worker processes fork (they inherit it with the model)
-
-
-def _encode_rows(inputs: list) -> tuple[dict, dict]:
-    return _encode(inputs)  # in a worker: the forked copy of `_encode`; Arrow columns pickle as buffers
-
-
-def _quiet_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core: each tokenizes on its own
-
-
-def save_tokenized(
-    batches: Iterator[pa.RecordBatch],
-    n_rows: int,
-    inputs_of,
-    encode,
-    out_dir: Path,
-    scratch: Path,
-    desc: str,
-    workers: int = 1,
-) -> None:
-    """Tokenize the rows of `batches` (`inputs_of(batch)`: the model inputs of a record batch;
-    `encode(inputs) -> (token columns, extras)`) and save them with the batch's own columns as a dataset
-    folder, with the batch-level extras (identical for every batch) beside it for the model stage.
-
-    With `workers` > 1, blocks of TOKENIZE_ROWS rows are tokenized in as many forked processes, at most two
-    blocks each ahead of the writer, and written in order: the folder is byte-identical to one process's."""
-    global _encode
-    from negflow.models import same_extras
-
-    _encode = encode
-    pool = None
-    if workers > 1:
-        context = multiprocessing.get_context("fork")
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker)
-    pending: deque = deque()
-    extras = None
-    writer = None
-    try:
-        with pa.OSFile(str(scratch), "wb") as sink, tqdm(total=n_rows, desc=desc, unit=" rows", mininterval=10) as bar:
-
-            def write_next():
-                nonlocal writer, extras
-                block, result = pending.popleft()
-                tokens, block_extras = result.result() if pool else result
-                extras = same_extras(extras, block_extras)
-                columns = {name: block.column(name) for name in block.schema.names} | tokens
-                table = pa.table(columns)
-                if writer is None:
-                    writer = pa.ipc.new_stream(sink, table.schema)
-                writer.write_table(table)
-                bar.update(table.num_rows)
-
-            for batch in batches:
-                for start in range(0, batch.num_rows, TOKENIZE_ROWS):
-                    block = batch.slice(start, TOKENIZE_ROWS)
-                    inputs = inputs_of(block)
-                    pending.append((block, pool.submit(_encode_rows, inputs) if pool else _encode_rows(inputs)))
-                    while len(pending) > (2 * workers if pool else 0):
-                        write_next()
-            while pending:
-                write_next()
-            if writer is not None:
-                writer.close()
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
-        _encode = None
-    import datasets
-
-    table = datasets.table.MemoryMappedTable.from_file(str(scratch))
-    datasets.Dataset(table, fingerprint=f"negflow-{desc}").save_to_disk(str(out_dir))  # no path in state.json
-    scratch.unlink(missing_ok=True)
-    (out_dir / EXTRAS_FILE).write_text(json.dumps(extras or {}), encoding="utf-8")
-
-
 def write_manifest(
     path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int, pairs_manifest: str | None
 ) -> None:
@@ -228,31 +145,7 @@ def write_manifest(
         "doc_prompt": doc_prompt,
         "embedding_seq_len": max_seq_length,
     }
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def load_table(dataset_dir: str | Path, columns: list[str]) -> pa.Table:
-    """Columns of a prepared dataset (`datasets`' save_to_disk folder: Arrow stream files listed in
-    state.json) as a memory-mapped Arrow table, read with pyarrow alone: the light stages skip importing
-    `datasets`, which costs them a second each."""
-    state = json.loads(Path(dataset_dir, "state.json").read_text(encoding="utf-8"))
-    files = [Path(dataset_dir, data_file["filename"]) for data_file in state["_data_files"]]
-    return pa.concat_tables(pa.ipc.open_stream(pa.memory_map(str(f))).read_all().select(columns) for f in files)
-
-
-TOKEN_COLUMNS = ("input_ids", "token_type_ids", "length")  # what the model stages read of a tokenized dataset
-
-
-def load_tokens(dataset_dir: str | Path) -> pa.Table:
-    """The token columns a tokenized dataset has (token types only for models that use them), memory-mapped."""
-    state = json.loads(Path(dataset_dir, "dataset_info.json").read_text(encoding="utf-8"))
-    return load_table(dataset_dir, [c for c in TOKEN_COLUMNS if c in state["features"]])
-
-
-def load_extras(dataset_dir: str | Path) -> dict:
-    """Batch-level model inputs (e.g. prompt_length) saved beside a tokenized dataset."""
-    return json.loads(Path(dataset_dir, EXTRAS_FILE).read_text(encoding="utf-8"))
+    write_json(path, manifest, ensure_ascii=False)
 
 
 def prepare(

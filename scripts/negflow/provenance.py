@@ -9,8 +9,8 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from negflow.config import is_local_data, resolve_model_ref
-from negflow.files import atomic_output
+from negflow.files import write_json
+from negflow.refs import is_local_data, resolve_model_ref
 
 WEIGHT_FILES = re.compile(r"\.(safetensors|bin|pt|onnx)$")
 
@@ -97,6 +97,5 @@ def write_sidecar(export_path: str, provenance: dict, **details) -> str:
     sidecar = path.with_name(path.name.split(".")[0] + ".provenance.json")
     own = {"file": path.name, "sha256": file_sha256(path), **details}
     record = {**own, "own_fields": [*own, "own_fields"], **provenance}
-    with atomic_output(sidecar) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(sidecar, record, ensure_ascii=False)
     return str(sidecar)

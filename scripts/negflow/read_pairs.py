@@ -17,7 +17,6 @@ so it grows with the distinct texts, never with Python objects per line.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,9 +39,10 @@ import xxhash
 from isal import igzip
 from tqdm import tqdm
 
-from negflow.beir import GIVEN_NEGATIVE, POSITIVE, SAME_TEXT, InputError, iter_records
-from negflow.config import split_ref
-from negflow.files import atomic_output, open_parquet
+from negflow.beir import GIVEN_NEGATIVE, POSITIVE, SAME_TEXT, iter_records
+from negflow.errors import InputError
+from negflow.files import atomic_output, open_parquet, write_json
+from negflow.refs import split_ref
 
 log = logging.getLogger("negflow")
 
@@ -877,8 +877,7 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
         "sample": None if keep is None else {"records": total, "kept": int(keep.sum()), "seed": settings.seed},
         "counts": result["counts"],
     }
-    with atomic_output(out.manifest) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out.manifest, manifest, ensure_ascii=False)
     return result
 
 

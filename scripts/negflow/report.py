@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negflow.files import SortedRows, atomic_output, open_parquet
-from negflow.prepare import load_table
+from negflow.store import load_table
 
 EXAMPLE_QUERIES = 5
 EXAMPLE_NEGATIVES = 3

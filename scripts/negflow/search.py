@@ -14,12 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negflow.beir import InputError
-from negflow.config import ConfigError
 from negflow.devices import visible_gpus
-from negflow.embed import ShardedEmbeddings, in_shard_order, parse_shard, shard_range
+from negflow.errors import ConfigError, InputError
 from negflow.files import atomic_output, open_parquet
-from negflow.prepare import load_table
+from negflow.shards import in_shard_order, parse_shard, shard_range
+from negflow.store import ShardedEmbeddings, load_table
 
 log = logging.getLogger("negflow")
 

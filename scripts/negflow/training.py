@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negflow.files import atomic_output
-from negflow.prepare import load_table
+from negflow.store import load_table
 
 log = logging.getLogger("negflow")
 

@@ -1,0 +1,68 @@
+"""How a rule's script runs its stage: logging into the rule's log, a GPU lease, known problems as one line."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import sys
+from pathlib import Path
+
+from negflow.errors import ConfigError, InputError
+
+
+def setup_logging(log_path: str | None) -> logging.Logger:
+    """Send stderr (tqdm bars, warnings, tracebacks) and negflow's log lines to the rule's log file."""
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = open(log_path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the job
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    return logging.getLogger("negflow")
+
+
+def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> None:
+    """Run one stage with logging set up; a known input problem becomes one line in the log and on the
+    terminal (Snakemake shows the failing rule's log path), with exit status 1. A GPU stage passes its
+    `device` setting: the job leases its own GPU before the stage can touch CUDA."""
+    log = setup_logging(log_path)
+    if os.environ.get("SLURM_JOB_ID"):
+        log.info("running as SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
+    if gpu_device is not None:
+        from negflow.devices import lease_device
+
+        lease_device(gpu_device)
+    try:
+        stage(log)
+    except (InputError, ConfigError) as e:
+        log.error("%s", e)
+        print(f"negflow error: {e}", file=sys.__stderr__)
+        sys.exit(1)
+
+
+def script_modules(script: str | os.PathLike) -> list[str]:
+    """The library files (`negflow/*.py` beside the script) a stage script imports, directly or through
+    other library modules; imports inside functions count, since they run too. Snakemake's code trigger
+    sees only the script itself, so the rules list these as inputs."""
+    package = Path(script).parent / "negflow"
+    seen: set[str] = set()
+    todo = [Path(script)]
+    while todo:
+        for node in ast.walk(ast.parse(todo.pop().read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "negflow":
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negflow."):
+                names = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("negflow.")]
+            else:
+                continue
+            for name in names:
+                if name not in seen and (package / f"{name}.py").is_file():
+                    seen.add(name)
+                    todo.append(package / f"{name}.py")
+    return sorted(str(package / f"{name}.py") for name in seen)
