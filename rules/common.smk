@@ -10,13 +10,13 @@ sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 from negflow.config import (
     dataset_settings,
     load_schema,
+    provenance_settings,
+    rule_settings,
     scatter_counts,
-    stage_params,
 )
 from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
 from negflow.refs import is_local_data, split_ref
-from negflow.selection import SELECTION_KEYS
 from negflow.shards import SHARD_PATTERN
 from negflow.stage import script_modules
 
@@ -28,81 +28,6 @@ try:
     SCATTER = scatter_counts(config, SCHEMA)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
-
-# The settings each stage's output depends on. They go into `params:`, so changing one reruns that
-# stage and everything downstream of it, and nothing upstream. Batch sizes are performance-only and
-# travel as resources instead, which never trigger a rerun.
-STAGE_KEYS = {
-    "read_pairs": [
-        "pairs",
-        "corpus",
-        "set_mode",
-        "given_negatives",
-        "max_pairs",
-        "anchor_column",
-        "positive_column",
-        "negative_column",
-    ],
-    "prepare": [
-        "corpus",
-        "queries",
-        "qrels",
-        "embedding",
-        "query_prompt",
-        "doc_prompt",
-        "embedding_seq_len",
-        "min_positive_score",
-        "audit_holdout",
-    ],
-    "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
-    "build_index": ["index"],
-    "search": ["candidates", "index", "device"],
-    "prepare_pairs": ["ce", "ce_seq_len"],
-    "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
-    "export": ["selection_score", *SELECTION_KEYS],
-    "export_flag": ["flag_layout"],
-    "export_sentence_transformers": ["num_negatives", "train_scores"],
-    "audit": [
-        "audit_qrels",
-        "audit_holdout",
-        "min_positive_score",
-        "queries",
-        "embedding",
-        "embedding_seq_len",
-        "embedding_dtype",
-        "device",
-        "selection_score",
-        *SELECTION_KEYS,
-    ],
-    "finetune": [
-        "finetune_eval_qrels",
-        "finetune_negatives",
-        "finetune_epochs",
-        "finetune_batch_size",
-        "finetune_learning_rate",
-        "embedding",
-        "embedding_seq_len",
-        "doc_prompt",
-        "queries",
-        "min_positive_score",
-        "device",
-        "seed",
-    ],
-}
-# What a provenance sidecar records: every setting that changes a result.
-STAGE_KEYS["provenance"] = list(
-    dict.fromkeys(
-        key
-        for stage in ("prepare", "embed", "search", "score_pairs", "export")
-        for key in STAGE_KEYS[stage]
-    )
-)
-INDEX_KEYS = {
-    "flat": [],
-    "hnsw": ["hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"],
-    "ivf": ["ivf_nlist", "ivf_nprobe", "seed"],
-    "ivfpq": ["ivf_nlist", "ivf_nprobe", "ivfpq_m", "seed"],
-}
 
 
 def code_of(script):
@@ -124,30 +49,22 @@ def beir_sources(dataset):
     }
 
 
-def settings_for(stage):
-    """A params function: the settings `stage` depends on, for the job's dataset. Stages after read_pairs
-    see a pairs dataset's BEIR tables as its corpus, queries and qrels; provenance records the settings
-    as configured."""
+def settings_for(name):
+    """A params function: the settings rule `name`'s output depends on, for the job's dataset. Rules after
+    read_pairs see a pairs dataset's BEIR tables as its corpus, queries and qrels."""
 
     def params(wildcards):
         settings = DATASETS[wildcards.dataset]
-        keys = STAGE_KEYS[stage]
-        pairs = settings["pairs"] is not None
-        if stage in ("build_index", "search", "provenance"):
-            keys = keys + INDEX_KEYS[settings["index"]]
-        if stage == "prepare" and settings["audit_holdout"]:
-            keys = keys + ["seed"]  # the seed picks which positive stays visible
-        if stage == "read_pairs" and settings["max_pairs"] is not None:
-            keys = keys + ["seed"]  # the seed draws the sample
-        if pairs and stage == "export":
-            keys = keys + ["given_negatives"]
-        if pairs and stage == "provenance":
-            keys = list(dict.fromkeys(STAGE_KEYS["read_pairs"] + keys))
-        if stage not in ("read_pairs", "provenance"):
+        if name != "read_pairs":
             settings = settings | beir_sources(wildcards.dataset)
-        return stage_params(settings, keys)
+        return rule_settings(name, settings)
 
     return params
+
+
+def provenance_for(wildcards):
+    """The settings a provenance sidecar records, as configured."""
+    return provenance_settings(DATASETS[wildcards.dataset])
 
 
 def setting(key):

@@ -13,8 +13,8 @@ rule export_negatives:
     conda:
         "../envs/negflow.yaml"
     params:
-        settings=settings_for("export"),
-        provenance=settings_for("provenance"),
+        settings=settings_for("export_negatives"),
+        provenance=provenance_for,
     script:
         "../scripts/export_negatives.py"
 

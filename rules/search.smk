@@ -12,7 +12,7 @@ rule train_index:
         "../envs/negflow.yaml"
     threads: 8
     params:
-        settings=settings_for("build_index"),
+        settings=settings_for("train_index"),
     script:
         "../scripts/train_index.py"
 

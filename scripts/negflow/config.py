@@ -15,7 +15,7 @@ import yaml
 
 from negflow.errors import ConfigError
 from negflow.refs import check_model_ref, is_local_data, resolve_data_ref
-from negflow.selection import SelectionSettings
+from negflow.selection import SELECTION_KEYS, SelectionSettings
 
 
 def load_schema(path: str | os.PathLike) -> dict:
@@ -167,6 +167,96 @@ def check_corpus_size(ref: str, candidates: int, where: str) -> None:
     )
 
 
-def stage_params(settings: dict, keys: list[str]) -> dict[str, Any]:
-    """The settings one stage depends on: what goes in its `params:` so a change reruns it."""
+# The settings each rule's output depends on, by rule name. They go into the rule's `params:`, so changing
+# one reruns that rule and everything downstream of it, and nothing upstream. Every other schema key says
+# why it reruns nothing (`x-no-rerun`): batch sizes, for one, travel as resources.
+RULE_SETTINGS = {
+    "read_pairs": [
+        "pairs",
+        "corpus",
+        "set_mode",
+        "given_negatives",
+        "max_pairs",
+        "anchor_column",
+        "positive_column",
+        "negative_column",
+    ],
+    "prepare": [
+        "corpus",
+        "queries",
+        "qrels",
+        "embedding",
+        "query_prompt",
+        "doc_prompt",
+        "embedding_seq_len",
+        "min_positive_score",
+        "audit_holdout",
+    ],
+    "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
+    "train_index": ["index"],
+    "build_index": ["index"],
+    "search": ["candidates", "index", "device"],
+    "prepare_pairs": ["ce", "ce_seq_len"],
+    "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
+    "export_negatives": ["selection_score", *SELECTION_KEYS],
+    "export_flag": ["flag_layout"],
+    "export_sentence_transformers": ["num_negatives", "train_scores"],
+    "audit": [
+        "audit_qrels",
+        "audit_holdout",
+        "min_positive_score",
+        "queries",
+        "embedding",
+        "embedding_seq_len",
+        "embedding_dtype",
+        "device",
+        "selection_score",
+        *SELECTION_KEYS,
+    ],
+    "finetune": [
+        "finetune_eval_qrels",
+        "finetune_negatives",
+        "finetune_epochs",
+        "finetune_batch_size",
+        "finetune_learning_rate",
+        "embedding",
+        "embedding_seq_len",
+        "doc_prompt",
+        "queries",
+        "min_positive_score",
+        "device",
+        "seed",
+    ],
+}
+# An index's own settings, for the rules that build or search it.
+INDEX_SETTINGS = {
+    "flat": [],
+    "hnsw": ["hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"],
+    "ivf": ["ivf_nlist", "ivf_nprobe", "seed"],
+    "ivfpq": ["ivf_nlist", "ivf_nprobe", "ivfpq_m", "seed"],
+}
+# The rules whose settings decide the negatives, as a provenance sidecar records them.
+PROVENANCE_RULES = ("prepare", "embed", "search", "score_pairs", "export_negatives")
+
+
+def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
+    """The settings `rule`'s output depends on, from one dataset's settings: its RULE_SETTINGS, plus those
+    that matter only in some runs (an index's own, the seed where it draws something, the given-negatives
+    policy of a pairs dataset)."""
+    keys = list(RULE_SETTINGS[rule])
+    if rule in ("train_index", "build_index", "search"):
+        keys += INDEX_SETTINGS[settings["index"]]
+    if rule == "prepare" and settings["audit_holdout"]:
+        keys.append("seed")  # the seed picks which positive stays visible
+    if rule == "read_pairs" and settings["max_pairs"] is not None:
+        keys.append("seed")  # the seed draws the sample
+    if rule == "export_negatives" and settings["pairs"] is not None:
+        keys.append("given_negatives")
     return {key: settings[key] for key in keys}
+
+
+def provenance_settings(settings: dict) -> dict[str, Any]:
+    """Every setting that changes the negatives, as configured (a pairs dataset's reading settings first)."""
+    rules = ("read_pairs", *PROVENANCE_RULES) if settings["pairs"] is not None else PROVENANCE_RULES
+    keys = [key for rule in rules for key in RULE_SETTINGS[rule]] + INDEX_SETTINGS[settings["index"]]
+    return {key: settings[key] for key in dict.fromkeys(keys)}
