@@ -94,3 +94,22 @@ def test_model_fingerprint_hashes_local_weights_and_keeps_unreachable_hub_ids(ti
         and len(local["weights_sha256"]["model.safetensors"]) == 64
     )
     assert model_fingerprint("no-such-org/no-such-model") == {"ref": "no-such-org/no-such-model"}
+
+
+@pytest.mark.parametrize("fmt", ["triplet", "n-tuple", "labeled-pair", "labeled-list"])
+@pytest.mark.parametrize("scores", [False, True])
+def test_every_format_keeps_its_columns_when_no_query_has_a_negative(tmp_path, fmt, scores):
+    """A selection that kept no negative still writes each format: its columns, no rows (not a crash); a
+    written file has the same columns as the empty one."""
+    import pyarrow.parquet as pq
+
+    from negflow.training import st_schema, write_sentence_transformers
+
+    empty, full = tmp_path / "empty.parquet", tmp_path / "full.parquet"
+    assert write_sentence_transformers(iter([EXAMPLES[2:]]), fmt, 1, scores, str(empty)) == {
+        "rows": 0,
+        "queries_skipped": 1,
+    }
+    assert write_sentence_transformers(iter([EXAMPLES]), fmt, 1, scores, str(full))["rows"] > 0
+    assert pq.read_schema(empty) == pq.read_schema(full) == st_schema(fmt, 1, scores)
+    assert pq.ParquetFile(empty).metadata.num_rows == 0

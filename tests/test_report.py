@@ -67,3 +67,15 @@ def test_examples_shorten_and_escape_texts():
     assert "&lt;b&gt;bold&lt;/b&gt; positive" in page
     assert "<b>n1</b> (cos 0.500, CE -1.000)<br>first negative" in page
     assert "none: every candidate was filtered out" in page  # q2 has no negatives
+
+
+def test_the_summary_says_why_a_run_has_no_negatives():
+    from negflow.report import summary_html
+
+    counts = {"queries": 2, "queries_written": 2, "candidates": 10, "negatives": 0, "given_negatives": 0}
+    counts |= {"queries_short": 2, "queries_dropped": 0, "padded": 0}
+    selection = {"selection_score": "cosine", "counts": counts, "dropped": {"max_score": 10}}
+    page = summary_html(selection, 50, "ds")
+    assert page.startswith('<p style="color:#a00"><b>Warning:</b> no negative survived selection')
+    assert "max_score dropped 10;" in page
+    assert "Warning" not in summary_html({**selection, "counts": {**counts, "negatives": 3}}, 50, "ds")

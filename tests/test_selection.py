@@ -204,3 +204,18 @@ def test_random_picks_move_only_where_the_candidate_list_changes():
         shifted[gone] = 0.695  # now above max_score: filtered out
         after = set(doc_rows[select_negatives(q(shifted), s, noise).chosen])
         assert len(before - after) == (1 if doc_rows[gone] in before and scores[gone] <= 0.69 else 0)
+
+
+def test_a_selection_without_negatives_warns_naming_the_filters_that_dropped_them():
+    from negflow.selection import no_negatives_warning
+
+    report = {
+        "counts": {"queries": 16, "candidates": 1600, "negatives": 0, "given_negatives": 0},
+        "dropped": {"same_text_as_positive": 0, "relative_margin": 100, "max_score": 1500},
+    }
+    warning = no_negatives_warning(report)
+    assert warning.startswith("no negative survived selection: of 1,600 candidates of 16 queries")
+    assert "max_score dropped 1,500, relative_margin dropped 100;" in warning
+    assert "same_text" not in warning
+    assert no_negatives_warning({**report, "counts": {**report["counts"], "negatives": 1}}) is None
+    assert no_negatives_warning({**report, "counts": {**report["counts"], "given_negatives": 2}}) is None

@@ -338,3 +338,23 @@ def test_run_report_embeds_counts_histograms_ranks_and_examples(local_ce_run):
     assert examples.count("<tr>") == 1 + min(EXAMPLE_QUERIES, len(records))
     assert all(f"<b>{r['query']}</b>" in examples for r in records[:EXAMPLE_QUERIES])
     assert "CE " in examples
+
+
+def test_a_run_whose_filters_keep_no_negative_finishes_with_a_report_that_says_why(tmp_path, dataset_block):
+    """max_score -1 drops every candidate: each stage still finishes; the training files have their
+    columns and no negatives; the log, selection.json and the report's summary name the filter."""
+    import pyarrow.parquet as pq
+
+    write_config(tmp_path, {"fx": {**dataset_block, "max_score": -1.0}})
+    snakemake(tmp_path)
+    results = tmp_path / "results" / "fx"
+    selection = json.loads((results / "selection.json").read_text())
+    assert selection["counts"]["negatives"] == 0
+    assert selection["dropped"]["max_score"] == selection["counts"]["candidates"] > 0
+    log = (tmp_path / "logs" / "export_negatives" / "fx.log").read_text()
+    assert "WARNING negflow: no negative survived selection" in log and "max_score dropped" in log
+    assert "no negative survived selection" in (results / "report" / "summary.html").read_text()
+    for fmt in ("triplet", "n-tuple", "labeled-pair", "labeled-list"):
+        assert pq.ParquetFile(results / "train" / f"{fmt}.parquet").metadata.num_rows == 0
+    assert all(line["neg"] == [] for line in read_jsonl(results / "train" / "flag.jsonl"))
+    assert json.loads((results / "audit.json").read_text())["strategies"]["negflow (configured)"]["negatives"] == 0

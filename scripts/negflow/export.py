@@ -28,6 +28,7 @@ from negflow.selection import (
     SelectionSettings,
     candidate_noise,
     filter_mask,
+    no_negatives_warning,
     select_negatives,
 )
 from negflow.store import ShardedEmbeddings, load_table
@@ -375,6 +376,8 @@ def export_negatives(
         "settings": report_settings,
     }
     write_json(report_path, report)
+    if warning := no_negatives_warning(report):
+        log.warning("%s", warning)
     log.info(
         "selected on %s: %d queries, %d candidates, %d negatives (and %d given); %d queries short of %d (%s: %d "
         "dropped, %d padded); dropped %s",

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negflow.files import SortedRows, atomic_output, open_parquet
+from negflow.selection import no_negatives_warning
 from negflow.store import load_table
 
 EXAMPLE_QUERIES = 5
@@ -226,8 +227,10 @@ def summary_html(selection: dict, documents: int, dataset: str) -> str:
     ]
     drops = list(selection["dropped"].items())
     n_cand = max(1, counts["candidates"])
+    warning = no_negatives_warning(selection)
     return (
-        f"<h3>{html.escape(dataset)}: counts (selected on {html.escape(selection['selection_score'])})</h3>"
+        (f'<p style="color:#a00"><b>Warning:</b> {html.escape(warning)}</p>' if warning else "")
+        + f"<h3>{html.escape(dataset)}: counts (selected on {html.escape(selection['selection_score'])})</h3>"
         + _table([(html.escape(k), f"{v:,}") for k, v in rows], ("what", "count"))
         + "<h3>candidates dropped, per filter (in the order they apply)</h3>"
         + _table(

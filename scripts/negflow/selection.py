@@ -199,3 +199,17 @@ def select_negatives(query: QueryScores, s: SelectionSettings, noise: np.ndarray
     if s.dup_threshold is not None:
         dropped["duplicate_of_negative"] = near_duplicates
     return Selection(np.sort(np.array(chosen, dtype=np.int64)), dropped, int(keep.sum()))
+
+
+def no_negatives_warning(report: dict) -> str | None:
+    """When selection kept no negative at all (selection.json's `report`), one line that says so and names
+    the filters that dropped the candidates, most first; else None."""
+    counts = report["counts"]
+    if counts["negatives"] or counts["given_negatives"]:
+        return None
+    drops = sorted(((n, name) for name, n in report["dropped"].items() if n), reverse=True)
+    why = ", ".join(f"{name} dropped {n:,}" for n, name in drops) or "no filter dropped any"
+    return (
+        f"no negative survived selection: of {counts['candidates']:,} candidates of {counts['queries']:,} queries, "
+        f"{why}; the training files have no negatives (loosen these settings or check the model)"
+    )

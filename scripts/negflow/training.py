@@ -136,26 +136,45 @@ def st_rows(batch: list[Example], fmt: str, num_negatives: int, scores: bool) ->
     return cols, skipped
 
 
+def st_schema(fmt: str, num_negatives: int, scores: bool) -> pa.Schema:
+    """The columns of a sentence-transformers format, as mine_hard_negatives names them."""
+    text, texts = pa.string(), pa.list_(pa.string())
+    if fmt == "triplet":
+        fields = [("anchor", text), ("positive", text), ("negative", text)]
+    elif fmt == "n-tuple":
+        fields = [("anchor", text), ("positive", text)] + [(f"negative_{k + 1}", text) for k in range(num_negatives)]
+    elif fmt == "labeled-pair":
+        fields = [("anchor", text), ("positive", text), ("score", pa.float64()) if scores else ("label", pa.int64())]
+    elif fmt == "labeled-list":
+        labels = ("scores", pa.list_(pa.float64())) if scores else ("labels", pa.list_(pa.int64()))
+        fields = [("anchor", text), ("positive", texts), labels]
+    else:
+        raise ValueError(f"unknown sentence-transformers format {fmt!r}; one of {ST_FORMATS}")
+    if scores and fmt in ("triplet", "n-tuple"):
+        fields.append(("scores", pa.list_(pa.float64())))
+    return pa.schema(fields)
+
+
 def write_sentence_transformers(
     examples: Iterator[list[Example]], fmt: str, num_negatives: int, scores: bool, out_path: str
 ) -> dict[str, int]:
+    """One format as Parquet. A run whose selection left no query enough negatives for the format writes
+    the format's columns with no rows, and says so (selection.json counts what each filter dropped)."""
+    schema = st_schema(fmt, num_negatives, scores)
     rows = skipped = 0
-    writer = None
-    with atomic_output(out_path) as tmp:
-        try:
-            for batch in examples:
-                cols, batch_skipped = st_rows(batch, fmt, num_negatives, scores)
-                skipped += batch_skipped
-                if not cols:
-                    continue
-                table = pa.table(cols)
-                writer = writer or pq.ParquetWriter(str(tmp), table.schema)
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        for batch in examples:
+            cols, batch_skipped = st_rows(batch, fmt, num_negatives, scores)
+            skipped += batch_skipped
+            if cols:
+                table = pa.table(cols, schema=schema)
                 writer.write_table(table)
                 rows += table.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            raise ValueError(f"{fmt}: no query has enough negatives to write a single row")
     log.info("%s: %d rows, %d queries skipped (too few negatives for the format)", fmt, rows, skipped)
+    if not rows:
+        log.warning(
+            "%s: no query has %s, so the file has no rows; selection.json counts what each filter dropped",
+            fmt,
+            f"{num_negatives} negatives" if fmt == "n-tuple" else "a negative",
+        )
     return {"rows": rows, "queries_skipped": skipped}
