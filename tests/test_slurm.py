@@ -20,10 +20,13 @@ def slurm_is_up() -> bool:
     return proc.returncode == 0 and any(s.startswith(("idle", "mix")) for s in proc.stdout.split())
 
 
-pytestmark = pytest.mark.skipif(
-    not slurm_is_up() and os.environ.get("NEGFLOW_REQUIRE_SLURM") != "1",
-    reason="no SLURM reachable (start one with `.ci/slurm.sh start`)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not slurm_is_up() and os.environ.get("NEGFLOW_REQUIRE_SLURM") != "1",
+        reason="no SLURM reachable (start one with `.ci/slurm.sh start`)",
+    ),
+]
 
 GPU_RULES = {"embed", "score_pairs", "audit"}
 

@@ -16,6 +16,8 @@ from conftest import assert_same_negatives, copy_workflow, read_jsonl, snakemake
 
 from negflow.store import ShardedEmbeddings
 
+pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
+
 
 def planned_jobs(proc) -> dict[str, int]:
     """Rule -> job count from Snakemake's 'Job stats' table (empty when nothing is to be done)."""
