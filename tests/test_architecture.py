@@ -1,0 +1,40 @@
+"""The library's layers (README, Architecture): a module imports only from the layers above its own."""
+
+import ast
+
+from conftest import REPO
+
+LAYERS = [
+    {"errors", "files"},
+    {"refs", "shards", "selection"},
+    {"store"},
+    {"models", "devices"},
+    {"read_pairs", "beir", "prepare", "embed", "search", "pairs", "export", "training", "report", "audit"}
+    | {"evaluate", "finetune", "demo", "provenance"},
+    {"stage"},
+    {"config", "hooks"},
+]
+STAGE_LAYER = 4  # stage modules may also use each other (the audit replays export's selection)
+
+
+def library_imports(path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negflow."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("negflow.")}
+    return names
+
+
+def test_every_library_module_has_a_layer_and_imports_only_from_layers_above():
+    layer_of = {module: i for i, layer in enumerate(LAYERS) for module in layer}
+    modules = {p.stem: p for p in (REPO / "scripts" / "negflow").glob("*.py") if p.stem != "__init__"}
+    assert set(modules) == set(layer_of)
+    wrong = [
+        (module, used)
+        for module, path in modules.items()
+        for used in library_imports(path)
+        if not (layer_of[used] < layer_of[module] or layer_of[used] == layer_of[module] == STAGE_LAYER)
+    ]
+    assert wrong == []
