@@ -1,5 +1,7 @@
-"""Bad input end to end: every case stops with one line naming the file and line (or id) before the embed
-stage, and leaves nothing under results/; the cases that are only suspicious warn, count and go on."""
+"""Bad input end to end, for what needs Snakemake: the configuration and model checks that run while the
+DAG is built, and one bad data line, which must reach the terminal as one line naming the file and line,
+before the embed stage, leaving nothing under results/ (the data checks themselves are unit tests in
+test_beir.py and test_prepare.py). The cases that are only suspicious warn, count and go on."""
 
 from __future__ import annotations
 
@@ -29,83 +31,9 @@ def _edit_jsonl(block, key, tmp_path, line_no, edit) -> tuple[dict, str]:
     return {key: str(path)}, str(path)
 
 
-def _edit_qrels(block, tmp_path, edit) -> tuple[dict, str]:
-    path = _write(tmp_path / "qrels.tsv", edit(_lines(block["qrels"])))
-    return {"qrels": str(path)}, str(path)
-
-
 def malformed_json(block, tmp_path, models):
     changed, path = _edit_jsonl(block, "corpus", tmp_path, 6, lambda d: json.dumps(d)[:-3])
     return changed, f"{path}:6: malformed JSON"
-
-
-def missing_id(block, tmp_path, models):
-    changed, path = _edit_jsonl(block, "corpus", tmp_path, 3, lambda d: json.dumps({"text": d["text"]}))
-    return changed, f"{path}:3: missing '_id'"
-
-
-def missing_text(block, tmp_path, models):
-    changed, path = _edit_jsonl(block, "queries", tmp_path, 2, lambda q: json.dumps({"_id": q["_id"]}))
-    return changed, f"{path}:2: missing 'text'"
-
-
-def non_string_text(block, tmp_path, models):
-    changed, path = _edit_jsonl(block, "corpus", tmp_path, 4, lambda d: json.dumps({**d, "text": 123}))
-    return changed, f"{path}:4: 'text' must be a string, got int"
-
-
-def duplicate_corpus_id(block, tmp_path, models):
-    first = json.loads(_lines(block["corpus"])[0])["_id"]
-    changed, path = _edit_jsonl(block, "corpus", tmp_path, 7, lambda d: json.dumps({**d, "_id": first}))
-    return changed, f"{path}:7: duplicate document id '{first}'"
-
-
-def duplicate_query_id(block, tmp_path, models):
-    first = json.loads(_lines(block["queries"])[0])["_id"]
-    changed, path = _edit_jsonl(block, "queries", tmp_path, 3, lambda q: json.dumps({**q, "_id": first}))
-    return changed, f"{path}:3: duplicate query id '{first}'"
-
-
-def non_utf8(block, tmp_path, models):
-    raw = Path(block["corpus"]).read_bytes().split(b"\n")
-    raw[4] = raw[4].replace(b'"text": "', b'"text": "\xff\xfe', 1)
-    path = tmp_path / "corpus.jsonl"
-    path.write_bytes(b"\n".join(raw))
-    return {"corpus": str(path)}, f"{path}:5: not valid UTF-8 (invalid start byte at byte"
-
-
-def qrels_without_header(block, tmp_path, models):
-    changed, path = _edit_qrels(block, tmp_path, lambda lines: lines[1:])
-    return changed, f"{path}:1: expected the header 'query-id<TAB>corpus-id<TAB>score'"
-
-
-def qrels_non_integer_score(block, tmp_path, models):
-    def edit(lines):
-        q, d, _ = lines[2].split("\t")
-        return [*lines[:2], f"{q}\t{d}\t1.5", *lines[3:]]
-
-    changed, path = _edit_qrels(block, tmp_path, edit)
-    return changed, f"{path}:3: score '1.5' is not an integer"
-
-
-def qrels_unknown_doc_ids(block, tmp_path, models):
-    q = _lines(block["qrels"])[1].split("\t")[0]
-    changed, path = _edit_qrels(block, tmp_path, lambda lines: [*lines, f"{q}\tnot-a-doc\t1", f"{q}\talso-missing\t1"])
-    return changed, f"{path}: 2 corpus ids not found (first: 'not-a-doc', 'also-missing')"
-
-
-def qrels_unknown_query_ids(block, tmp_path, models):
-    d = _lines(block["qrels"])[1].split("\t")[1]
-    changed, path = _edit_qrels(block, tmp_path, lambda lines: [*lines, f"nobody\t{d}\t1"])
-    return changed, f"{path}: 1 query ids not found (first: 'nobody')"
-
-
-def no_query_has_a_positive(block, tmp_path, models):
-    def edit(lines):
-        return [lines[0], *(line.rsplit("\t", 1)[0] + "\t0" for line in lines[1:])]
-
-    changed, path = _edit_qrels(block, tmp_path, edit)
-    return changed, f"{path}: no query has a positive (score >= 1); nothing to mine"
 
 
 def corpus_smaller_than_candidates(block, tmp_path, models):
@@ -132,13 +60,6 @@ def model_folder_without_a_model(block, tmp_path, models):
         f"config: datasets.bad.embedding: '{folder}' is not a sentence-transformers model (no modules.json or "
         "config.json)",
     )
-
-
-def model_folder_that_does_not_load(block, tmp_path, models):
-    folder = tmp_path / "broken"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "bert"}\n')
-    return {"embedding": str(folder)}, f"embedding model '{folder}': cannot load as a SentenceTransformer ("
 
 
 def embedding_model_given_as_cross_encoder(block, tmp_path, models):
@@ -170,21 +91,9 @@ def num_negatives_above_the_window(block, tmp_path, models):
 
 CASES = [
     malformed_json,
-    missing_id,
-    missing_text,
-    non_string_text,
-    duplicate_corpus_id,
-    duplicate_query_id,
-    non_utf8,
-    qrels_without_header,
-    qrels_non_integer_score,
-    qrels_unknown_doc_ids,
-    qrels_unknown_query_ids,
-    no_query_has_a_positive,
     corpus_smaller_than_candidates,
     model_folder_missing,
     model_folder_without_a_model,
-    model_folder_that_does_not_load,
     embedding_model_given_as_cross_encoder,
     unknown_config_key,
     wrong_config_type,
