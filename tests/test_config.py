@@ -74,6 +74,7 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
         ({"datasets": {"a": {"pairs": "p.jsonl", "min_positive_score": 2}}}, "a pairs dataset grades every positive 1"),
         ({"datasets": {"a": {"pairs": "p.jsonl", "set_mode": "any"}}}, "datasets.a.set_mode: 'any' is not one of"),
         ({"num_negatives": 0, "datasets": {}}, "config: top level.num_negatives: 0 is less than the minimum of 1"),
+        ({"datasets": {"a": {**DATA, "min_positive_score": 0}}}, "datasets.a.min_positive_score: 0 is less than the"),
         ({"datasets": {"a": {**DATA, "selection_score": "ce"}}}, "'ce' needs a cross-encoder"),
         ({"datasets": {"a": {**DATA, "embedding": "/no/such/model"}}}, "model folder '/no/such/model' does not"),
         ({"datasets": {"a": {**DATA, "ce": "./missing-ce"}}}, "datasets.a.ce: model folder './missing-ce'"),
