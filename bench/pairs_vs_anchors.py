@@ -49,6 +49,7 @@ from selection_vs_anchors import (  # noqa: E402
     visible_positives,
 )
 
+from negflow.negatives import read_negatives  # noqa: E402
 from negflow.read_pairs import normalise, text_hash  # noqa: E402
 from negflow.refs import resolve_model_ref  # noqa: E402
 from negflow.store import ShardedEmbeddings, load_table  # noqa: E402
@@ -115,11 +116,7 @@ def candidates(results: Path, qid: dict[str, str]) -> dict[str, list[tuple[str, 
 
 def negatives(results: Path, qid: dict[str, str]) -> dict[str, list[str]]:
     """Every query's selected negatives (doc ids, in negatives.jsonl order), by BEIR query id."""
-    out = {}
-    for record in read_jsonl(results / "negatives.jsonl"):
-        docs = zip(record["docs"], record["doc_scores"], strict=True)
-        out[qid[record["query"]]] = [d for d, s in docs if s == 0]
-    return out
+    return {qid[r.query]: r.negatives() for r in read_negatives(results / "negatives.jsonl")}
 
 
 def sizes(by_mode: dict[str, dict]) -> str:

@@ -35,6 +35,7 @@ def main(log):
             query_texts,
             judged,
             manifest["query_prompt"],
+            manifest["doc_prompt"],
             s,
             BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
             work_dir,

@@ -6,7 +6,7 @@ from conftest import REPO
 
 LAYERS = [
     {"errors", "files"},
-    {"refs", "shards", "selection"},
+    {"refs", "shards", "selection", "negatives"},
     {"store"},
     {"models", "devices"},
     {"read_pairs", "beir", "prepare", "embed", "search", "pairs", "export", "training", "report", "audit"}

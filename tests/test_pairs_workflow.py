@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import read_jsonl, snakemake, write_config
 
+from negflow.negatives import read_negatives
 from negflow.store import load_table
 
 pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
@@ -29,10 +30,8 @@ def _negatives_by_text(run: Path, dataset: str) -> dict[str, tuple[list[str], li
     """query text -> (positive texts, negative texts) of negatives.jsonl."""
     queries, docs = _texts(run, dataset)
     out = {}
-    for record in read_jsonl(run / f"results/{dataset}/negatives.jsonl"):
-        n_pos = sum(s > 0 for s in record["doc_scores"])
-        texts = [docs[d] for d in record["docs"]]
-        out[queries[record["query"]]] = (texts[:n_pos], texts[n_pos:])
+    for record in read_negatives(run / f"results/{dataset}/negatives.jsonl"):
+        out[queries[record.query]] = ([docs[d] for d in record.positives()], [docs[d] for d in record.negatives()])
     return out
 
 

@@ -1,20 +1,24 @@
 """The run report's data: which scores count as positive or negative, where ranks come from, text shortening."""
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from negflow.negatives import NegativesRecord
 from negflow.report import examples_html, negative_ranks, scan_negatives, score_sets, shorten
 
 RECORDS = [
-    {
-        "query": "q1",
-        "docs": ["p1", "n1", "n2", "pad"],
-        "doc_scores": [2.0, 0.0, 0.0, 0.0],
-        "query_doc_cos": [0.9, 0.5, 0.4, 0.1],
-        "query_doc_ce": [3.0, -1.0, -2.0, None],
-    },
-    {"query": "q2", "docs": ["p2"], "doc_scores": [1.0], "query_doc_cos": [0.8], "query_doc_ce": [2.5]},
+    NegativesRecord(
+        query="q1",
+        docs=["p1", "n1", "n2", "pad"],
+        doc_scores=[2.0, 0.0, 0.0, 0.0],
+        query_doc_cos=[0.9, 0.5, 0.4, 0.1],
+        doc_doc_cos=[],
+        query_doc_ce=[3.0, -1.0, -2.0, None],
+    ),
+    NegativesRecord(query="q2", docs=["p2"], doc_scores=[1.0], query_doc_cos=[0.8], doc_doc_cos=[], query_doc_ce=[2.5]),
 ]
 
 
@@ -53,7 +57,7 @@ def test_scores_split_by_grade_and_padded_negatives_have_no_rank(tmp_path):
 
 
 def test_without_a_cross_encoder_there_is_no_ce_panel(tmp_path):
-    records = [{k: v for k, v in r.items() if k != "query_doc_ce"} for r in RECORDS]
+    records = [replace(r, query_doc_ce=None) for r in RECORDS]
     mined = _mined(tmp_path)
     scores = score_sets(scan_negatives(records, mined, QUERY_IDS), mined)
     assert scores.positive_ce is None and scores.negative_ce is None

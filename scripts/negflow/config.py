@@ -221,7 +221,6 @@ RULE_SETTINGS = {
         "finetune_learning_rate",
         "embedding",
         "embedding_seq_len",
-        "doc_prompt",
         "queries",
         "min_positive_score",
         "device",

@@ -7,7 +7,6 @@ on the same candidates.
 
 from __future__ import annotations
 
-import json
 import logging
 from array import array
 from collections import Counter
@@ -21,6 +20,7 @@ import pyarrow.compute as pc
 
 from negflow.beir import GIVEN_NEGATIVE
 from negflow.files import SortedRows, atomic_output, read_parquet, write_json
+from negflow.negatives import NegativesRecord
 from negflow.selection import (
     FILTERS,
     QueryScores,
@@ -333,22 +333,24 @@ def export_negatives(
             neg_rows = np.r_[query.cand_rows[chosen], pad_rows]
             neg_cos = np.r_[query.cand_cos[chosen], [c for _, c in padded]]
             emb = mined.corpus.take(np.r_[query.pos_rows, query.given_rows, neg_rows])
-            record = {
-                "query": query.query_id,
-                "docs": query.pos_ids
+            ce = None
+            if mined.has_ce:
+                neg_ce = list(query.cand_ce[chosen]) + [None] * len(padded)
+                ce = _rounded(list(query.pos_ce) + list(query.given_ce) + neg_ce)
+                dist["positive_ce"].frombytes(query.pos_ce.astype(np.float64).tobytes())
+                dist["negative_ce"].frombytes(query.cand_ce[chosen].astype(np.float64).tobytes())
+            record = NegativesRecord(
+                query=query.query_id,
+                docs=query.pos_ids
                 + query.given_ids
                 + [query.cand_ids[i] for i in chosen.tolist()]
                 + mined.doc_ids(pad_rows),
-                "doc_scores": [float(s) for s in query.pos_grades] + [0.0] * (given + len(neg_rows)),
-                "query_doc_cos": _rounded(np.r_[query.pos_cos, query.given_cos, neg_cos]),
-            }
-            if mined.has_ce:
-                neg_ce = list(query.cand_ce[chosen]) + [None] * len(padded)
-                record["query_doc_ce"] = _rounded(list(query.pos_ce) + list(query.given_ce) + neg_ce)
-                dist["positive_ce"].frombytes(query.pos_ce.astype(np.float64).tobytes())
-                dist["negative_ce"].frombytes(query.cand_ce[chosen].astype(np.float64).tobytes())
-            record["doc_doc_cos"] = _rounded((emb @ emb.T).ravel())
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                doc_scores=[float(s) for s in query.pos_grades] + [0.0] * (given + len(neg_rows)),
+                query_doc_cos=_rounded(np.r_[query.pos_cos, query.given_cos, neg_cos]),
+                doc_doc_cos=_rounded((emb @ emb.T).ravel()),
+                query_doc_ce=ce,
+            )
+            out.write(record.to_json() + "\n")
             counts["queries_written"] += 1
             counts["negatives"] += len(neg_rows)
             dist["positive_cosine"].frombytes(query.pos_cos.astype(np.float64).tobytes())

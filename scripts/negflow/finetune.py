@@ -96,12 +96,13 @@ def finetune_report(
     query_texts: dict[str, str],
     judged: dict,
     query_prompt: str | None,
+    doc_prompt: str | None,
     settings: dict,
     limits,
     work_dir: str,
 ) -> dict:
     """nDCG@10 (and MRR@10, Recall@100) before training, after training on the mined negatives, and after
-    training on random negatives, with wall times."""
+    training on random negatives, with wall times. The prompts are the ones prepare used (its manifest)."""
     from negflow.models import load_embedding_model, pick_device
     from negflow.store import load_table
 
@@ -116,9 +117,7 @@ def finetune_report(
 
     def evaluate(model) -> dict:
         from negflow.evaluate import embed_texts
-        from negflow.models import model_prompt
 
-        doc_prompt = model_prompt(model, settings["doc_prompt"], "document")
         corpus_emb = embed_texts(model, corpus_texts, doc_prompt, limits, device, None)
         return evaluate_model(
             model,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import json
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negflow.files import SortedRows, atomic_output, open_parquet
+from negflow.negatives import NegativesRecord, read_negatives
 from negflow.selection import no_negatives_warning
 from negflow.store import load_table
 
@@ -46,7 +47,7 @@ class ExportScan:
     an n x n doc_doc_cos matrix) are never all in memory."""
 
     queries: int = 0
-    examples: list[dict] = field(default_factory=list)
+    examples: list[NegativesRecord] = field(default_factory=list)
     scores: dict[str, array] = field(default_factory=lambda: {k: array("d") for k in SCORE_KEYS})
     has_ce: bool = False
     ranks: array = field(default_factory=lambda: array("q"))  # of the negatives that were candidates
@@ -55,14 +56,7 @@ class ExportScan:
 SCORE_KEYS = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce")
 
 
-def read_negatives(path: str | Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-def scan_negatives(records: Iterable[dict], mined_path: str | Path, query_ids: pa.Array) -> ExportScan:
+def scan_negatives(records: Iterable[NegativesRecord], mined_path: str | Path, query_ids: pa.Array) -> ExportScan:
     """One pass over the records (in query order, as export writes them) and, alongside, over the candidates
     file: each block of records' negatives are joined with their queries' candidates for their ranks, so
     neither file is ever whole in memory. `query_ids`: the prepared queries' ids, by row."""
@@ -73,14 +67,15 @@ def scan_negatives(records: Iterable[dict], mined_path: str | Path, query_ids: p
         scan.queries += 1
         if len(scan.examples) < EXAMPLE_QUERIES:
             scan.examples.append(r)
-        scan.has_ce |= "query_doc_ce" in r
-        ce = r.get("query_doc_ce") or [None] * len(r["docs"])
-        for grade, cos, ce_score in zip(r["doc_scores"], r["query_doc_cos"], ce, strict=True):
-            side = "positive" if grade > 0 else "negative"
+        scan.has_ce |= r.query_doc_ce is not None
+        ce = r.query_doc_ce or [None] * len(r.docs)
+        n_pos = r.n_positives
+        for i, (cos, ce_score) in enumerate(zip(r.query_doc_cos, ce, strict=True)):
+            side = "positive" if i < n_pos else "negative"
             scan.scores[f"{side}_cosine"].append(cos)
             if ce_score is not None:
                 scan.scores[f"{side}_ce"].append(ce_score)
-        block.append((r["query"], [d for d, grade in zip(r["docs"], r["doc_scores"], strict=True) if grade == 0]))
+        block.append((r.query, r.negatives()))
         if len(block) == RANK_BLOCK:
             _add_ranks(scan, block, candidates, query_ids)
             block = []
@@ -245,24 +240,24 @@ def shorten(text: str, width: int = TEXT_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
-def _doc_cell(record: dict, i: int, texts: dict[str, str]) -> str:
-    score = f"cos {record['query_doc_cos'][i]:.3f}"
-    if record.get("query_doc_ce") and record["query_doc_ce"][i] is not None:
-        score += f", CE {record['query_doc_ce'][i]:.3f}"
-    doc = record["docs"][i]
+def _doc_cell(record: NegativesRecord, i: int, texts: dict[str, str]) -> str:
+    score = f"cos {record.query_doc_cos[i]:.3f}"
+    if record.query_doc_ce and record.query_doc_ce[i] is not None:
+        score += f", CE {record.query_doc_ce[i]:.3f}"
+    doc = record.docs[i]
     return f"<b>{html.escape(doc)}</b> ({score})<br>{html.escape(shorten(texts.get(doc, '')))}"
 
 
-def examples_html(records: list[dict], texts: dict[str, str], queries: dict[str, str], dataset: str) -> str:
+def examples_html(records: list[NegativesRecord], texts: dict[str, str], queries: dict[str, str], dataset: str) -> str:
     """The first few queries with their first positive and first negatives, texts shortened, scores beside."""
     rows = []
     for r in records[:EXAMPLE_QUERIES]:
-        positives = [i for i, g in enumerate(r["doc_scores"]) if g > 0]
-        negatives = [i for i, g in enumerate(r["doc_scores"]) if g == 0][:EXAMPLE_NEGATIVES]
+        n_pos = r.n_positives
+        negatives = range(n_pos, min(len(r.docs), n_pos + EXAMPLE_NEGATIVES))
         rows.append(
             (
-                f"<b>{html.escape(r['query'])}</b><br>{html.escape(shorten(queries.get(r['query'], '')))}",
-                _doc_cell(r, positives[0], texts) if positives else "",
+                f"<b>{html.escape(r.query)}</b><br>{html.escape(shorten(queries.get(r.query, '')))}",
+                _doc_cell(r, 0, texts) if n_pos else "",
                 "<br><br>".join(_doc_cell(r, i, texts) for i in negatives)
                 or "<i>none: every candidate was filtered out</i>",
             )
@@ -299,11 +294,11 @@ def build_report(
     plot_scores(scores, out_scores, dataset)
     ranks = negative_ranks(scan)
     plot_ranks(ranks, candidates, out_ranks, dataset)
-    doc_ids = {d for r in scan.examples for d in r["docs"]}
+    doc_ids = {d for r in scan.examples for d in r.docs}
     body = examples_html(
         scan.examples,
         texts_of(corpus_dir, doc_ids),
-        texts_of(queries_dir, {r["query"] for r in scan.examples}),
+        texts_of(queries_dir, {r.query for r in scan.examples}),
         dataset,
     )
     write_html(out_examples, f"{dataset}: examples", body)

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negflow.files import atomic_output
+from negflow.negatives import read_negatives
 from negflow.store import load_table
 
 log = logging.getLogger("negflow")
@@ -34,40 +35,25 @@ class Example:
     negative_scores: list[float]
 
 
-def _read_records(path: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
-
-
-def _split(record: dict) -> tuple[int, list[float]]:
-    """Number of positives (they come first, with a qrels grade > 0) and the score of every doc:
-    the cross-encoder's when there is one, else the cosine."""
-    n_pos = sum(1 for s in record["doc_scores"] if s > 0)
-    scores = record.get("query_doc_ce") or record["query_doc_cos"]
-    fallback = record["query_doc_cos"]
-    return n_pos, [c if c is not None else f for c, f in zip(scores, fallback, strict=True)]
-
-
 def iter_examples(negatives_path: str, corpus_dir: str, queries_dir: str) -> Iterator[list[Example]]:
     """Batches of examples with texts looked up by id in the prepared corpus and queries (vectorised)."""
     corpus = load_table(corpus_dir, ["id", "text"])
     queries = load_table(queries_dir, ["id", "text"])
-    records = _read_records(negatives_path)
+    records = read_negatives(negatives_path)
     while True:
         batch = [r for _, r in zip(range(BATCH_QUERIES), records, strict=False)]
         if not batch:
             return
-        doc_ids = pa.array([d for r in batch for d in r["docs"]], pa.string())
+        doc_ids = pa.array([d for r in batch for d in r.docs], pa.string())
         doc_texts = corpus["text"].take(pc.index_in(doc_ids, value_set=corpus["id"])).to_pylist()
-        query_ids = pa.array([r["query"] for r in batch], pa.string())
+        query_ids = pa.array([r.query for r in batch], pa.string())
         query_texts = queries["text"].take(pc.index_in(query_ids, value_set=queries["id"])).to_pylist()
         examples, start = [], 0
         for record, query_text in zip(batch, query_texts, strict=True):
-            n_docs = len(record["docs"])
+            n_docs, n_pos = len(record.docs), record.n_positives
             texts = doc_texts[start : start + n_docs]
             start += n_docs
-            n_pos, scores = _split(record)
+            scores = record.model_scores()
             examples.append(Example(query_text, texts[:n_pos], texts[n_pos:], scores[:n_pos], scores[n_pos:]))
         yield examples
 
