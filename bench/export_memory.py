@@ -30,7 +30,8 @@ CANDIDATES = 100
 EXPORT = """
 import json, resource, sys, time
 sys.path.insert(0, {scripts!r})
-from negflow.export import MinedCandidates, export_negatives
+from negflow.candidates import MinedCandidates
+from negflow.export import export_negatives
 from negflow.selection import SelectionSettings
 d = {folder!r}
 start = time.perf_counter()

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
 from negflow.audit import anchor_strategies, audit_selection, format_table, write_report
 from negflow.beir import ReadStats, iter_queries
+from negflow.candidates import MinedCandidates
 from negflow.evaluate import evaluate_model, read_judgments
-from negflow.export import MinedCandidates
 from negflow.files import read_parquet
 from negflow.selection import SelectionSettings
 from negflow.stage import run_stage

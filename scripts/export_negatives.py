@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.export import MinedCandidates, export_negatives
+from negflow.candidates import MinedCandidates
+from negflow.export import export_negatives
 from negflow.provenance import build_provenance, write_sidecar
 from negflow.selection import SelectionSettings
 from negflow.stage import run_stage

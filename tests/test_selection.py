@@ -219,3 +219,24 @@ def test_a_selection_without_negatives_warns_naming_the_filters_that_dropped_the
     assert "same_text" not in warning
     assert no_negatives_warning({**report, "counts": {**report["counts"], "negatives": 1}}) is None
     assert no_negatives_warning({**report, "counts": {**report["counts"], "given_negatives": 2}}) is None
+
+
+def test_select_query_counts_given_negatives_and_applies_the_short_query_policy():
+    from negflow.selection import select_query
+
+    query = QueryScores(scores=np.array([0.5, 0.4, 0.3]), positive_scores=np.array([0.9]))
+    noise = np.zeros(3)
+    calls = []
+
+    def pad(selection, s):
+        calls.append((selection.chosen.tolist(), s.num_negatives))
+        return [(99, 0.1)]
+
+    full = select_query(query, SelectionSettings(num_negatives=3, sampling="top"), noise, given=1, pad=pad)
+    assert full.chosen.tolist() == [0, 1] and not full.short and full.written and full.padded == []
+    for policy, written, padded in (("keep", True, []), ("drop", False, []), ("pad", True, [(99, 0.1)])):
+        s = SelectionSettings(num_negatives=5, sampling="top", short_queries=policy)
+        picked = select_query(query, s, noise, given=1, pad=pad)
+        assert picked.chosen.tolist() == [0, 1, 2] and picked.short
+        assert (picked.written, picked.padded) == (written, padded)
+    assert calls == [([0, 1, 2], 4)]  # padding sees the room the given negative leaves

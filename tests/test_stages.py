@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from negflow.audit import audit_selection
+from negflow.candidates import MinedCandidates, group_bounds
 from negflow.embed import embed_shard
-from negflow.export import MinedCandidates, export_negatives, group_bounds
+from negflow.export import export_negatives
 from negflow.models import BatchLimits, length_sorted_batches
 from negflow.pairs import merge_scores, prepare_pairs, score_pairs, unique_pairs
 from negflow.prepare import prepare

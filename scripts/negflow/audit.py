@@ -12,9 +12,9 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
-from negflow.export import MinedCandidates, query_noise
+from negflow.candidates import MinedCandidates, query_noise
 from negflow.files import write_json
-from negflow.selection import SelectionSettings, select_negatives
+from negflow.selection import SelectionSettings, select_query
 
 log = logging.getLogger("negflow")
 
@@ -64,21 +64,25 @@ def audit_selection(
             continue
         audited += 1
         scores = query.scores(mined.score_name)
+        given = len(query.given_rows)
         for name, s in strategies.items():
-            selection = select_negatives(scores, s, query_noise(s, query))
-            chosen = [query.cand_ids[i] for i in selection.chosen.tolist()]
+            picked = select_query(
+                scores,
+                s,
+                query_noise(s, query),
+                given,
+                lambda selection, s, query=query: mined.pad(query, selection, s),
+            )
             st = stats[name]
-            if len(chosen) < s.num_negatives:
-                st["short"] += 1
-                if s.short_queries == "drop":
-                    continue
-                if s.short_queries == "pad":
-                    pads = mined.pad(query, selection, s)
-                    st["padded"] += len(pads)
-                    chosen += mined.doc_ids(np.array([r for r, _ in pads], dtype=np.int64))
+            st["short"] += picked.short
+            if not picked.written:
+                continue
+            st["padded"] += len(picked.padded)
+            chosen = [query.cand_ids[i] for i in picked.chosen.tolist()]
+            chosen += mined.doc_ids(np.array([r for r, _ in picked.padded], dtype=np.int64))
             st["negatives"] += len(chosen)
             st["false_negatives"] += sum(d in truth for d in chosen)
-            st["ranks"] += query.cand_ranks[selection.chosen].tolist()
+            st["ranks"] += query.cand_ranks[picked.chosen].tolist()
     report = {}
     for name, st in stats.items():
         ranks = np.asarray(st.pop("ranks"))

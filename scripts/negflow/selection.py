@@ -7,7 +7,8 @@ taken greedily, skipping near-duplicates of negatives already kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -199,6 +200,39 @@ def select_negatives(query: QueryScores, s: SelectionSettings, noise: np.ndarray
     if s.dup_threshold is not None:
         dropped["duplicate_of_negative"] = near_duplicates
     return Selection(np.sort(np.array(chosen, dtype=np.int64)), dropped, int(keep.sum()))
+
+
+@dataclass
+class QuerySelection:
+    """One query's outcome: the candidates chosen (as Selection.chosen), the padding documents (corpus row,
+    cosine), the filters' drop counts, whether the query was short of num_negatives before padding, and
+    whether it is written at all (short_queries: drop removes a short one)."""
+
+    chosen: np.ndarray
+    padded: list[tuple[int, float]]
+    dropped: dict[str, int]
+    short: bool
+    written: bool
+
+
+def select_query(
+    query: QueryScores,
+    s: SelectionSettings,
+    noise: np.ndarray,
+    given: int = 0,
+    pad: Callable[[Selection, SelectionSettings], list[tuple[int, float]]] | None = None,
+) -> QuerySelection:
+    """Everything selection does for one query: filters and sampler pick from the candidates; `given`
+    negatives (the data's own, listed first) count towards num_negatives; a query left short is kept,
+    dropped, or padded by `pad(selection, settings)` with documents from outside its candidates, as
+    short_queries says."""
+    s = replace(s, num_negatives=max(0, s.num_negatives - given)) if given else s
+    selection = select_negatives(query, s, noise)
+    short = len(selection.chosen) < s.num_negatives
+    if short and s.short_queries == "drop":
+        return QuerySelection(selection.chosen, [], selection.dropped, short=True, written=False)
+    padded = pad(selection, s) if short and s.short_queries == "pad" and pad is not None else []
+    return QuerySelection(selection.chosen, padded, selection.dropped, short=short, written=True)
 
 
 def no_negatives_warning(report: dict) -> str | None:
