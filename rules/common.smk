@@ -112,6 +112,18 @@ def prepare_inputs(wildcards):
     return inputs
 
 
+def judgment_inputs(wildcards):
+    """The prepared corpus, and the audit and finetune qrels and the queries where they are local files."""
+    settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
+    inputs = {"corpus_dir": f"results/{wildcards.dataset}/prepare/corpus"}
+    for key in ("audit_qrels", "finetune_eval_qrels"):
+        if settings[key] and is_local_data(settings[key]):
+            inputs[key] = settings[key]
+    if len(inputs) > 1 and is_local_data(settings["queries"]):
+        inputs["queries"] = settings["queries"]
+    return inputs
+
+
 def embedding_shards(part):
     """All shard files of the corpus or query embeddings of the job's dataset."""
 
@@ -174,9 +186,7 @@ def audit_inputs(wildcards):
     settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
     inputs = export_inputs(wildcards)
     inputs["holdout"] = f"results/{wildcards.dataset}/prepare/holdout.parquet"
-    for key in ("audit_qrels", "queries"):
-        if settings["audit_qrels"] and is_local_data(settings[key]):
-            inputs[f"{key}_file"] = settings[key]
+    inputs["judgments"] = f"results/{wildcards.dataset}/prepare/judgments.parquet"
     return inputs
 
 
@@ -192,8 +202,6 @@ def finetune_inputs(wildcards):
         "corpus_dir": f"results/{wildcards.dataset}/prepare/corpus",
         "queries_dir": f"results/{wildcards.dataset}/prepare/queries",
         "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
+        "judgments": f"results/{wildcards.dataset}/prepare/judgments.parquet",
     }
-    for key in ("finetune_eval_qrels", "queries"):
-        if is_local_data(settings[key]):
-            inputs[f"{key}_file"] = settings[key]
     return inputs

@@ -3,6 +3,7 @@ rule embed:
     input:
         corpus="results/{dataset}/prepare/corpus",
         queries="results/{dataset}/prepare/queries",
+        judgments=ancient("results/{dataset}/prepare/judgments.parquet"),
         code=code_of("embed"),
     output:
         corpus="results/{dataset}/embed/corpus/{scatteritem}.npy",

@@ -19,3 +19,22 @@ rule prepare:
         settings=settings_for("prepare"),
     script:
         "../scripts/prepare.py"
+
+
+rule prepare_judgments:
+    """The audit's and finetune's qrels checked against the prepared corpus and stored with their queries'
+    texts; embed waits for it (as ancient, so a new file reruns no embedding), so a bad file stops the run
+    before any model stage."""
+    input:
+        unpack(judgment_inputs),
+        code=code_of("prepare_judgments"),
+    output:
+        "results/{dataset}/prepare/judgments.parquet",
+    log:
+        "logs/prepare_judgments/{dataset}.log",
+    conda:
+        "../envs/negflow.yaml"
+    params:
+        settings=settings_for("prepare_judgments"),
+    script:
+        "../scripts/prepare_judgments.py"

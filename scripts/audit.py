@@ -10,9 +10,8 @@ if TYPE_CHECKING:
 
 
 from negflow.audit import anchor_strategies, audit_selection, format_table, write_report
-from negflow.beir import ReadStats, iter_queries
 from negflow.candidates import MinedCandidates
-from negflow.evaluate import evaluate_model, read_judgments
+from negflow.evaluate import evaluate_model, load_judgments
 from negflow.files import read_parquet
 from negflow.selection import SelectionSettings
 from negflow.stage import run_stage
@@ -24,8 +23,7 @@ def main(log):
     inp = snakemake.input
     doc_ids = load_table(inp.corpus_dir, ["id"])["id"].to_pylist()
     if s["audit_qrels"]:
-        query_texts = dict(iter_queries(s["queries"], ReadStats()))
-        judged = read_judgments(s["audit_qrels"], set(doc_ids), query_texts)
+        judged, query_texts = load_judgments(inp.judgments, "audit")
         source = {"audit_qrels": s["audit_qrels"]}
     else:
         judged = {}

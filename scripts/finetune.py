@@ -9,22 +9,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.beir import ReadStats, iter_queries
-from negflow.evaluate import read_judgments
+from negflow.evaluate import load_judgments
 from negflow.files import write_json
 from negflow.finetune import finetune_report
 from negflow.models import BatchLimits, limit_threads
 from negflow.stage import run_stage
-from negflow.store import load_table
 
 
 def main(log):
     s = snakemake.params.settings
     inp = snakemake.input
     limit_threads(snakemake.threads)
-    query_texts = dict(iter_queries(s["queries"], ReadStats()))
-    doc_ids = set(load_table(inp.corpus_dir, ["id"])["id"].to_pylist())
-    judged = read_judgments(s["finetune_eval_qrels"], doc_ids, query_texts)
+    judged, query_texts = load_judgments(inp.judgments, "finetune")
     manifest = json.loads(Path(inp.manifest).read_text(encoding="utf-8"))
     work_dir = tempfile.mkdtemp(prefix=".finetune-", dir=Path(snakemake.output[0]).parent)
     try:

@@ -150,3 +150,15 @@ def test_ten_megabyte_document_is_truncated_by_the_tokenizer(tmp_path, dataset_b
     lengths = dict(zip(table["id"].to_pylist(), table["length"].to_pylist(), strict=True))
     assert lengths["huge"] == 96  # the fixture embedder's max_seq_length
     assert max(lengths.values()) == 96
+
+
+def test_a_bad_audit_qrels_stops_the_run_before_the_embed_stage(tmp_path, dataset_block):
+    """The audit runs last, but its qrels are checked right after prepare: embed waits for that check."""
+    lines = _lines(dataset_block["qrels"])
+    audit = _write(tmp_path / "audit.tsv", [*lines[:3], f"{lines[1].split(chr(9))[0]}\tnot-a-doc\t1"])
+    write_config(tmp_path, {"bad": {**dataset_block, "audit_qrels": str(audit)}})
+    proc = snakemake(tmp_path, check=False)
+    assert proc.returncode != 0
+    assert f"negflow error: {audit}: 1 corpus ids not found (first: 'not-a-doc')" in proc.stdout + proc.stderr
+    assert not (tmp_path / "logs/embed").exists()
+    assert not (tmp_path / "results/bad/prepare/judgments.parquet").exists()

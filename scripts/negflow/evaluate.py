@@ -11,10 +11,15 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from negflow.beir import read_qrels, unknown_ids_message
+from negflow.beir import ReadStats, iter_queries, read_qrels, unknown_ids_message
 from negflow.errors import InputError
+from negflow.files import atomic_output, read_parquet
 from negflow.search import exact_top_k
+from negflow.store import load_table
 
 log = logging.getLogger("negflow")
 
@@ -36,6 +41,50 @@ def read_judgments(ref: str, known_docs: set[str] | dict, known_queries: Iterabl
     for q, d, grade in rows:
         judged.setdefault(q, {})[d] = grade
     return judged
+
+
+JUDGMENTS_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("query_id", pa.string()),
+        ("query", pa.string()),
+        ("doc_id", pa.string()),
+        ("score", pa.int32()),
+    ]
+)
+
+
+def prepare_judgments(qrels: dict[str, str | None], queries_ref: str, corpus_dir: str, out_path: str) -> dict[str, int]:
+    """Check the audit's and finetune's qrels (`qrels`: kind -> qrels reference, None when not configured)
+    against the prepared corpus and the queries, and write them with their queries' texts as one table:
+    a bad file stops the run right after prepare, not at the end. Returns the rows per kind."""
+    doc_ids = set(load_table(corpus_dir, ["id"])["id"].to_pylist())
+    texts = dict(iter_queries(queries_ref, ReadStats())) if any(qrels.values()) else {}
+    columns: dict[str, list] = {name: [] for name in JUDGMENTS_SCHEMA.names}
+    counts = {}
+    for kind, ref in qrels.items():
+        judged = read_judgments(ref, doc_ids, texts) if ref else {}
+        for q, grades in judged.items():
+            for d, grade in grades.items():
+                for name, value in zip(JUDGMENTS_SCHEMA.names, (kind, q, texts[q], d, grade), strict=True):
+                    columns[name].append(value)
+        counts[kind] = sum(map(len, judged.values()))
+        if ref:
+            log.info("%s judgments: %d rows, %d queries from %s", kind, counts[kind], len(judged), ref)
+    with atomic_output(out_path) as tmp:
+        pq.write_table(pa.table(columns, schema=JUDGMENTS_SCHEMA), tmp)
+    return counts
+
+
+def load_judgments(path: str, kind: str) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """One kind of prepared judgments: query id -> {doc id: grade}, and the judged queries' texts."""
+    rows = read_parquet(path).filter(pc.equal(pc.field("kind"), kind)).to_pylist()
+    judged: dict[str, dict[str, int]] = {}
+    texts = {}
+    for row in rows:
+        judged.setdefault(row["query_id"], {})[row["doc_id"]] = row["score"]
+        texts[row["query_id"]] = row["query"]
+    return judged, texts
 
 
 def ndcg_at(ranked: list[str], grades: dict[str, int], k: int) -> float:

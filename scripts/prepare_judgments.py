@@ -1,0 +1,18 @@
+"""Rule prepare_judgments: the audit's and finetune's qrels, checked and stored beside the prepared corpus."""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from snakemake.script import snakemake
+
+from negflow.evaluate import prepare_judgments
+from negflow.stage import run_stage
+
+
+def main(log):
+    s = snakemake.params.settings
+    qrels = {"audit": s["audit_qrels"], "finetune": s["finetune_eval_qrels"]}
+    prepare_judgments(qrels, s["queries"], snakemake.input.corpus_dir, snakemake.output[0])
+
+
+run_stage(snakemake.log[0], main)
