@@ -127,7 +127,7 @@ def negatives(workdir: Path) -> dict[str, set[str]]:
 
 def candidate_cosines(workdir: Path) -> dict[tuple[str, str], float]:
     table = pq.read_table(
-        workdir / "results/msmarco/search/mined_qrels.parquet", columns=["query_id", "doc_id", "cosine"]
+        workdir / "results/msmarco/search/candidates.parquet", columns=["query_id", "doc_id", "cosine"]
     )
     keys = zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True)
     return dict(zip(keys, table["cosine"].to_pylist(), strict=True))

@@ -107,7 +107,7 @@ def snakemake(workdir: Path, names: list[str], *options: str) -> float:
 
 def candidates(results: Path, qid: dict[str, str]) -> dict[str, list[tuple[str, float]]]:
     """(doc id, cosine) of every query's retrieved candidates in rank order, by BEIR query id."""
-    table = pq.read_table(results / "search/mined_qrels.parquet", columns=["query_id", "doc_id", "rank", "cosine"])
+    table = pq.read_table(results / "search/candidates.parquet", columns=["query_id", "doc_id", "rank", "cosine"])
     out: dict[str, list[tuple[str, float]]] = {}
     for row in sorted(table.to_pylist(), key=lambda r: (r["query_id"], r["rank"])):
         out.setdefault(qid[row["query_id"]], []).append((row["doc_id"], row["cosine"]))

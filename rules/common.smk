@@ -67,7 +67,7 @@ def provenance_for(wildcards):
     return provenance_settings(DATASETS[wildcards.dataset])
 
 
-def setting(key):
+def job_setting(key):
     """A function returning one setting of the job's dataset (for resources and threads)."""
     return lambda wildcards: DATASETS[wildcards.dataset][key]
 
@@ -169,7 +169,7 @@ def score_shards(wildcards):
 def export_inputs(wildcards):
     """Search results and corpus embeddings, plus cross-encoder scores when a `ce` is configured."""
     inputs = {
-        "mined": f"results/{wildcards.dataset}/search/mined_qrels.parquet",
+        "mined": f"results/{wildcards.dataset}/search/candidates.parquet",
         "qrels": f"results/{wildcards.dataset}/search/qrels_cosine.parquet",
         "corpus": embedding_shards("corpus")(wildcards),
         "queries": embedding_shards("queries")(wildcards),
@@ -177,7 +177,7 @@ def export_inputs(wildcards):
         "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
     }
     if DATASETS[wildcards.dataset]["ce"] is not None:
-        inputs["scored"] = f"results/{wildcards.dataset}/score/scored_qrels.parquet"
+        inputs["scored"] = f"results/{wildcards.dataset}/score/pair_scores.parquet"
     return inputs
 
 

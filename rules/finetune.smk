@@ -14,8 +14,8 @@ rule finetune:
     threads: 8
     resources:
         gpu=1,
-        batch_size=setting("embedding_batch_size"),
-        batch_tokens=setting("embedding_batch_tokens"),
+        batch_size=job_setting("embedding_batch_size"),
+        batch_tokens=job_setting("embedding_batch_tokens"),
     params:
         settings=settings_for("finetune"),
     script:

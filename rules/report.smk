@@ -2,7 +2,7 @@ rule plot_report:
     input:
         negatives="results/{dataset}/negatives.jsonl",
         selection="results/{dataset}/selection.json",
-        mined="results/{dataset}/search/mined_qrels.parquet",
+        mined="results/{dataset}/search/candidates.parquet",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
         code=code_of("plot_report"),
@@ -36,6 +36,6 @@ rule plot_report:
     conda:
         "../envs/negflow.yaml"
     params:
-        candidates=setting("candidates"),
+        candidates=job_setting("candidates"),
     script:
         "../scripts/plot_report.py"

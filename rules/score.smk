@@ -13,8 +13,8 @@ rule score_pairs:
     threads: 8
     resources:
         gpu=1,
-        batch_size=setting("ce_batch_size"),
-        batch_tokens=setting("ce_batch_tokens"),
+        batch_size=job_setting("ce_batch_size"),
+        batch_tokens=job_setting("ce_batch_tokens"),
     params:
         settings=settings_for("score_pairs"),
     script:
@@ -26,7 +26,7 @@ rule merge_scores:
         shards=score_shards,
         code=code_of("merge_scores"),
     output:
-        "results/{dataset}/score/scored_qrels.parquet",
+        "results/{dataset}/score/pair_scores.parquet",
     log:
         "logs/merge_scores/{dataset}.log",
     conda:

@@ -73,7 +73,7 @@ rule search:
         "../envs/negflow.yaml"
     threads: 8
     resources:
-        batch_size=setting("search_batch_size"),
+        batch_size=job_setting("search_batch_size"),
     params:
         settings=settings_for("search"),
     script:
@@ -89,7 +89,7 @@ rule merge_candidates:
         qrels_dir="results/{dataset}/prepare/qrels",
         code=code_of("merge_candidates"),
     output:
-        mined="results/{dataset}/search/mined_qrels.parquet",
+        mined="results/{dataset}/search/candidates.parquet",
         qrels="results/{dataset}/search/qrels_cosine.parquet",
     log:
         "logs/merge_candidates/{dataset}.log",

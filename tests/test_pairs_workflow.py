@@ -96,7 +96,7 @@ def test_pairs_mine_what_the_same_beir_triples_mine(pair_runs):
     candidates = []
     for dataset in ("beir_top", "pairs_top"):
         queries, docs = _texts(pair_runs, dataset)
-        mined = pq.read_table(pair_runs / f"results/{dataset}/search/mined_qrels.parquet").to_pylist()
+        mined = pq.read_table(pair_runs / f"results/{dataset}/search/candidates.parquet").to_pylist()
         candidates.append(sorted((queries[r["query_id"]], docs[r["doc_id"]], r["rank"]) for r in mined))
     assert candidates[0] == candidates[1]
 
@@ -119,7 +119,7 @@ def test_symmetric_sets_never_return_a_querys_own_text(pair_runs):
     assert sum(len(negatives) for _, negatives in mined.values()) > 0
     queries, docs = _texts(pair_runs, "sym")
     doc_of_text = {t: d for d, t in docs.items()}
-    candidates = pq.read_table(pair_runs / "results/sym/search/mined_qrels.parquet").to_pylist()
+    candidates = pq.read_table(pair_runs / "results/sym/search/candidates.parquet").to_pylist()
     assert not any(docs[r["doc_id"]] == queries[r["query_id"]] for r in candidates)
     assert all(t in doc_of_text for t in queries.values())  # every query's text is also a document
 

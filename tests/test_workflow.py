@@ -80,12 +80,12 @@ def test_ivf_index_trained_once_filled_per_shard_and_searched_in_batches(tmp_pat
     exact search's (twins, documents with identical embeddings, may trade places)."""
     block = {**dataset_block, "index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4}
     write_config(tmp_path, {"fx": block}, scatter={"embed": 2, "search": 3})
-    proc = snakemake(tmp_path, "results/fx/search/mined_qrels.parquet")
+    proc = snakemake(tmp_path, "results/fx/search/candidates.parquet")
     planned = planned_jobs(proc)
     assert [planned[r] for r in ("train_index", "add_to_index", "build_index", "search")] == [1, 2, 1, 3]
     assert "merged 3 search shards" in (tmp_path / "logs/merge_candidates/fx.log").read_text()
-    ivf = pq.read_table(tmp_path / "results/fx/search/mined_qrels.parquet").to_pandas()
-    flat = pq.read_table(mined / "results/fx/search/mined_qrels.parquet").to_pandas()
+    ivf = pq.read_table(tmp_path / "results/fx/search/candidates.parquet").to_pandas()
+    flat = pq.read_table(mined / "results/fx/search/candidates.parquet").to_pandas()
     assert ivf[["query_row", "rank"]].values.tolist() == flat[["query_row", "rank"]].values.tolist()
     np.testing.assert_allclose(ivf["cosine"], flat["cosine"], atol=1e-6)
 
@@ -256,12 +256,12 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
 
 def test_changing_ce_reruns_only_scoring_and_export(mined, dataset_block, tiny_models):
     """A real run: adding a cross-encoder reruns stages 4-6, leaves 1-3 untouched, adds CE scores."""
-    upstream = [mined / "results/fx/search/mined_qrels.parquet", *sorted((mined / "results/fx/embed").rglob("*.npy"))]
+    upstream = [mined / "results/fx/search/candidates.parquet", *sorted((mined / "results/fx/embed").rglob("*.npy"))]
     before = [p.stat().st_mtime_ns for p in upstream]
     write_config(mined, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})
     snakemake(mined)
     assert [p.stat().st_mtime_ns for p in upstream] == before
-    scored = pq.read_table(mined / "results/fx/score/scored_qrels.parquet")
+    scored = pq.read_table(mined / "results/fx/score/pair_scores.parquet")
     for rec in read_jsonl(mined / "results/fx/negatives.jsonl"):
         assert len(rec["query_doc_ce"]) == len(rec["docs"])
         n_pos = rec["doc_scores"].index(0.0) if 0.0 in rec["doc_scores"] else len(rec["docs"])
