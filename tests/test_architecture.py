@@ -1,8 +1,8 @@
 """The library's layers (README, Architecture): a module imports only from the layers above its own."""
 
-import ast
-
 from conftest import REPO
+
+from negflow.stage import library_imports
 
 LAYERS = [
     {"errors", "files"},
@@ -15,16 +15,6 @@ LAYERS = [
     {"config", "hooks"},
 ]
 STAGE_LAYER = 4  # stage modules may also use each other (the audit replays export's selection)
-
-
-def library_imports(path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negflow."):
-            names.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("negflow.")}
-    return names
 
 
 def test_every_library_module_has_a_layer_and_imports_only_from_layers_above():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, replace
+from functools import partial
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def audit_selection(
                 s,
                 query_noise(s, query),
                 given,
-                lambda selection, s, query=query: mined.pad(query, selection, s),
+                partial(mined.pad, query),
             )
             st = stats[name]
             st["short"] += picked.short

@@ -60,19 +60,17 @@ def prepare_judgments(qrels: dict[str, str | None], queries_ref: str, corpus_dir
     a bad file stops the run right after prepare, not at the end. Returns the rows per kind."""
     doc_ids = set(load_table(corpus_dir, ["id"])["id"].to_pylist())
     texts = dict(iter_queries(queries_ref, ReadStats())) if any(qrels.values()) else {}
-    columns: dict[str, list] = {name: [] for name in JUDGMENTS_SCHEMA.names}
+    rows = []
     counts = {}
     for kind, ref in qrels.items():
         judged = read_judgments(ref, doc_ids, texts) if ref else {}
-        for q, grades in judged.items():
-            for d, grade in grades.items():
-                for name, value in zip(JUDGMENTS_SCHEMA.names, (kind, q, texts[q], d, grade), strict=True):
-                    columns[name].append(value)
+        rows += [(kind, q, texts[q], d, grade) for q, grades in judged.items() for d, grade in grades.items()]
         counts[kind] = sum(map(len, judged.values()))
         if ref:
             log.info("%s judgments: %d rows, %d queries from %s", kind, counts[kind], len(judged), ref)
+    columns = zip(*rows, strict=True) if rows else [[]] * len(JUDGMENTS_SCHEMA)
     with atomic_output(out_path) as tmp:
-        pq.write_table(pa.table(columns, schema=JUDGMENTS_SCHEMA), tmp)
+        pq.write_table(pa.table(list(map(list, columns)), schema=JUDGMENTS_SCHEMA), tmp)
     return counts
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections import Counter
+from functools import partial
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def export_negatives(
                 settings,
                 query_noise(settings, query),
                 given,
-                lambda selection, s, query=query: mined.pad(query, selection, s),
+                partial(mined.pad, query),
             )
             chosen, padded = picked.chosen, picked.padded
             counts["queries"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import os
 import sys
@@ -44,6 +45,21 @@ def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> Non
         sys.exit(1)
 
 
+@functools.cache
+def library_imports(path: Path) -> frozenset[str]:
+    """The negflow modules a Python file imports (`negflow.X` or `from negflow import X`), anywhere in it.
+    Cached: every rule asks for its script's modules while Snakemake builds the DAG, and most share them."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "negflow":
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negflow."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("negflow."))
+    return frozenset(names)
+
+
 def script_modules(script: str | os.PathLike) -> list[str]:
     """The library files (`negflow/*.py` beside the script) a stage script imports, directly or through
     other library modules; imports inside functions count, since they run too. Snakemake's code trigger
@@ -52,17 +68,8 @@ def script_modules(script: str | os.PathLike) -> list[str]:
     seen: set[str] = set()
     todo = [Path(script)]
     while todo:
-        for node in ast.walk(ast.parse(todo.pop().read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "negflow":
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negflow."):
-                names = [node.module.split(".")[1]]
-            elif isinstance(node, ast.Import):
-                names = [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("negflow.")]
-            else:
-                continue
-            for name in names:
-                if name not in seen and (package / f"{name}.py").is_file():
-                    seen.add(name)
-                    todo.append(package / f"{name}.py")
+        for name in library_imports(todo.pop()):
+            if name not in seen and (package / f"{name}.py").is_file():
+                seen.add(name)
+                todo.append(package / f"{name}.py")
     return sorted(str(package / f"{name}.py") for name in seen)
