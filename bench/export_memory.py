@@ -68,7 +68,7 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from negflow.pairs import SCORED_SCHEMA
+    from negflow.score import SCORED_SCHEMA
     from negflow.search import MINED_SCHEMA
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ rule export_flag:
     input:
         negatives="results/{dataset}/negatives.jsonl",
         provenance="results/{dataset}/negatives.provenance.json",
+        manifest="results/{dataset}/prepare/manifest.json",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
         code=code_of("export_flag"),

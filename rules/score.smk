@@ -1,6 +1,28 @@
+rule prepare_ce_pairs:
+    input:
+        mined="results/{dataset}/search/candidates.parquet",
+        qrels="results/{dataset}/search/qrels_cosine.parquet",
+        corpus_dir="results/{dataset}/prepare/corpus",
+        queries_dir="results/{dataset}/prepare/queries",
+        code=code_of("prepare_ce_pairs"),
+    output:
+        directory("results/{dataset}/score/ce_pairs"),
+    log:
+        "logs/prepare_ce_pairs/{dataset}.log",
+    benchmark:
+        "benchmarks/prepare_ce_pairs/{dataset}.tsv"
+    conda:
+        "../envs/negflow.yaml"
+    threads: 4
+    params:
+        settings=settings_for("prepare_ce_pairs"),
+    script:
+        "../scripts/prepare_ce_pairs.py"
+
+
 rule score_pairs:
     input:
-        pairs="results/{dataset}/score_prepare/pairs",
+        pairs="results/{dataset}/score/ce_pairs",
         code=code_of("score_pairs"),
     output:
         "results/{dataset}/score/shards/{scatteritem}.parquet",

@@ -83,17 +83,29 @@ rule search:
 rule merge_candidates:
     input:
         shards=candidate_shards,
-        corpus=embedding_shards("corpus"),
-        queries=embedding_shards("queries"),
-        queries_dir="results/{dataset}/prepare/queries",
-        qrels_dir="results/{dataset}/prepare/qrels",
         code=code_of("merge_candidates"),
     output:
-        mined="results/{dataset}/search/candidates.parquet",
-        qrels="results/{dataset}/search/qrels_cosine.parquet",
+        "results/{dataset}/search/candidates.parquet",
     log:
         "logs/merge_candidates/{dataset}.log",
     conda:
         "../envs/negflow.yaml"
     script:
         "../scripts/merge_candidates.py"
+
+
+rule compute_qrels_cosines:
+    input:
+        corpus=embedding_shards("corpus"),
+        queries=embedding_shards("queries"),
+        queries_dir="results/{dataset}/prepare/queries",
+        qrels_dir="results/{dataset}/prepare/qrels",
+        code=code_of("compute_qrels_cosines"),
+    output:
+        "results/{dataset}/search/qrels_cosine.parquet",
+    log:
+        "logs/compute_qrels_cosines/{dataset}.log",
+    conda:
+        "../envs/negflow.yaml"
+    script:
+        "../scripts/compute_qrels_cosines.py"

@@ -1,8 +1,6 @@
 """Rule audit: false-negative rate and hardness of the selected negatives next to the anchors' strategies,
 and the embedding model's retrieval quality on audit_qrels."""
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,7 +13,7 @@ from negflow.evaluate import evaluate_model, load_judgments
 from negflow.files import read_parquet
 from negflow.selection import SelectionSettings
 from negflow.stage import run_stage
-from negflow.store import load_table
+from negflow.store import load_table, read_manifest
 
 
 def main(log):
@@ -49,7 +47,6 @@ def main(log):
     if s["audit_qrels"]:
         from negflow.models import BatchLimits, compute_dtype, load_embedding_model, pick_device
 
-        manifest = json.loads(Path(inp.manifest).read_text(encoding="utf-8"))
         device = pick_device(s["device"])
         model = load_embedding_model(s["embedding"], device, s["embedding_seq_len"])
         report["retrieval"] = evaluate_model(
@@ -58,7 +55,7 @@ def main(log):
             judged,
             mined.corpus.chunks(65_536),
             doc_ids,
-            manifest["query_prompt"],
+            read_manifest(inp.manifest).query_prompt,
             s["min_positive_score"],
             BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
             device,

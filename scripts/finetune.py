@@ -1,6 +1,5 @@
 """Rule finetune: train on the mined negatives and on random ones, report nDCG@10 before and after."""
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from negflow.files import write_json
 from negflow.finetune import finetune_report
 from negflow.models import BatchLimits, limit_threads
 from negflow.stage import run_stage
+from negflow.store import read_manifest
 
 
 def main(log):
@@ -21,7 +21,7 @@ def main(log):
     inp = snakemake.input
     limit_threads(snakemake.threads)
     judged, query_texts = load_judgments(inp.judgments, "finetune")
-    manifest = json.loads(Path(inp.manifest).read_text(encoding="utf-8"))
+    manifest = read_manifest(inp.manifest)
     work_dir = tempfile.mkdtemp(prefix=".finetune-", dir=Path(snakemake.output[0]).parent)
     try:
         report = finetune_report(
@@ -30,8 +30,8 @@ def main(log):
             inp.queries_dir,
             query_texts,
             judged,
-            manifest["query_prompt"],
-            manifest["doc_prompt"],
+            manifest.query_prompt,
+            manifest.doc_prompt,
             s,
             BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
             work_dir,

@@ -1,4 +1,4 @@
-"""Rule merge_candidates: gather the search shards into the mined qrels, plus the qrels' own cosines."""
+"""Rule merge_candidates: gather the search shards into every query's candidates."""
 
 from typing import TYPE_CHECKING
 
@@ -10,15 +10,7 @@ from negflow.stage import run_stage
 
 
 def main(log):
-    merge_candidates(
-        shard_paths=list(snakemake.input.shards),
-        corpus_shards=list(snakemake.input.corpus),
-        query_shards=list(snakemake.input.queries),
-        queries_dir=snakemake.input.queries_dir,
-        qrels_dir=snakemake.input.qrels_dir,
-        out_mined=snakemake.output.mined,
-        out_qrels=snakemake.output.qrels,
-    )
+    merge_candidates(list(snakemake.input.shards), snakemake.output[0])
 
 
 run_stage(snakemake.log[0], main)

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.pairs import merge_scores
+from negflow.score import merge_scores
 from negflow.stage import run_stage
 
 

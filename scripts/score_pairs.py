@@ -6,7 +6,7 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.models import BatchLimits, limit_threads
-from negflow.pairs import score_pairs
+from negflow.score import score_pairs
 from negflow.stage import run_stage
 
 

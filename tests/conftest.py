@@ -98,6 +98,85 @@ def tiny_models(tmp_path_factory, fixture_data) -> dict[str, Path]:
     return {"embedder": embed_dir, "ce": ce_dir}
 
 
+STAGED_SEARCH = {"candidates": 10, "index": "flat", "device": "cpu"}  # the `staged` search
+
+
+@pytest.fixture(scope="session")
+def staged(tmp_path_factory, fixture_data, tiny_models):
+    """Run prepare, embed (in 2 shards), search, prepare_ce_pairs and score_pairs once for the session."""
+    from negflow.embed import embed_shard
+    from negflow.models import BatchLimits
+    from negflow.prepare import prepare
+    from negflow.score import prepare_ce_pairs, score_pairs
+    from negflow.search import compute_qrels_cosines, merge_candidates, search_shard
+
+    out = tmp_path_factory.mktemp("stages")
+    prepare(
+        str(fixture_data["corpus"]),
+        str(fixture_data["queries"]),
+        str(fixture_data["qrels"]),
+        str(tiny_models["embedder"]),
+        "query: ",
+        None,
+        64,
+        1,
+        True,
+        3,
+        str(out / "corpus"),
+        str(out / "queries"),
+        str(out / "qrels"),
+        str(out / "holdout.parquet"),
+        str(out / "manifest.json"),
+    )
+    paths = {"corpus": [], "queries": []}
+    for shard in ("1-of-2", "2-of-2"):  # both parts in one call, as the embed rule does
+        outputs = [(str(out / part), str(out / f"{part}-{shard}.npy")) for part in paths]
+        written = embed_shard(outputs, shard, str(tiny_models["embedder"]), 64, "fp32", "cpu", BatchLimits(7))
+        assert list(written) == [path for _, path in outputs]
+        for part, (_, path) in zip(paths, outputs, strict=True):
+            paths[part].append(path)
+    search_shard(
+        paths["corpus"],
+        paths["queries"],
+        *(str(out / p) for p in ("corpus", "queries", "qrels")),
+        STAGED_SEARCH,
+        5,
+        str(out / "candidates-1-of-1.parquet"),
+    )
+    merge_candidates([str(out / "candidates-1-of-1.parquet")], str(out / "mined.parquet"))
+    compute_qrels_cosines(
+        paths["corpus"], paths["queries"], str(out / "queries"), str(out / "qrels"), str(out / "qrels.parquet")
+    )
+    prepare_ce_pairs(
+        str(out / "mined.parquet"),
+        str(out / "qrels.parquet"),
+        str(out / "corpus"),
+        str(out / "queries"),
+        str(tiny_models["ce"]),
+        100,
+        str(out / "pairs"),
+    )
+    score_pairs(
+        str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", BatchLimits(9), str(out / "scored.parquet")
+    )
+    return out, paths
+
+
+def mined_candidates(out, paths, scored=True, selection_score="auto"):
+    """The candidates of the `staged` run, as export and audit read them."""
+    from negflow.candidates import MinedCandidates
+
+    return MinedCandidates(
+        str(out / "mined.parquet"),
+        str(out / "qrels.parquet"),
+        paths["corpus"],
+        paths["queries"],
+        str(out / "corpus"),
+        str(out / "scored.parquet") if scored else None,
+        selection_score,
+    )
+
+
 def write_config(workdir: Path, datasets: dict, **top) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump({**top, "datasets": datasets}))

@@ -9,7 +9,7 @@ LAYERS = [
     {"refs", "shards", "selection", "negatives"},
     {"store"},
     {"models", "devices"},
-    {"read_pairs", "beir", "prepare", "embed", "search", "pairs", "candidates", "export", "training", "report", "audit"}
+    {"read_pairs", "beir", "prepare", "embed", "search", "score", "candidates", "export", "training", "report", "audit"}
     | {"evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "hooks"},

@@ -1,11 +1,12 @@
 """The audit's and finetune's judgments: checked against the prepared corpus and the queries, stored, read back."""
 
+import math
 import re
 
 import pytest
 
 from negflow.errors import InputError
-from negflow.evaluate import load_judgments, prepare_judgments
+from negflow.evaluate import load_judgments, mrr_at, ndcg_at, prepare_judgments, recall_at, retrieval_quality
 from negflow.prepare import prepare
 
 
@@ -63,3 +64,15 @@ def test_judgments_naming_unknown_ids_are_one_line_errors(prepared, fixture_data
             {"audit": str(audit), "finetune": None}, str(fixture_data["queries"]), prepared / "corpus", out
         )
     assert not out.exists()
+
+
+def test_metrics_on_a_hand_ranking():
+    grades = {"a": 2, "b": 1, "c": 0, "d": 2}
+    ranked = ["x", "a", "c", "b"]
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    idcg = 2 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at(ranked, grades, 10) == pytest.approx(dcg / idcg)
+    assert mrr_at(ranked, {"a", "d"}, 10) == 0.5
+    assert recall_at(ranked, {"a", "d"}, 100) == 0.5
+    quality = retrieval_quality({"q": ranked, "none": ["a"]}, {"q": grades, "none": {"a": 0}}, 2)
+    assert quality["queries"] == 1 and quality["mrr@10"] == 0.5

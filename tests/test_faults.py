@@ -62,7 +62,7 @@ KILL_MOMENTS = [
     (("embed",), 0.0),
     (("embed",), 1.0),
     (("search",), 0.0),
-    (("prepare_pairs",), 0.0),
+    (("prepare_ce_pairs",), 0.0),
     (("score_pairs",), 0.3),
     (("export_negatives",), 0.0),
     (AFTER_EXPORT, 0.0),

@@ -1,12 +1,17 @@
-"""prepare's checks of the qrels against the corpus and queries: one line naming the file, raised before
-the model loads (the model reference here is a folder that does not exist), nothing left behind."""
+"""prepare: which queries and qrels it keeps, the hold-out and the manifest; its checks of the qrels against
+the corpus and queries: one line naming the file, raised before the model loads (the model reference there is
+a folder that does not exist), nothing left behind."""
 
+import hashlib
+import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from negflow.errors import InputError
 from negflow.prepare import prepare
+from negflow.store import load_table
 
 
 def _qrels(fixture_data, tmp_path, edit) -> Path:
@@ -58,3 +63,32 @@ def test_qrels_that_do_not_match_stop_before_the_model_loads(fixture_data, tmp_p
         )
     assert str(err.value) == f"{qrels}{message}"
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_prepare_keeps_queries_with_positives_and_all_their_qrels(staged, fixture_data):
+    out, _ = staged
+    queries = load_table(out / "queries", ["id"])["id"].to_pylist()
+    assert "q-unjudged" not in queries
+    qrels = load_table(out / "qrels", ["query_id", "doc_id", "score", "positive"]).to_pylist()
+    lines = fixture_data["qrels"].read_text().splitlines()[1:]
+    held = pq.read_table(out / "holdout.parquet").to_pylist()  # the staged run hides q0's weaker positive
+    assert len(qrels) == len(lines) - len(held) == len(lines) - 1
+    assert {(r["query_id"], r["doc_id"], r["score"], r["positive"]) for r in qrels} == {
+        (q, d, int(s), int(s) >= 1)
+        for q, d, s in (line.split("\t") for line in lines)
+        if (q, d) != (held[0]["query_id"], held[0]["doc_id"])
+    }
+
+
+def test_holdout_hides_all_but_one_top_graded_positive(staged, fixture_data):
+    out, _ = staged
+    held = pq.read_table(out / "holdout.parquet").to_pylist()
+    qrels = pq.read_table(out / "qrels.parquet").to_pylist()
+    # the fixture's q0 has positives graded 1 and 2: the grade-2 one stays visible
+    assert held == [{"query_id": "q0", "doc_id": held[0]["doc_id"], "score": 1}]
+    visible = [r for r in qrels if r["query_id"] == "q0" and r["positive"]]
+    assert [r["score"] for r in visible] == [2]
+    assert held[0]["doc_id"] not in {r["doc_id"] for r in qrels}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["query_prompt"] == "query: " and manifest["embedding_seq_len"] == 64
+    assert manifest["inputs"]["qrels"]["sha256"] == hashlib.sha256(fixture_data["qrels"].read_bytes()).hexdigest()

@@ -219,7 +219,15 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         "audit": 1,
         "all": 1,
     }
-    everything = {"prepare": 1, "prepare_judgments": 1, "embed": 1, "search": 1, "merge_candidates": 1, **selection}
+    everything = {
+        "prepare": 1,
+        "prepare_judgments": 1,
+        "embed": 1,
+        "search": 1,
+        "merge_candidates": 1,
+        "compute_qrels_cosines": 1,
+        **selection,
+    }
     assert plan() == {}
     assert plan(embedding_batch_size=3, search_batch_size=2) == {}  # performance-only knobs
     assert plan(relative_margin=0.1) == selection
@@ -231,7 +239,7 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     index = {"train_index": 1, "add_to_index": 1, "build_index": 1, "search": 1, "merge_candidates": 1}
     assert plan(index="ivf") == {**index, **selection}
     assert plan(ce=dataset_block["embedding"].replace("embedder", "cross-encoder")) == {
-        "prepare_pairs": 1,
+        "prepare_ce_pairs": 1,
         "score_pairs": 1,
         "merge_scores": 1,
         **selection,

@@ -197,7 +197,7 @@ RULE_SETTINGS = {
     "train_index": ["index"],
     "build_index": ["index"],
     "search": ["candidates", "index", "device"],
-    "prepare_pairs": ["ce", "ce_seq_len"],
+    "prepare_ce_pairs": ["ce", "ce_seq_len"],
     "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
     "export_negatives": ["selection_score", *SELECTION_KEYS],
     "export_flag": ["flag_layout"],

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from negflow.beir import ReadStats, iter_corpus, iter_queries, read_qrels, unknown_ids_message
 from negflow.errors import InputError
-from negflow.files import atomic_output, write_json
-from negflow.store import save_tokenized
+from negflow.files import atomic_output
+from negflow.store import PreparedManifest, save_tokenized
 
 log = logging.getLogger("negflow")
 
@@ -132,20 +132,18 @@ def write_holdout(rows: list[tuple[str, str, int]], path: str) -> None:
 def write_manifest(
     path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int, pairs_manifest: str | None
 ) -> None:
-    """What the provenance sidecars quote about this stage: input hashes and the prompts really used. For a
-    pairs dataset the inputs are the pair file and corpus read_pairs read, and its manifest (shape, sample,
-    counts) is quoted whole."""
+    """The input hashes and the prompts really used. For a pairs dataset the inputs are the pair file and
+    corpus read_pairs read, and its manifest (shape, sample, counts) is quoted whole."""
     from negflow.provenance import data_fingerprint
 
     pairs = json.loads(Path(pairs_manifest).read_text(encoding="utf-8")) if pairs_manifest else None
-    manifest = {
-        "inputs": pairs["inputs"] if pairs else {name: data_fingerprint(ref) for name, ref in inputs.items()},
-        **({"pairs": {k: v for k, v in pairs.items() if k != "inputs"}} if pairs else {}),
-        "query_prompt": query_prompt,
-        "doc_prompt": doc_prompt,
-        "embedding_seq_len": max_seq_length,
-    }
-    write_json(path, manifest, ensure_ascii=False)
+    PreparedManifest(
+        inputs=pairs["inputs"] if pairs else {name: data_fingerprint(ref) for name, ref in inputs.items()},
+        pairs={k: v for k, v in pairs.items() if k != "inputs"} if pairs else None,
+        query_prompt=query_prompt,
+        doc_prompt=doc_prompt,
+        embedding_seq_len=max_seq_length,
+    ).write(path)
 
 
 def prepare(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from negflow.files import write_json
 from negflow.refs import is_local_data, resolve_model_ref
+from negflow.store import read_manifest
 
 WEIGHT_FILES = re.compile(r"\.(safetensors|bin|pt|onnx)$")
 
@@ -67,18 +68,18 @@ def negflow_version() -> str:
 
 def build_provenance(manifest_path: str, settings: dict) -> dict:
     """The part shared by every export of a dataset: inputs, models, prompts, settings."""
-    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    manifest = read_manifest(manifest_path)
     models = {"embedding": model_fingerprint(settings["embedding"])}
     if settings.get("ce"):
         models["ce"] = model_fingerprint(settings["ce"])
     return {
         "negflow_version": negflow_version(),
-        "inputs": manifest["inputs"],
-        **({"pairs": manifest["pairs"]} if "pairs" in manifest else {}),
+        "inputs": manifest.inputs,
+        **({"pairs": manifest.pairs} if manifest.pairs is not None else {}),
         "models": models,
-        "query_prompt": manifest["query_prompt"],
-        "doc_prompt": manifest["doc_prompt"],
-        "embedding_seq_len": manifest["embedding_seq_len"],
+        "query_prompt": manifest.query_prompt,
+        "doc_prompt": manifest.doc_prompt,
+        "embedding_seq_len": manifest.embedding_seq_len,
         "ce_seq_len": settings.get("ce_seq_len") if settings.get("ce") else None,
         "seed": settings["seed"],
         "settings": settings,

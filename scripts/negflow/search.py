@@ -339,29 +339,29 @@ def qrels_rows(qrels_dir: str, query_ids: list[str]) -> tuple[np.ndarray, np.nda
     return query_rows, qrels["doc_row"].to_numpy().astype(np.int64), qrels
 
 
-def merge_candidates(
-    shard_paths: list[str],
-    corpus_shards: list[str],
-    query_shards: list[str],
-    queries_dir: str,
-    qrels_dir: str,
-    out_mined: str,
-    out_qrels: str,
-) -> dict[str, int]:
-    """Concatenate the search shards, in query order, into the mined qrels, and write the exact cosines
-    of the qrels documents (the positives selection compares against)."""
+def merge_candidates(shard_paths: list[str], out_path: str) -> dict[str, int]:
+    """Concatenate the search shards, in query order, into every query's candidates."""
     shard_paths = in_shard_order(shard_paths)
     total = 0
-    with atomic_output(out_mined) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
         for path in shard_paths:
             for batch in open_parquet(path).iter_batches():
                 writer.write_batch(batch)
                 total += batch.num_rows
+    log.info("merged %d search shards: %d candidates", len(shard_paths), total)
+    return {"shards": len(shard_paths), "candidates": total}
+
+
+def compute_qrels_cosines(
+    corpus_shards: list[str], query_shards: list[str], queries_dir: str, qrels_dir: str, out_path: str
+) -> int:
+    """The exact cosine of every qrels (query, document) pair: the positives' scores that selection compares
+    the candidates against."""
     corpus = ShardedEmbeddings(corpus_shards)
     queries = ShardedEmbeddings(query_shards)
     query_ids = load_table(queries_dir, ["id"])["id"].to_pylist()
     query_rows, doc_rows, qrels = qrels_rows(qrels_dir, query_ids)
-    with atomic_output(out_qrels) as tmp:
+    with atomic_output(out_path) as tmp:
         table = pa.table(
             {
                 "query_id": qrels["query_id"],
@@ -374,5 +374,5 @@ def merge_candidates(
             }
         )
         pq.write_table(table, str(tmp))
-    log.info("merged %d search shards: %d candidates for %d queries", len(shard_paths), total, len(query_ids))
-    return {"shards": len(shard_paths), "candidates": total, "queries": len(query_ids)}
+    log.info("cosines of %d qrels pairs of %d queries", len(qrels), len(query_ids))
+    return len(qrels)

@@ -10,12 +10,14 @@ import multiprocessing
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from negflow.files import write_json
 from negflow.shards import in_shard_order
 
 EXTRAS_FILE = "negflow_features.json"  # batch-level model inputs beside a tokenized dataset
@@ -31,6 +33,29 @@ def _quiet_worker() -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core: each tokenizes on its own
+
+
+@dataclass(frozen=True)
+class PreparedManifest:
+    """What prepare records beside its tables (`prepare/manifest.json`): the input hashes, a pairs dataset's
+    reading summary, and the prompts really used. Every later stage reads the prompts from here only."""
+
+    inputs: dict
+    pairs: dict | None
+    query_prompt: str | None
+    doc_prompt: str | None
+    embedding_seq_len: int
+
+    def write(self, path: str) -> None:
+        record = asdict(self)
+        if record["pairs"] is None:
+            del record["pairs"]
+        write_json(path, record, ensure_ascii=False)
+
+
+def read_manifest(path: str) -> PreparedManifest:
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    return PreparedManifest(**{"pairs": None, **record})
 
 
 def same_extras(seen: dict | None, new: dict) -> dict:

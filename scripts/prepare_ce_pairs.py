@@ -1,17 +1,17 @@
-"""Rule prepare_pairs: tokenize every unique (query, document) pair for the cross-encoder."""
+"""Rule prepare_ce_pairs: tokenize every unique (query, document) pair for the cross-encoder."""
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.pairs import prepare_pairs
+from negflow.score import prepare_ce_pairs
 from negflow.stage import run_stage
 
 
 def main(log):
     s = snakemake.params.settings
-    prepare_pairs(
+    prepare_ce_pairs(
         mined_path=snakemake.input.mined,
         qrels_path=snakemake.input.qrels,
         corpus_dir=snakemake.input.corpus_dir,

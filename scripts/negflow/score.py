@@ -23,7 +23,7 @@ def unique_pairs(mined: pa.Table, qrels: pa.Table) -> tuple[np.ndarray, np.ndarr
     return pairs[:, 0], pairs[:, 1]
 
 
-def prepare_pairs(
+def prepare_ce_pairs(
     mined_path: str,
     qrels_path: str,
     corpus_dir: str,

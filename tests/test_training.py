@@ -1,13 +1,7 @@
-"""Training-file rows, retrieval metrics and provenance on small hand-made inputs with exact expectations."""
+"""Training-file rows on small hand-made inputs with exact expectations."""
 
-import math
-
-import numpy as np
 import pytest
 
-from negflow.evaluate import mrr_at, ndcg_at, recall_at, retrieval_quality
-from negflow.provenance import model_fingerprint
-from negflow.search import exact_top_k
 from negflow.training import Example, st_rows
 
 # q1 has two positives and three negatives; q2 one positive and one negative
@@ -54,46 +48,6 @@ def test_labeled_pair_and_list():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown sentence-transformers format"):
         st_rows(EXAMPLES, "quadruplet", 3, scores=False)
-
-
-def test_metrics_on_a_hand_ranking():
-    grades = {"a": 2, "b": 1, "c": 0, "d": 2}
-    ranked = ["x", "a", "c", "b"]
-    dcg = 2 / math.log2(3) + 1 / math.log2(5)
-    idcg = 2 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
-    assert ndcg_at(ranked, grades, 10) == pytest.approx(dcg / idcg)
-    assert mrr_at(ranked, {"a", "d"}, 10) == 0.5
-    assert recall_at(ranked, {"a", "d"}, 100) == 0.5
-    quality = retrieval_quality({"q": ranked, "none": ["a"]}, {"q": grades, "none": {"a": 0}}, 2)
-    assert quality["queries"] == 1 and quality["mrr@10"] == 0.5
-
-
-def expected_all(queries, corpus):
-    return np.argsort(-(queries @ corpus.T), axis=1)
-
-
-def test_exact_top_k_over_chunks_equals_a_full_sort():
-    import torch
-
-    rng = np.random.default_rng(0)
-    corpus = rng.normal(size=(103, 8)).astype(np.float32)
-    queries = rng.normal(size=(5, 8)).astype(np.float32)
-    expected = np.argsort(-(queries @ corpus.T), axis=1)[:, :7]
-    for backend in ({}, {"dtype": torch.float32}):  # FAISS's kernel and heap; torch matmul + top-k (the GPU path)
-        top = exact_top_k(queries, (corpus[i : i + 10] for i in range(0, 103, 10)), 7, **backend)
-        np.testing.assert_array_equal(top, expected)
-    # fewer documents than k: every document, best first
-    np.testing.assert_array_equal(exact_top_k(queries, [corpus[:4]], 7), expected_all(queries, corpus[:4]))
-
-
-def test_model_fingerprint_hashes_local_weights_and_keeps_unreachable_hub_ids(tiny_models):
-    local = model_fingerprint(str(tiny_models["embedder"]))
-    assert local["ref"] == str(tiny_models["embedder"])
-    assert (
-        list(local["weights_sha256"]) == ["model.safetensors"]
-        and len(local["weights_sha256"]["model.safetensors"]) == 64
-    )
-    assert model_fingerprint("no-such-org/no-such-model") == {"ref": "no-such-org/no-such-model"}
 
 
 @pytest.mark.parametrize("fmt", ["triplet", "n-tuple", "labeled-pair", "labeled-list"])

@@ -1,0 +1,65 @@
+"""The embed stage on the fixture set with a tiny real model: equal to `SentenceTransformer.encode`, whatever
+the shards, batch limits or dtype."""
+
+import numpy as np
+
+from negflow.embed import embed_shard
+from negflow.models import BatchLimits
+from negflow.store import ShardedEmbeddings, load_table
+
+
+def test_embeddings_equal_sentence_transformers_encode(staged, tiny_models):
+    from sentence_transformers import SentenceTransformer
+
+    out, paths = staged
+    model = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
+    model.max_seq_length = 64
+    texts = load_table(out / "corpus", ["text"])["text"].to_pylist()
+    expected = model.encode(texts, normalize_embeddings=True, batch_size=16)
+    np.testing.assert_allclose(ShardedEmbeddings(paths["corpus"]).take(np.arange(len(texts))), expected, atol=1e-5)
+    queries = load_table(out / "queries", ["text"])["text"].to_pylist()
+    expected_q = model.encode(queries, prompt="query: ", normalize_embeddings=True)
+    np.testing.assert_allclose(ShardedEmbeddings(paths["queries"]).take(np.arange(len(queries))), expected_q, atol=1e-5)
+
+
+def test_embed_shards_merge_to_the_one_shard_result(staged, tiny_models, tmp_path):
+    out, paths = staged
+    whole = tmp_path / "corpus-1-of-1.npy"
+    embed_shard(
+        [(str(out / "corpus"), str(whole))], "1-of-1", str(tiny_models["embedder"]), 64, "fp32", "cpu", BatchLimits(7)
+    )
+    sharded = ShardedEmbeddings(paths["corpus"])
+    # equal to float32 rounding, not bit for bit: a shard's length-sorted batches have other shapes
+    np.testing.assert_allclose(np.concatenate(list(sharded.chunks(1000))), np.load(whole), atol=1e-6)
+
+
+def test_batch_limits_do_not_change_embeddings(staged, tiny_models, tmp_path):
+    out, paths = staged
+    one_by_one = tmp_path / "tiny-budget.npy"
+    embed_shard(
+        [(str(out / "corpus"), str(one_by_one))],
+        "1-of-1",
+        str(tiny_models["embedder"]),
+        64,
+        "fp32",
+        "cpu",
+        BatchLimits(512, 8),
+    )
+    whole = ShardedEmbeddings(paths["corpus"])
+    np.testing.assert_allclose(np.load(one_by_one), whole.take(np.arange(len(whole))), atol=1e-6)
+
+
+def test_cpu_bf16_stays_close_to_fp32(staged, tiny_models, tmp_path):
+    out, paths = staged
+    embed_shard(
+        [(str(out / "queries"), str(tmp_path / "bf16.npy"))],
+        "1-of-1",
+        str(tiny_models["embedder"]),
+        64,
+        "bf16",
+        "cpu",
+        BatchLimits(7),
+    )
+    fp32 = ShardedEmbeddings(paths["queries"]).take(np.arange(len(np.load(tmp_path / "bf16.npy"))))
+    cosines = np.einsum("ij,ij->i", np.load(tmp_path / "bf16.npy"), fp32)
+    assert cosines.min() > 0.99
