@@ -45,10 +45,10 @@ def main(log):
     log.info("false negatives and hardness on the same candidates:\n%s", format_table(report["strategies"]))
 
     if s["audit_qrels"]:
-        from negflow.models import BatchLimits, compute_dtype, load_embedding_model, pick_device
+        from negflow.models import BatchLimits, compute_dtype, configured_embedding_model, pick_device
 
         device = pick_device(s["device"])
-        model = load_embedding_model(s["embedding"], device, s["embedding_seq_len"])
+        model = configured_embedding_model(s, device)
         report["retrieval"] = evaluate_model(
             model,
             query_texts,

@@ -6,7 +6,7 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.embed import embed_shard
-from negflow.models import BatchLimits, limit_threads
+from negflow.models import BatchLimits, LoadOptions, limit_threads
 from negflow.stage import run_stage
 
 
@@ -24,6 +24,8 @@ def main(log):
         dtype_setting=s["embedding_dtype"],
         device_setting=s["device"],
         limits=BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
+        options=LoadOptions.of(s, "embedding"),
+        truncate_dim=s["truncate_dim"],
     )
 
 

@@ -16,7 +16,7 @@ def main(log):
     fmt = snakemake.wildcards.format
     examples = iter_examples(snakemake.input.negatives, snakemake.input.corpus_dir, snakemake.input.queries_dir)
     counts = write_sentence_transformers(
-        examples, fmt, settings["num_negatives"], settings["train_scores"], snakemake.output.data
+        examples, fmt, settings["num_negatives"], settings["train_scores"], snakemake.output.data, settings["st_layout"]
     )
     write_sidecar(snakemake.output.data, provenance, format=f"sentence-transformers {fmt}", **counts)
 

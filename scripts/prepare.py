@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
+from negflow.models import LoadOptions
 from negflow.prepare import prepare
 from negflow.stage import run_stage
 
@@ -29,6 +30,9 @@ def main(log):
         out_manifest=snakemake.output.manifest,
         pairs_manifest=snakemake.input.get("pairs_manifest"),
         workers=snakemake.threads,
+        query_prompt_name=s["query_prompt_name"],
+        doc_prompt_name=s["doc_prompt_name"],
+        options=LoadOptions.of(s, "embedding"),
     )
     log.info("prepared %s", counts)
 

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
+from negflow.models import LoadOptions
 from negflow.score import prepare_ce_pairs
 from negflow.stage import run_stage
 
@@ -20,6 +21,7 @@ def main(log):
         seq_len=s["ce_seq_len"],
         out_dir=snakemake.output[0],
         workers=snakemake.threads,
+        options=LoadOptions.of(s, "ce"),
     )
 
 

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.models import BatchLimits, limit_threads
+from negflow.models import BatchLimits, LoadOptions, limit_threads
 from negflow.score import score_pairs
 from negflow.stage import run_stage
 
@@ -22,6 +22,7 @@ def main(log):
         limits=BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
         out_path=snakemake.output[0],
         shard=snakemake.wildcards.scatteritem,
+        options=LoadOptions.of(s, "ce"),
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,21 +182,12 @@ def write_config(workdir: Path, datasets: dict, **top) -> Path:
     return path
 
 
-WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "report")
-
-
 def copy_workflow(workdir: Path) -> Path:
     """A copy of the workflow inside `workdir` (`workdir/workflow`), which snakemake_cmd then runs: a test
     may edit its code without touching the checkout."""
-    copy = workdir / "workflow"
-    for part in WORKFLOW_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            copy.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / part)
-    return copy
+    from negflow.bundle import copy_workflow as copy
+
+    return copy(REPO, workdir / "workflow", with_library=True)
 
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:

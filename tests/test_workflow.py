@@ -188,6 +188,8 @@ def test_training_files_load_and_match_the_negatives(mined, fixture_data):
         assert side["inputs"]["corpus"]["sha256"] == hashlib.sha256(fixture_data["corpus"].read_bytes()).hexdigest()
         assert side["models"]["embedding"]["weights_sha256"]["model.safetensors"]
         assert side["settings"]["relative_margin"] == 0.0 and side["seed"] == 42
+        assert side["settings"]["trust_remote_code"] is False and side["settings"]["truncate_dim"] is None
+        assert side["models"]["embedding"]["configured_revision"] is None
         assert side["negflow_version"] == "0.1.0"
 
 
@@ -244,6 +246,10 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
         "merge_scores": 1,
         **selection,
     }
+    after_prepare = {rule: n for rule, n in everything.items() if rule not in ("prepare", "prepare_judgments")}
+    assert plan(truncate_dim=16) == after_prepare  # the embeddings, not the tokens
+    assert plan(embedding_model_kwargs={"attn_implementation": "eager"}) == after_prepare
+    assert plan(trust_remote_code=True) == everything  # a tokenizer may run its own code too
     library = mined / "workflow" / "scripts" / "negflow"
     for module, rerun in (("selection", selection), ("files", everything), ("read_pairs", {})):
         code = library / f"{module}.py"  # editing library code reruns the rules whose scripts import it

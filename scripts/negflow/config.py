@@ -14,7 +14,7 @@ import jsonschema
 import yaml
 
 from negflow.errors import ConfigError
-from negflow.refs import check_model_ref, is_local_data, resolve_data_ref
+from negflow.refs import check_model_ref, is_hub_model, is_local_data, resolve_data_ref
 from negflow.selection import SELECTION_KEYS, SelectionSettings
 
 
@@ -29,19 +29,24 @@ def setting_defaults(schema: dict) -> dict:
     return {key: copy.deepcopy(spec.get("default")) for key, spec in props.items()}
 
 
-def _known_keys(schema: dict, *extra_defs: str) -> set[str]:
+def known_keys(schema: dict, *extra_defs: str) -> set[str]:
+    """Every per-dataset setting, plus the keys of the schema's `extra_defs` (e.g. a dataset's data keys)."""
     keys = set(schema["$defs"]["settings"]["properties"])
     for name in extra_defs:
         keys |= set(schema["$defs"][name].get("properties", {}))
     return keys
 
 
+def did_you_mean(key: str, known: set[str], spell=str) -> str:
+    """' (did you mean X?)' for the known key closest to a misspelt one, or nothing."""
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean '{spell(close[0])}'?)" if close else ""
+
+
 def _reject_unknown(block: dict, known: set[str], where: str) -> None:
     for key in block:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"config: {where}: unknown key '{key}'{hint}")
+            raise ConfigError(f"config: {where}: unknown key '{key}'{did_you_mean(key, known)}")
 
 
 def _validate(instance: dict, schema: dict, where: str) -> None:
@@ -71,12 +76,12 @@ def scatter_counts(config: dict, schema: dict) -> dict[str, int]:
 def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLike | None) -> dict[str, dict]:
     """Validated settings of every dataset: schema defaults < top-level keys < overrides file < dataset block."""
     top = {k: v for k, v in config.items() if k not in WORKFLOW_KEYS}
-    _reject_unknown(config, _known_keys(schema) | set(WORKFLOW_KEYS), "top level")
+    _reject_unknown(config, known_keys(schema) | set(WORKFLOW_KEYS), "top level")
     _validate(top, schema["$defs"]["settings"] | {"$defs": schema["$defs"]}, "top level")
     datasets = config.get("datasets") or {}
     if not isinstance(datasets, dict):
         raise ConfigError("config: datasets: must be a mapping of dataset name to settings")
-    dataset_keys = _known_keys(schema, "dataset")
+    dataset_keys = known_keys(schema, "dataset")
     merged_all = {}
     for name, block in datasets.items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
@@ -87,7 +92,7 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
         override_file = Path(overrides_dir, f"{name}.yaml") if overrides_dir else None
         if override_file is not None and override_file.is_file():
             override = yaml.safe_load(override_file.read_text(encoding="utf-8")) or {}
-            _reject_unknown(override, _known_keys(schema), str(override_file))
+            _reject_unknown(override, known_keys(schema), str(override_file))
             merged |= override
         _reject_unknown(block, dataset_keys, f"datasets.{name}")
         check_data_sources(block, f"datasets.{name}")
@@ -107,8 +112,7 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
             )
         if merged["selection_score"] == "ce" and merged["ce"] is None:
             raise ConfigError(f"config: datasets.{name}.selection_score: 'ce' needs a cross-encoder in 'ce'")
-        if merged["ce_max"] is not None and merged["ce"] is None:
-            raise ConfigError(f"config: datasets.{name}.ce_max: needs a cross-encoder in 'ce'")
+        check_model_settings(merged, f"datasets.{name}")
         try:
             SelectionSettings.from_settings(merged)
         except ValueError as e:
@@ -122,6 +126,45 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
             )
         merged_all[name] = merged
     return merged_all
+
+
+TORCH_PRECISIONS = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+
+def check_model_settings(merged: dict, where: str) -> None:
+    """The model options fit together: cross-encoder options need a cross-encoder, a revision a hub model,
+    a prompt is given as text or by name, a torch_dtype agrees with negflow's own precision setting, and
+    an ivfpq index can split truncated vectors."""
+    for key in ("ce_max", "ce_revision", "ce_model_kwargs"):
+        if merged[key] not in (None, {}) and merged["ce"] is None:
+            raise ConfigError(f"config: {where}.{key}: needs a cross-encoder in 'ce'")
+    for kind in ("embedding", "ce"):
+        revision = merged[f"{kind}_revision"]
+        if revision is not None and merged[kind] is not None and not is_hub_model(merged[kind]):
+            raise ConfigError(
+                f"config: {where}.{kind}_revision: '{revision}' pins a hub model, but {kind} '{merged[kind]}' is a "
+                "local folder or package: model"
+            )
+        kwargs = merged[f"{kind}_model_kwargs"]
+        for key in ("torch_dtype", "dtype"):
+            if key not in kwargs:
+                continue
+            wanted = TORCH_PRECISIONS.get(kwargs[key]) if isinstance(kwargs[key], str) else None
+            if wanted != merged[f"{kind}_dtype"]:
+                fix = f"set {kind}_dtype: {wanted}" if wanted else f"give one of {', '.join(TORCH_PRECISIONS)}"
+                raise ConfigError(
+                    f"config: {where}.{kind}_model_kwargs.{key}: {kwargs[key]!r} must agree with {kind}_dtype "
+                    f"({merged[f'{kind}_dtype']}), which decides the compute precision: {fix}, or drop {key}"
+                )
+    for role in ("query", "doc"):
+        if merged[f"{role}_prompt"] is not None and merged[f"{role}_prompt_name"] is not None:
+            raise ConfigError(
+                f"config: {where}.{role}_prompt_name: give the prompt as text ({role}_prompt) or by name "
+                f"({role}_prompt_name), not both"
+            )
+    dim = merged["truncate_dim"]
+    if merged["index"] == "ivfpq" and dim is not None and dim % merged["ivfpq_m"]:
+        raise ConfigError(f"config: {where}.ivfpq_m: {merged['ivfpq_m']} must divide truncate_dim {dim}")
 
 
 # Per-dataset data references: files (resolved against data_root when relative) or hub ids.
@@ -167,6 +210,15 @@ def check_corpus_size(ref: str, candidates: int, where: str) -> None:
     )
 
 
+EMBEDDING_MODEL = [  # what decides the embedding model's vectors, for the rules that run it
+    "embedding",
+    "embedding_revision",
+    "trust_remote_code",
+    "embedding_model_kwargs",
+    "embedding_seq_len",
+    "truncate_dim",
+]
+
 # The settings each rule's output depends on, by rule name. They go into the rule's `params:`, so changing
 # one reruns that rule and everything downstream of it, and nothing upstream. Every other schema key says
 # why it reruns nothing (`x-no-rerun`): batch sizes, for one, travel as resources.
@@ -186,28 +238,31 @@ RULE_SETTINGS = {
         "queries",
         "qrels",
         "embedding",
+        "embedding_revision",
+        "trust_remote_code",
         "query_prompt",
         "doc_prompt",
+        "query_prompt_name",
+        "doc_prompt_name",
         "embedding_seq_len",
         "min_positive_score",
         "audit_holdout",
     ],
     "prepare_judgments": ["audit_qrels", "finetune_eval_qrels", "queries"],
-    "embed": ["embedding", "embedding_seq_len", "embedding_dtype", "device"],
+    "embed": [*EMBEDDING_MODEL, "embedding_dtype", "device"],
     "train_index": ["index"],
     "build_index": ["index"],
     "search": ["candidates", "index", "device"],
-    "prepare_ce_pairs": ["ce", "ce_seq_len"],
-    "score_pairs": ["ce", "ce_seq_len", "ce_dtype", "device"],
+    "prepare_ce_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_seq_len"],
+    "score_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_model_kwargs", "ce_seq_len", "ce_dtype", "device"],
     "export_negatives": ["selection_score", *SELECTION_KEYS],
     "export_flag": ["flag_layout"],
-    "export_sentence_transformers": ["num_negatives", "train_scores"],
+    "export_sentence_transformers": ["num_negatives", "train_scores", "st_layout"],
     "audit": [
         "audit_qrels",
         "audit_holdout",
         "min_positive_score",
-        "embedding",
-        "embedding_seq_len",
+        *EMBEDDING_MODEL,
         "embedding_dtype",
         "device",
         "selection_score",
@@ -219,8 +274,7 @@ RULE_SETTINGS = {
         "finetune_epochs",
         "finetune_batch_size",
         "finetune_learning_rate",
-        "embedding",
-        "embedding_seq_len",
+        *EMBEDDING_MODEL,
         "min_positive_score",
         "device",
         "seed",

@@ -20,16 +20,19 @@ def embed_shard(
     dtype_setting: str,
     device_setting: str,
     limits,
+    options=None,
+    truncate_dim: int | None = None,
 ) -> dict[str, int]:
     """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
-    the model's own pooling, L2-normalised so inner product = cosine. Returns rows written per output."""
+    the model's own pooling, cut to `truncate_dim`, L2-normalised so inner product = cosine. Returns rows
+    written per output."""
     from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model
     from negflow.store import load_extras, load_tokens
 
     index, count = parse_shard(shard)
     device = pick_device(device_setting)
     dtype = compute_dtype(dtype_setting, device)
-    model = load_embedding_model(model_ref, device, seq_len)
+    model = load_embedding_model(model_ref, device, seq_len, options, truncate_dim)
     dim = model.get_embedding_dimension()
     written = {}
     for dataset_dir, out_path in parts:
@@ -50,7 +53,7 @@ def embed_shard(
         with atomic_output(out_path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(part), dim))
             for idx, emb in run_model(
-                model, rows, extras, "sentence_embedding", limits, device, dtype, f"embed {shard}", unit_vectors
+                model, rows, extras, "sentence_embedding", limits, device, dtype, f"embed {shard}", unit_vectors(model)
             ):
                 out[idx] = emb
             out.flush()
@@ -60,8 +63,14 @@ def embed_shard(
     return written
 
 
-def unit_vectors(embeddings):
-    """L2-normalised on the device: inner product = cosine."""
+def unit_vectors(model):
+    """What negflow stores of the model's sentence embeddings: the first `truncate_dim` dimensions
+    (Matryoshka, as `encode` cuts them), L2-normalised on the device so inner product = cosine."""
     import torch
 
-    return torch.nn.functional.normalize(embeddings, dim=-1)
+    dim = model.truncate_dim
+
+    def transform(embeddings):
+        return torch.nn.functional.normalize(embeddings[:, :dim], dim=-1)
+
+    return transform

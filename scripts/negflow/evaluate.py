@@ -125,7 +125,8 @@ def embed_texts(model, texts: list[str], prompt: str | None, limits, device, dty
     tokens, extras = tokenize(model, texts, prompt)
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     table = pa.table(tokens)
-    for idx, emb in run_model(model, table, extras, "sentence_embedding", limits, device, dtype, "embed", unit_vectors):
+    batches = run_model(model, table, extras, "sentence_embedding", limits, device, dtype, "embed", unit_vectors(model))
+    for idx, emb in batches:
         out[idx] = emb
     return out
 

@@ -54,16 +54,17 @@ def with_random_negatives(rows: dict[str, list], corpus_texts: list[str], seed: 
     return out
 
 
-def train(model_ref: str, rows: dict[str, list], settings: dict, device, out_dir: str):
-    """One MultipleNegativesRankingLoss run; batches never hold the same text twice (NO_DUPLICATES)."""
+def train(rows: dict[str, list], settings: dict, device, out_dir: str):
+    """One MultipleNegativesRankingLoss run on the full embeddings (evaluation cuts them to `truncate_dim`);
+    batches never hold the same text twice (NO_DUPLICATES)."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
 
-    from negflow.models import load_embedding_model
+    from negflow.models import configured_embedding_model
 
-    model = load_embedding_model(model_ref, device, settings["embedding_seq_len"])
+    model = configured_embedding_model(settings, device)
     args = SentenceTransformerTrainingArguments(
         output_dir=out_dir,
         num_train_epochs=settings["finetune_epochs"],
@@ -103,7 +104,7 @@ def finetune_report(
 ) -> dict:
     """nDCG@10 (and MRR@10, Recall@100) before training, after training on the mined negatives, and after
     training on random negatives, with wall times. The prompts are the ones prepare used (its manifest)."""
-    from negflow.models import load_embedding_model, pick_device
+    from negflow.models import configured_embedding_model, pick_device
     from negflow.store import load_table
 
     device = pick_device(settings["device"])
@@ -134,9 +135,9 @@ def finetune_report(
 
     report: dict = {"training_rows": len(mined["anchor"]), "negatives_per_row": settings["finetune_negatives"]}
     runs = {
-        "untrained": lambda: load_embedding_model(settings["embedding"], device, settings["embedding_seq_len"]),
-        "mined_negatives": lambda: train(settings["embedding"], mined, settings, device, f"{work_dir}/mined"),
-        "random_negatives": lambda: train(settings["embedding"], random_rows, settings, device, f"{work_dir}/random"),
+        "untrained": lambda: configured_embedding_model(settings, device),
+        "mined_negatives": lambda: train(mined, settings, device, f"{work_dir}/mined"),
+        "random_negatives": lambda: train(random_rows, settings, device, f"{work_dir}/random"),
     }
     for name, make in runs.items():
         start = time.perf_counter()

@@ -13,7 +13,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from negflow.errors import ConfigError
-from negflow.refs import check_model_ref, resolve_model_ref
+from negflow.refs import check_model_ref, floating_reference, resolve_model_ref
 from negflow.store import same_extras
 
 log = logging.getLogger("negflow")
@@ -74,12 +74,52 @@ class BatchLimits:
         return int(self.tokens)
 
 
-def _load(cls, ref: str, what: str, device: torch.device):
+@dataclass(frozen=True)
+class LoadOptions:
+    """What decides which code and weights load for a model reference, beside the reference itself."""
+
+    revision: str | None = None
+    trust_remote_code: bool = False
+    model_kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: dict, kind: str) -> LoadOptions:
+        """The options of the `embedding` or `ce` model in a rule's settings. Rules that only tokenize
+        (prepare, prepare_ce_pairs) do not list the model kwargs: they change no token."""
+        kwargs = settings.get(f"{kind}_model_kwargs") or {}
+        return cls(settings[f"{kind}_revision"], settings["trust_remote_code"], kwargs)
+
+
+MODEL_KINDS = {"embedding": "embedding model", "ce": "cross-encoder"}  # setting prefix: how messages name it
+
+
+def _load(cls, ref: str, kind: str, device: torch.device, options: LoadOptions | None, **extra):
+    what = MODEL_KINDS[kind]
+    options = options or LoadOptions()
     check_model_ref(ref, what)
+    if floating_reference(ref, options.revision):
+        log.warning(
+            "%s '%s' is a floating reference (revision %s): the hub may move it to other weights between runs; "
+            "pin it with %s_revision: <commit>",
+            what,
+            ref,
+            options.revision or "main",
+            kind,
+        )
     path = resolve_model_ref(ref)
     try:
-        return cls(path, device=str(device))
+        return cls(
+            path,
+            device=str(device),
+            revision=options.revision,
+            trust_remote_code=options.trust_remote_code,
+            model_kwargs=dict(options.model_kwargs) or None,  # a copy: sentence-transformers pops keys from it
+            **extra,
+        )
     except Exception as e:  # transformers raises OSError/ValueError/KeyError for a folder that is no model
+        if not options.trust_remote_code and "trust_remote_code=True" in str(e):
+            opt_in = "set trust_remote_code: true if you trust its author"
+            raise ConfigError(f"{what} '{ref}': this model runs its own code; {opt_in}") from None
         reason = " ".join(str(e).split())[:300]
         raise ConfigError(f"{what} '{ref}': cannot load as a {cls.__name__} ({type(e).__name__}: {reason})") from None
 
@@ -110,18 +150,38 @@ def _set_seq_len(model, seq_len: int | None, what: str) -> None:
     model.max_seq_length = seq_len
 
 
-def load_embedding_model(ref: str, device: torch.device, seq_len: int | None = None):
+def load_embedding_model(
+    ref: str,
+    device: torch.device,
+    seq_len: int | None = None,
+    options: LoadOptions | None = None,
+    truncate_dim: int | None = None,
+):
+    """A SentenceTransformer whose `truncate_dim` (the configured one, else the one it was saved with) the
+    embedding stages cut their vectors to, as `encode` does."""
     from sentence_transformers import SentenceTransformer
 
-    model = _load(SentenceTransformer, ref, "embedding model", device)
+    model = _load(SentenceTransformer, ref, "embedding", device, options, truncate_dim=truncate_dim)
+    with model.truncate_embeddings(None):
+        full = model.get_embedding_dimension()
+    if truncate_dim is not None and full is not None and truncate_dim > full:
+        raise ConfigError(f"config: truncate_dim {truncate_dim} is larger than the {full} dimensions of '{ref}'")
     _set_seq_len(model, seq_len, "embedding model")
     return model.eval()
 
 
-def load_cross_encoder(ref: str, device: torch.device, seq_len: int | None = None):
+def configured_embedding_model(settings: dict, device: torch.device):
+    """The `embedding` model of a rule's settings, loaded as the embed stage loads it."""
+    options = LoadOptions.of(settings, "embedding")
+    return load_embedding_model(
+        settings["embedding"], device, settings["embedding_seq_len"], options, settings["truncate_dim"]
+    )
+
+
+def load_cross_encoder(ref: str, device: torch.device, seq_len: int | None = None, options: LoadOptions | None = None):
     from sentence_transformers import CrossEncoder
 
-    model = _load(CrossEncoder, ref, "cross-encoder", device)
+    model = _load(CrossEncoder, ref, "ce", device, options)
     if model.num_labels != 1:
         raise ConfigError(f"cross-encoder '{ref}' has {model.num_labels} labels; negflow needs a 1-label reranker")
     _set_seq_len(model, seq_len, "cross-encoder")
@@ -133,6 +193,15 @@ def model_prompt(model, explicit: str | None, name: str) -> str:
     if explicit is not None:
         return explicit
     return (getattr(model, "prompts", None) or {}).get(name) or ""
+
+
+def named_prompt(model, ref: str, name: str, setting: str) -> str:
+    """The text of the model's prompt `name`, as sentence-transformers' `prompt_name` picks it."""
+    prompts = getattr(model, "prompts", None) or {}
+    if name not in prompts:
+        have = ", ".join(f"'{p}'" for p in prompts) or "none"
+        raise ConfigError(f"config: {setting}: embedding model '{ref}' has no prompt '{name}' (its prompts: {have})")
+    return prompts[name]
 
 
 def _char_length(item) -> int:

@@ -164,12 +164,16 @@ def prepare(
     out_manifest: str,
     pairs_manifest: str | None = None,
     workers: int = 1,
+    query_prompt_name: str | None = None,
+    doc_prompt_name: str | None = None,
+    options=None,
 ) -> dict[str, int]:
     """Validate the three inputs, then write tokenized corpus, tokenized queries and qrels datasets
-    (tokenized in `workers` processes: performance only, the output is the same)."""
+    (tokenized in `workers` processes: performance only, the output is the same). A prompt is the given
+    text, else the model's prompt of the given name, else the model's own "query" / "document" prompt."""
     import datasets
 
-    from negflow.models import load_embedding_model, model_prompt, pick_device, tokenize
+    from negflow.models import load_embedding_model, model_prompt, named_prompt, pick_device, tokenize
 
     datasets.disable_caching()
     scratch = Path(out_corpus).parent / f".prepare-scratch-{Path(out_corpus).parent.parent.name}"
@@ -215,8 +219,16 @@ def prepare(
         )
 
         device = pick_device("cpu")
-        model = load_embedding_model(embedding, device, seq_len)
+        model = load_embedding_model(embedding, device, seq_len, options)
         log.info("tokenizer of %s, max_seq_length %d", embedding, model.max_seq_length)
+        if doc_prompt_name is None:
+            doc_prompt = model_prompt(model, doc_prompt, "document")
+        else:
+            doc_prompt = named_prompt(model, embedding, doc_prompt_name, "doc_prompt_name")
+        if query_prompt_name is None:
+            query_prompt = model_prompt(model, query_prompt, "query")
+        else:
+            query_prompt = named_prompt(model, embedding, query_prompt_name, "query_prompt_name")
 
         qrels_ds = datasets.Dataset.from_dict(
             {
@@ -229,8 +241,6 @@ def prepare(
         )
         corpus_batches = pa.ipc.open_stream(pa.memory_map(str(scratch / "corpus.arrow")))
         query_batches = pa.table({"id": [q for q, _ in query_list], "text": [t for _, t in query_list]}).to_batches()
-        doc_prompt = model_prompt(model, doc_prompt, "document")
-        query_prompt = model_prompt(model, query_prompt, "query")
         for batches, n_rows, out, prompt, name in (
             (corpus_batches, len(doc_rows), out_corpus, doc_prompt, "corpus"),
             (query_batches, len(query_list), out_queries, query_prompt, "queries"),

@@ -38,16 +38,16 @@ def data_fingerprint(ref: str) -> dict:
     return {"hub_id": ref}
 
 
-def model_fingerprint(ref: str) -> dict:
-    """A model by reference, with the hub commit when it resolves to a cached snapshot and the hash of
-    each weight file when it is on disk."""
-    info: dict = {"ref": ref}
+def model_fingerprint(ref: str, revision: str | None = None) -> dict:
+    """A model by reference and configured revision, with the hub commit when it resolves to a cached
+    snapshot and the hash of each weight file when it is on disk."""
+    info: dict = {"ref": ref, "configured_revision": revision}
     folder = resolve_model_ref(ref)
     if not os.path.isdir(folder):
         try:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(ref, local_files_only=True)
+            folder = snapshot_download(ref, revision=revision, local_files_only=True)
         except Exception:  # not cached here: the reference is all we can record
             return info
     match = re.search(r"/snapshots/([0-9a-f]{40})", folder)
@@ -69,9 +69,9 @@ def negflow_version() -> str:
 def build_provenance(manifest_path: str, settings: dict) -> dict:
     """The part shared by every export of a dataset: inputs, models, prompts, settings."""
     manifest = read_manifest(manifest_path)
-    models = {"embedding": model_fingerprint(settings["embedding"])}
+    models = {"embedding": model_fingerprint(settings["embedding"], settings["embedding_revision"])}
     if settings.get("ce"):
-        models["ce"] = model_fingerprint(settings["ce"])
+        models["ce"] = model_fingerprint(settings["ce"], settings["ce_revision"])
     return {
         "negflow_version": negflow_version(),
         "inputs": manifest.inputs,

@@ -39,6 +39,17 @@ def looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1 or os.path.exists(ref)
 
 
+def is_hub_model(ref: str) -> bool:
+    """A model reference that names a hub repository: neither a local folder nor a `package:` model."""
+    return not (ref.startswith(PACKAGE_PREFIX) or looks_like_path(ref))
+
+
+def floating_reference(ref: str, revision: str | None) -> bool:
+    """A hub model not pinned to a commit: its branch or tag (`main` when none) can move to other weights, so
+    the same config may mine differently tomorrow."""
+    return is_hub_model(ref) and not (revision and re.fullmatch(r"[0-9a-f]{40}", revision))
+
+
 def resolve_model_ref(ref: str) -> str:
     """Turn `package:MODULE/SUBDIR` into the folder inside that installed package; other refs pass through."""
     if ref.startswith(PACKAGE_PREFIX):
@@ -60,7 +71,7 @@ def check_model_ref(ref: str, where: str, kind: str | None = None) -> None:
         resolved = resolve_model_ref(ref)
     except ConfigError as e:
         raise ConfigError(f"config: {where}: {e}") from None
-    if not (ref.startswith(PACKAGE_PREFIX) or looks_like_path(ref)):
+    if is_hub_model(ref):
         return
     if not os.path.isdir(resolved):
         raise ConfigError(f"config: {where}: model folder '{resolved}' does not exist")

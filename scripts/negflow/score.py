@@ -32,6 +32,7 @@ def prepare_ce_pairs(
     seq_len: int,
     out_dir: str,
     workers: int = 1,
+    options=None,
 ) -> int:
     """Tokenize every unique (query, document) pair for the cross-encoder (in `workers` processes)."""
     from negflow.models import load_cross_encoder, pick_device, tokenize
@@ -40,7 +41,7 @@ def prepare_ce_pairs(
     corpus = load_table(corpus_dir, ["text"])["text"]
     queries = load_table(queries_dir, ["text"])["text"]
     query_rows, doc_rows = unique_pairs(read_parquet(mined_path), read_parquet(qrels_path))
-    model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len)
+    model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len, options)
     log.info(
         "%d unique (query, document) pairs; cross-encoder %s, max length %d",
         len(query_rows),
@@ -72,6 +73,7 @@ def score_pairs(
     limits,
     out_path: str,
     shard: str = "1-of-1",
+    options=None,
 ) -> int:
     """Score the pairs of one contiguous shard (`I-of-N`) with the CrossEncoder's own head and activation
     (as `predict` does)."""
@@ -84,7 +86,7 @@ def score_pairs(
     tokens = tokens.slice(part.start, len(part))
     device = pick_device(device_setting)
     dtype = compute_dtype(dtype_setting, device)
-    model = load_cross_encoder(ce_ref, device, seq_len)
+    model = load_cross_encoder(ce_ref, device, seq_len, options)
     activation = model.activation_fn
     log.info(
         "scoring pairs %d-%d (shard %s) on %s, dtype %s, activation %s",

@@ -61,10 +61,13 @@ def library_imports(path: Path) -> frozenset[str]:
 
 
 def script_modules(script: str | os.PathLike) -> list[str]:
-    """The library files (`negflow/*.py` beside the script) a stage script imports, directly or through
-    other library modules; imports inside functions count, since they run too. Snakemake's code trigger
-    sees only the script itself, so the rules list these as inputs."""
+    """The library files a stage script imports, directly or through other library modules; imports inside
+    functions count, since they run too. Snakemake's code trigger sees only the script itself, so the rules
+    list these as inputs. The library is `negflow/` beside the script in a checkout, the installed package
+    when the workflow runs from a wheel."""
     package = Path(script).parent / "negflow"
+    if not package.is_dir():
+        package = Path(__file__).parent
     seen: set[str] = set()
     todo = [Path(script)]
     while todo:

@@ -81,8 +81,18 @@ def write_flag(examples: Iterator[list[Example]], prompt: str, layout: str, out_
     return {"rows": rows}
 
 
-def st_rows(batch: list[Example], fmt: str, num_negatives: int, scores: bool) -> tuple[dict[str, list], int]:
-    """Columns of one batch in a sentence-transformers format, and how many queries it had to skip."""
+ST_LAYOUTS = ("compact", "per_positive")
+
+
+def st_rows(
+    batch: list[Example], fmt: str, num_negatives: int, scores: bool, layout: str = "compact"
+) -> tuple[dict[str, list], int]:
+    """Columns of one batch in a sentence-transformers format, and how many queries it had to skip. Layout
+    `compact`: several positives do not multiply rows (a triplet pairs each negative with one positive in
+    turn; a labeled-list row holds every positive); `per_positive`: mine_hard_negatives' rows, where every
+    positive is paired with every negative (triplet) and has a labeled-list row of its own."""
+    if layout not in ST_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; one of {ST_LAYOUTS}")
     cols: dict[str, list] = {}
     skipped = 0
 
@@ -94,7 +104,16 @@ def st_rows(batch: list[Example], fmt: str, num_negatives: int, scores: bool) ->
         if not ex.negatives or (fmt == "n-tuple" and len(ex.negatives) < num_negatives):
             skipped += 1  # n-tuple needs every negative column filled, as in mine_hard_negatives
             continue
-        if fmt == "triplet":
+        if fmt == "triplet" and layout == "per_positive":
+            for pos, pos_score in zip(ex.positives, ex.positive_scores, strict=True):
+                for neg, neg_score in zip(ex.negatives, ex.negative_scores, strict=True):
+                    add(
+                        anchor=ex.query,
+                        positive=pos,
+                        negative=neg,
+                        **({"scores": [pos_score, neg_score]} if scores else {}),
+                    )
+        elif fmt == "triplet":
             for j in range(max(len(ex.positives), len(ex.negatives))):
                 i, k = j % len(ex.positives), j % len(ex.negatives)
                 extra = {"scores": [ex.positive_scores[i], ex.negative_scores[k]]} if scores else {}
@@ -110,6 +129,14 @@ def st_rows(batch: list[Example], fmt: str, num_negatives: int, scores: bool) ->
             for k, (text, score) in enumerate(docs):
                 label = {"score": score} if scores else {"label": int(k < len(ex.positives))}
                 add(anchor=ex.query, positive=text, **label)
+        elif fmt == "labeled-list" and layout == "per_positive":
+            for pos, pos_score in zip(ex.positives, ex.positive_scores, strict=True):
+                labels = (
+                    {"scores": [pos_score, *ex.negative_scores]}
+                    if scores
+                    else {"labels": [1] + [0] * len(ex.negatives)}
+                )
+                add(anchor=ex.query, positive=[pos, *ex.negatives], **labels)
         elif fmt == "labeled-list":
             labels = (
                 {"scores": ex.positive_scores + ex.negative_scores}
@@ -142,7 +169,12 @@ def st_schema(fmt: str, num_negatives: int, scores: bool) -> pa.Schema:
 
 
 def write_sentence_transformers(
-    examples: Iterator[list[Example]], fmt: str, num_negatives: int, scores: bool, out_path: str
+    examples: Iterator[list[Example]],
+    fmt: str,
+    num_negatives: int,
+    scores: bool,
+    out_path: str,
+    layout: str = "compact",
 ) -> dict[str, int]:
     """One format as Parquet. A run whose selection left no query enough negatives for the format writes
     the format's columns with no rows, and says so (selection.json counts what each filter dropped)."""
@@ -150,7 +182,7 @@ def write_sentence_transformers(
     rows = skipped = 0
     with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for batch in examples:
-            cols, batch_skipped = st_rows(batch, fmt, num_negatives, scores)
+            cols, batch_skipped = st_rows(batch, fmt, num_negatives, scores, layout)
             skipped += batch_skipped
             if cols:
                 table = pa.table(cols, schema=schema)

@@ -1,0 +1,179 @@
+"""`negflow.mine_hard_negatives`: sentence-transformers' function of that name, run as the negflow workflow
+in a cache folder, so that a second call that changes only selection settings reruns only the export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from negflow.cli import run_workflow
+
+ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
+DEFAULT_CANDIDATES = 100
+
+
+def _keep_if_same(tmp: Path, path: Path) -> str:
+    """Move `tmp` to `path` unless `path` holds the same bytes already: an unchanged input keeps its
+    modification time, so Snakemake reruns nothing for it."""
+    if path.is_file() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()
+    else:
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _model_hash(folder: Path) -> str:
+    """The hash of a saved model's files, without what changes from save to save of the same model: the
+    model card (README.md) and the tokenizer's runtime truncation and padding state in tokenizer.json."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "README.md"):
+        data = path.read_bytes()
+        if path.name == "tokenizer.json":
+            tokenizer = {k: v for k, v in json.loads(data).items() if k not in ("truncation", "padding")}
+            data = json.dumps(tokenizer, sort_keys=True).encode()
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + data)
+    return digest.hexdigest()[:16]
+
+
+def model_ref(model, kind: str, cache: Path) -> str | None:
+    """A hub id or folder as given; a loaded SentenceTransformer / CrossEncoder saved under the cache in a
+    folder named by the hash of its files (the same model maps to the same folder on every call)."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return None if model is None else str(model)
+    (cache / "models").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=cache / "models"))
+    model.save(str(tmp))
+    folder = cache / "models" / f"{kind}-{_model_hash(tmp)}"
+    if folder.is_dir():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, folder)
+    return str(folder)
+
+
+def mine_hard_negatives(
+    dataset,
+    model,
+    anchor_column_name: str | None = None,
+    positive_column_name: str | None = None,
+    corpus: list[str] | None = None,
+    cross_encoder=None,
+    range_min: int = 0,
+    range_max: int | None = None,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+    num_negatives: int = 3,
+    sampling_strategy: str = "top",
+    query_prompt_name: str | None = None,
+    query_prompt: str | None = None,
+    corpus_prompt_name: str | None = None,
+    corpus_prompt: str | None = None,
+    include_positives: bool = False,
+    output_format: str = "triplet",
+    output_scores: bool = False,
+    batch_size: int = 32,
+    faiss_batch_size: int = 16384,
+    use_faiss: bool = False,
+    use_multi_process: list[str] | bool = False,
+    verbose: bool = True,
+    cache_folder: str | None = None,
+    name: str = "dataset",
+    cores: int | str = "all",
+    gpus: int | None = None,
+    **settings,
+):
+    """Add hard negatives to a `datasets.Dataset` of (anchor, positive) pairs, as sentence-transformers'
+    `mine_hard_negatives` does, with the same arguments and the same columns for each `output_format`
+    (anchor and positive columns keep the dataset's names), computed by the negflow workflow.
+
+    The run lives in `cache_folder` (a temporary folder, removed afterwards, when None): call again with the
+    same folder and only what a change touches reruns; a new `relative_margin` reruns the export alone, not
+    the embedding. `model` and `cross_encoder` may be hub ids, folders, or loaded models (saved once into
+    the cache under the hash of their files). Any negflow setting may be given as a keyword argument
+    (`index="hnsw"`, `positive_doc_margin=None`, `seed=7`, ...); `name` names the dataset under
+    `cache_folder/results/`, `cores` and `gpus` size the run.
+
+    Where negflow differs, on purpose:
+    - its positive-aware filters stay on unless turned off: `positive_doc_margin` (a candidate closer to a
+      positive than the query is, a likely false negative) and `dup_threshold` (near-duplicates of a
+      positive or of a kept negative); pass `positive_doc_margin=None, dup_threshold=None` for
+      sentence-transformers' plain behaviour;
+    - `sampling_strategy="random"` is seeded (`seed`) and keyed by query and document, so a rerun picks the
+      same negatives;
+    - repeated anchors are one query with all their positives (never each other's negatives), and an
+      anchor's own text is never its negative.
+    Arguments with no counterpart: `include_positives` (negflow never lists positives among negatives: a
+    ValueError), and the performance knobs `faiss_batch_size`, `use_faiss` (negflow always searches with
+    FAISS, see `index`), `use_multi_process` (use `gpus`). `batch_size` sets both models' batch sizes.
+    """
+    if include_positives:
+        raise ValueError("include_positives has no counterpart in negflow: it never lists positives as negatives")
+    if output_format not in ST_FORMATS:
+        raise ValueError(f"Invalid output_format: {output_format}. Must be one of {', '.join(ST_FORMATS)}.")
+    del faiss_batch_size, use_faiss, use_multi_process  # performance knobs of the in-memory function
+    columns = dataset.column_names
+    anchor = anchor_column_name if anchor_column_name in columns else columns[0]
+    if positive_column_name not in columns and len(columns) < 2:
+        raise ValueError("Dataset must contain at least two columns to select the positive column automatically.")
+    positive = positive_column_name if positive_column_name in columns else columns[1]
+
+    temporary = cache_folder is None
+    cache = Path(tempfile.mkdtemp(prefix="negflow-") if temporary else cache_folder).resolve()
+    try:
+        inputs = cache / "inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        pairs = dataset.select_columns([anchor, positive]).rename_columns({anchor: "anchor", positive: "positive"})
+        pairs.to_parquet(str(inputs / f".{name}.pairs.parquet"))
+        block = {"pairs": _keep_if_same(inputs / f".{name}.pairs.parquet", inputs / f"{name}.pairs.parquet")}
+        texts = set(pairs["positive"])
+        if corpus is not None:
+            tmp = inputs / f".{name}.corpus.jsonl"
+            tmp.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in corpus), "utf-8")
+            block["corpus"] = _keep_if_same(tmp, inputs / f"{name}.corpus.jsonl")
+            texts |= set(corpus)
+        block["embedding"] = model_ref(model, "embedding", cache)
+        block["ce"] = model_ref(cross_encoder, "ce", cache)
+        wanted = max(range_max or DEFAULT_CANDIDATES, range_min + num_negatives)
+        block |= {
+            "candidates": min(wanted, len(texts) - 1),  # the search needs a corpus larger than its candidates
+            "range_min": range_min,
+            "range_max": range_max,
+            "max_score": max_score,
+            "min_score": min_score,
+            "absolute_margin": absolute_margin,
+            "relative_margin": relative_margin,
+            "num_negatives": num_negatives,
+            "sampling": sampling_strategy,
+            "query_prompt": query_prompt,
+            "doc_prompt": corpus_prompt,
+            "train_formats": [output_format],
+            "train_scores": output_scores,
+            "st_layout": "per_positive",
+            "embedding_batch_size": batch_size,
+            "ce_batch_size": batch_size,
+        }
+        prompt_names = {"query_prompt_name": query_prompt_name, "doc_prompt_name": corpus_prompt_name}
+        block |= {key: value for key, value in prompt_names.items() if value is not None}
+        block |= settings
+        target = f"results/{name}/train/{output_format}.parquet"
+        run, _ = run_workflow(
+            {"datasets": {name: block}}, cache, targets=[target], verbose=verbose, cores=cores, gpus=gpus
+        )
+        if run.returncode != 0:
+            raise RuntimeError(
+                f"negflow run failed in {cache}:\n{(run.stdout or '')[-2000:]}{(run.stderr or '')[-4000:]}"
+            )
+        import datasets
+        import pyarrow.parquet as pq
+
+        mined = datasets.Dataset(pq.read_table(cache / target))
+        return mined.rename_columns({k: v for k, v in (("anchor", anchor), ("positive", positive)) if k != v})
+    finally:
+        if temporary:
+            shutil.rmtree(cache, ignore_errors=True)

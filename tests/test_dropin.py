@@ -1,0 +1,106 @@
+"""`negflow.mine_hard_negatives` beside sentence-transformers' own function on the same data and model: the
+same columns and row structure for every output format, and a second call that reruns only the export."""
+
+import json
+import time
+
+import pytest
+from conftest import read_jsonl
+
+import negflow
+from negflow.dropin import ST_FORMATS
+
+pytestmark = pytest.mark.slow  # runs Snakemake
+
+# the tiny random-init model's cosines cluster: turn off negflow's doc-doc filters (see conftest.dataset_block)
+NO_DOC_FILTERS = {"positive_doc_margin": None, "dup_threshold": None, "embedding_dtype": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def pairs(fixture_data):
+    """The fixture's positives as a Dataset with its own column names, and its corpus texts."""
+    import datasets
+
+    text = {d["_id"]: d["text"] for d in read_jsonl(fixture_data["corpus"])}
+    query_text = {q["_id"]: q["text"] for q in read_jsonl(fixture_data["queries"])}
+    qrels = [line.split("\t") for line in fixture_data["qrels"].read_text().splitlines()[1:]]
+    rows = [(query_text[q], text[d]) for q, d, s in qrels if int(s) >= 1]
+    dataset = datasets.Dataset.from_dict({"question": [q for q, _ in rows], "answer": [d for _, d in rows]})
+    return dataset, list(text.values())
+
+
+def structure(mined, fmt: str, scores: bool, dataset) -> list:
+    """What every row of a format must look like, whoever mined it; returns a summary to compare."""
+    pairs = set(zip(dataset["question"], dataset["answer"], strict=True))
+    rows = mined.to_list()
+    for row in rows:
+        if fmt in ("triplet", "n-tuple"):
+            assert (row["question"], row["answer"]) in pairs
+            negatives = [row["negative"]] if fmt == "triplet" else [row[f"negative_{k}"] for k in (1, 2)]
+            assert row["answer"] not in negatives
+            assert not scores or len(row["scores"]) == 1 + len(negatives)
+        elif fmt == "labeled-pair":
+            assert (row["score"] if scores else row["label"]) is not None
+        else:
+            assert (row["question"], row["answer"][0]) in pairs
+            assert row["labels" if not scores else "scores"][0] is not None and len(row["answer"]) >= 2
+            assert scores or row["labels"] == [1] + [0] * (len(row["answer"]) - 1)
+    if fmt == "labeled-pair" and not scores:
+        assert {r["label"] for r in rows} == {0, 1}
+    return sorted(mined.column_names)
+
+
+def test_dropin_returns_the_columns_of_sentence_transformers_and_reruns_only_the_export(pairs, tiny_models, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives as st_mine
+
+    dataset, corpus = pairs
+    model = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
+    cache = tmp_path / "cache"
+    common = dict(corpus=corpus, num_negatives=2, relative_margin=0.0, verbose=False, cache_folder=str(cache))
+    started = time.perf_counter()
+    first = None
+    for fmt in ST_FORMATS:
+        for scores in (False, True):
+            ours = negflow.mine_hard_negatives(
+                dataset, model, output_format=fmt, output_scores=scores, **common, **NO_DOC_FILTERS
+            )
+            first = first or time.perf_counter() - started
+            theirs = st_mine(
+                dataset,
+                model,
+                corpus=corpus,
+                num_negatives=2,
+                relative_margin=0.0,
+                output_format=fmt,
+                output_scores=scores,
+                verbose=False,
+            )
+            assert ours.column_names == theirs.column_names, (fmt, scores)
+            assert ours.features == theirs.features, (fmt, scores)
+            assert structure(ours, fmt, scores, dataset) == structure(theirs, fmt, scores, dataset)
+            assert ours.num_rows > 0
+    assert len(list((cache / "models").iterdir())) == 1  # the loaded model was saved once, then found by its hash
+
+    embedded = (cache / "results/dataset/embed/corpus/1-of-1.npy").stat().st_mtime_ns
+    negatives = (cache / "results/dataset/negatives.jsonl").read_text()
+    started = time.perf_counter()
+    again = negflow.mine_hard_negatives(
+        dataset, model, output_format="n-tuple", **{**common, "relative_margin": 0.5}, **NO_DOC_FILTERS
+    )
+    second = time.perf_counter() - started
+    assert (cache / "results/dataset/embed/corpus/1-of-1.npy").stat().st_mtime_ns == embedded
+    assert (cache / "results/dataset/negatives.jsonl").read_text() != negatives
+    assert json.loads((cache / "results/dataset/selection.json").read_text())["settings"]["relative_margin"] == 0.5
+    assert again.column_names == ["question", "answer", "negative_1", "negative_2"]  # rows: none survive 0.5
+    print(
+        f"first call {first:.1f} s (every stage), second call with a new relative_margin {second:.1f} s (export only)"
+    )
+
+
+def test_dropin_refuses_what_has_no_counterpart(pairs, tiny_models):
+    dataset, _ = pairs
+    with pytest.raises(ValueError, match="include_positives has no counterpart in negflow"):
+        negflow.mine_hard_negatives(dataset, str(tiny_models["embedder"]), include_positives=True)
+    with pytest.raises(ValueError, match="Invalid output_format: quadruplet"):
+        negflow.mine_hard_negatives(dataset, str(tiny_models["embedder"]), output_format="quadruplet")
