@@ -98,6 +98,28 @@ def test_dropin_returns_the_columns_of_sentence_transformers_and_reruns_only_the
     )
 
 
+def test_dropin_rescores_with_a_loaded_cross_encoder(pairs, tiny_models, tmp_path):
+    """A loaded CrossEncoder is saved into the cache and scores the candidates: the score columns hold its
+    scores (a 1-label CE's sigmoid, in (0, 1)), in sentence-transformers' columns."""
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives as st_mine
+
+    dataset, corpus = pairs
+    ce = CrossEncoder(str(tiny_models["ce"]), device="cpu", max_length=128)
+    args = dict(corpus=corpus, cross_encoder=ce, num_negatives=2, output_format="labeled-pair", output_scores=True)
+    ours = negflow.mine_hard_negatives(
+        dataset, str(tiny_models["embedder"]), **args, verbose=False, cache_folder=str(tmp_path), **NO_DOC_FILTERS
+    )
+    embedder = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
+    theirs = st_mine(dataset, embedder, **args, verbose=False)
+    assert ours.column_names == theirs.column_names == ["question", "answer", "score"]
+    assert ours.features == theirs.features and ours.num_rows > len(dataset)
+    assert all(0.0 < score < 1.0 for score in ours["score"])
+    (saved,) = (tmp_path / "models").iterdir()
+    sidecar = json.loads((tmp_path / "results/dataset/negatives.provenance.json").read_text())
+    assert saved.name.startswith("ce-") and sidecar["settings"]["ce"] == str(saved)
+
+
 def test_dropin_refuses_what_has_no_counterpart(pairs, tiny_models):
     dataset, _ = pairs
     with pytest.raises(ValueError, match="include_positives has no counterpart in negflow"):
