@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -277,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     args, tokens = parser.parse_known_args(argv)
     if args.command != "mine" and tokens:
         args.parser.error(f"unrecognized arguments: {' '.join(tokens)}")
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         if args.command == "mine":
             return mine(args, tokens, extra)

@@ -188,20 +188,21 @@ def load_cross_encoder(ref: str, device: torch.device, seq_len: int | None = Non
     return model.eval()
 
 
-def model_prompt(model, explicit: str | None, name: str) -> str:
-    """The configured prompt, else the model's own prompt of that name (e.g. e5's 'query: '), else none."""
+def model_prompt(model, ref: str, role: str, explicit: str | None, chosen: str | None, own: str) -> str:
+    """The prompt text of `role` (query or doc): the configured text, else the model's prompt chosen by
+    name (`{role}_prompt_name`, as sentence-transformers' `prompt_name` picks it), else the model's own
+    prompt `own` (e.g. e5's 'query: '), else none."""
+    prompts = getattr(model, "prompts", None) or {}
     if explicit is not None:
         return explicit
-    return (getattr(model, "prompts", None) or {}).get(name) or ""
-
-
-def named_prompt(model, ref: str, name: str, setting: str) -> str:
-    """The text of the model's prompt `name`, as sentence-transformers' `prompt_name` picks it."""
-    prompts = getattr(model, "prompts", None) or {}
-    if name not in prompts:
+    if chosen is None:
+        return prompts.get(own) or ""
+    if chosen not in prompts:
         have = ", ".join(f"'{p}'" for p in prompts) or "none"
-        raise ConfigError(f"config: {setting}: embedding model '{ref}' has no prompt '{name}' (its prompts: {have})")
-    return prompts[name]
+        raise ConfigError(
+            f"config: {role}_prompt_name: embedding model '{ref}' has no prompt '{chosen}' (its prompts: {have})"
+        )
+    return prompts[chosen]
 
 
 def _char_length(item) -> int:

@@ -173,7 +173,7 @@ def prepare(
     text, else the model's prompt of the given name, else the model's own "query" / "document" prompt."""
     import datasets
 
-    from negflow.models import load_embedding_model, model_prompt, named_prompt, pick_device, tokenize
+    from negflow.models import load_embedding_model, model_prompt, pick_device, tokenize
 
     datasets.disable_caching()
     scratch = Path(out_corpus).parent / f".prepare-scratch-{Path(out_corpus).parent.parent.name}"
@@ -221,14 +221,8 @@ def prepare(
         device = pick_device("cpu")
         model = load_embedding_model(embedding, device, seq_len, options)
         log.info("tokenizer of %s, max_seq_length %d", embedding, model.max_seq_length)
-        if doc_prompt_name is None:
-            doc_prompt = model_prompt(model, doc_prompt, "document")
-        else:
-            doc_prompt = named_prompt(model, embedding, doc_prompt_name, "doc_prompt_name")
-        if query_prompt_name is None:
-            query_prompt = model_prompt(model, query_prompt, "query")
-        else:
-            query_prompt = named_prompt(model, embedding, query_prompt_name, "query_prompt_name")
+        doc_prompt = model_prompt(model, embedding, "doc", doc_prompt, doc_prompt_name, "document")
+        query_prompt = model_prompt(model, embedding, "query", query_prompt, query_prompt_name, "query")
 
         qrels_ds = datasets.Dataset.from_dict(
             {

@@ -1,4 +1,4 @@
-"""Stages 4-5: tokenize each unique (query, document) pair once for the cross-encoder, then score them."""
+"""Stage 4, score: tokenize each unique (query, document) pair once for the cross-encoder, then score them."""
 
 from __future__ import annotations
 
