@@ -352,6 +352,38 @@ def test_tables_do_not_depend_on_the_chunk_size(tmp_path, docstrings, monkeypatc
         assert pq.read_table(getattr(chunked, name)).equals(pq.read_table(getattr(whole, name))), name
 
 
+FREED_MEMORY_ROUNDS = """
+import resource, sys
+sys.path.insert(0, "scripts")
+from negflow.read_pairs import retain_freed_memory
+if sys.argv[1] == "retain":
+    retain_freed_memory()
+def faults():  # page faults while 64 buffers of 1 MB are filled and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffers = [None] * 64
+    for i in range(64):
+        buffers[i] = b"x" * (1 << 20)
+    buffers.clear()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(*[faults() for _ in range(3)])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_chunk_buffers_are_reused_without_page_faults():
+    """glibc by default hands freed buffers back to the system, so the next chunk's buffers fault in fresh
+    pages (64 MB: 16,384 faults); once retain_freed_memory has run, later rounds reuse the same pages."""
+
+    def rounds(mode: str) -> list[int]:
+        done = subprocess.run([sys.executable, "-c", FREED_MEMORY_ROUNDS, mode], cwd=REPO, capture_output=True)
+        return [int(n) for n in done.stdout.split()]
+
+    pages = 64 * (1 << 20) // 4096
+    assert all(n > pages // 2 for n in rounds("default"))
+    first, *later = rounds("retain")
+    assert first > pages // 2 and all(n < pages // 20 for n in later)
+
+
 def test_blocks_read_as_columns_write_what_line_by_line_reading_writes(tmp_path, monkeypatch):
     """Pair and triplet lines after a file's first block, and table batches, go to the builder as columns;
     a block with a line that needs counting (empty, equal to its anchor, null) is read line by line. Tiny
@@ -398,6 +430,55 @@ def test_blocks_read_as_columns_write_what_line_by_line_reading_writes(tmp_path,
     assert kept["given_negatives_kept"] > 100
     assert (kept["negatives_equal_to_anchor"], kept["empty_positives"], kept["positives_equal_to_anchor"]) == (1, 1, 1)
     assert results["pair {'max_pairs': 50}"]["records"] == 50
+
+
+def test_the_cycle_collector_is_paused_while_reading_and_restored(tmp_path, monkeypatch):
+    import gc
+
+    seen = []
+    flush = PairBuilder.flush
+    monkeypatch.setattr(PairBuilder, "flush", lambda self: (seen.append(gc.isenabled()), flush(self))[1])
+    run(tmp_path, "a", write_jsonl(tmp_path / "p.jsonl", [["q", "p"]]))
+    with pytest.raises(InputError):
+        run(tmp_path, "b", write_jsonl(tmp_path / "bad.jsonl", [["q", "p"], ["q"]]))
+    assert seen and not any(seen) and gc.isenabled()
+
+
+ONE_CALL_BLOCKS = {
+    "lists": b'["a", "b"]\n["c", "d"]\n["a", "e"]\n',
+    "blank line": b'["a", "b"]\n\n["c", "d"]\n',
+    "CRLF": b'["a", "b"]\r\n["c", "d"]\r\n',
+    "leading space": b'["a", "b"]\n ["c", "d"]\n',
+    # two values on line 3 and one over lines 4-5: as many values as lines, which the parse must not accept
+    "values across lines": b'["a", "b"]\n["a", "b"], ["c", "d"]\n[["e", "f"]\n["g", "h"]]\n',
+    "two lines one value": b'["a", "b"]\n["c",\n"d"]\n',
+}
+
+
+@pytest.mark.parametrize("block", ONE_CALL_BLOCKS.values(), ids=ONE_CALL_BLOCKS.keys())
+def test_a_block_parsed_in_one_call_reads_as_its_lines_do(tmp_path, block, monkeypatch):
+    """After the first block, a block whose lines all look like lists is parsed as one JSON array; whatever it
+    holds, the tables (or the error naming a line) are those of reading it line by line."""
+    import negflow.read_pairs as read_pairs_module
+
+    first = b'["q",' + b" " * 1000 + b'"p"]\n'
+    monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", len(first))  # block 1: the first line; block 2: the rest
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(first + block)
+    outcomes = []
+    CountingBlocks.blocks = 0
+    for builder in (CountingBlocks, LineByLine):
+        monkeypatch.setattr(read_pairs_module, "PairBuilder", builder)
+        try:
+            out, result = run(tmp_path, builder.__name__, path)
+            tables = [pq.read_table(getattr(out, name)) for name in ("corpus", "queries", "qrels", "query_lines")]
+            outcomes.append((result, tables))
+        except InputError as e:
+            outcomes.append(str(e))
+    assert outcomes[0] == outcomes[1]
+    if isinstance(outcomes[0], str):
+        assert outcomes[0].startswith(f"{path}:3: malformed JSON")
+    assert CountingBlocks.blocks == (block == ONE_CALL_BLOCKS["lists"])
 
 
 class LineByLine(PairBuilder):

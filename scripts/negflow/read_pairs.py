@@ -17,6 +17,9 @@ so it grows with the distinct texts, never with Python objects per line.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import io
 import logging
 import os
 import re
@@ -25,6 +28,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from itertools import chain, compress
 from operator import itemgetter
@@ -81,6 +85,35 @@ SHAPES = {
 # Roles of a (query, document) relation while reading; only POS and NEG become qrels rows.
 _POS, _NEG, _DOC = 1, 0, 2
 _SOURCE_PAIRS, _SOURCE_CORPUS = 0, 1
+_OPEN, _CLOSE, _COMMA, _NEWLINE = b"[],\n"  # the bytes a block of JSON list lines is checked and joined by
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def retain_freed_memory() -> None:
+    """Have glibc keep freed memory for reuse rather than hand it back to the system. The reader frees a
+    chunk's buffers (tens to hundreds of MB) and allocates the next chunk's: with glibc's defaults every reuse
+    faults in fresh zeroed pages again, a sixth of the stage's time at 10M lines (bench/pairs_scale.py).
+    Allocations up to 32 MB then come from the heap, which is never trimmed; peak RSS stays what the chunks
+    need. A no-op where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling for this setting
+
+
+@contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Reading builds no reference cycles, yet every parsed line is a new list the cycle collector would walk
+    again and again (3% of the stage's time): pause it while reading."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def normalise(text: str) -> str:
@@ -185,7 +218,7 @@ def count_records(ref: str) -> int:
     source, _ = split_ref(ref)
     if _is_jsonl(source):
         with _open_binary(source) as f:
-            return sum(sum(1 for raw in block if raw.strip()) for block in _line_blocks(f))
+            return sum(sum(1 for raw in data.split(b"\n") if raw.strip()) for data in _line_blocks(f))
     return _table_rows(_load_table_source(ref)[1])
 
 
@@ -318,20 +351,23 @@ def read_jsonl(path: str, builder: PairBuilder, set_mode: str, keep: np.ndarray 
     line_no = 0
     progress = tqdm(desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
     with _open_binary(path) as f:
-        for block in _line_blocks(f):
+        for data in _line_blocks(f):
+            lists = _block_lists(data) if shape in ("pair", "triplet") else None
+            columns = None if lists is None else _list_columns(lists, 2 if shape == "pair" else 3)
+            if columns is not None:
+                lines = np.arange(line_no + 1, line_no + len(lists) + 1, dtype=np.int64)
+                if keep is not None:
+                    picked = keep[ordinal : ordinal + len(lists)]
+                    columns, lines = [list(compress(c, picked)) for c in columns], lines[picked]
+                if not len(lines) or builder.add_pair_block(lines, *columns):
+                    line_no += len(lists)
+                    ordinal += len(lists)
+                    counts["records"] += len(lines)
+                    progress.update(len(lists))
+                    continue
+            block = data.split(b"\n")
             start, line_no = line_no + 1, line_no + len(block)
             progress.update(len(block))
-            if shape in ("pair", "triplet"):
-                columns = _list_columns(block, 2 if shape == "pair" else 3)
-                if columns is not None:
-                    lines = np.arange(start, line_no + 1, dtype=np.int64)
-                    if keep is not None:
-                        picked = keep[ordinal : ordinal + len(block)]
-                        columns, lines = [list(compress(c, picked)) for c in columns], lines[picked]
-                    if not len(lines) or builder.add_pair_block(lines, *columns):
-                        ordinal += len(block)
-                        counts["records"] += len(lines)
-                        continue
             for line, raw in enumerate(block, start=start):
                 try:
                     obj = orjson.loads(raw)
@@ -361,29 +397,47 @@ def read_jsonl(path: str, builder: PairBuilder, set_mode: str, keep: np.ndarray 
     progress.close()
 
 
-def _line_blocks(f) -> Iterator[list[bytes]]:
-    """The lines of a binary file (without their newlines) in blocks of about BLOCK_BYTES: one large read
-    split in C costs far less than a readline per line."""
+def _line_blocks(f) -> Iterator[bytes]:
+    """The lines of a binary file in blocks of about BLOCK_BYTES (whole lines, without the block's last
+    newline): one large read split in C costs far less than a readline per line."""
     rest = b""
     while data := f.read(BLOCK_BYTES):
         data = rest + data
         end = data.rfind(b"\n") + 1
         if end:
-            yield data[: end - 1].split(b"\n")
+            yield data[: end - 1]
         rest = data[end:]
     if rest:
-        yield [rest]
+        yield rest
 
 
-def _list_columns(block: list[bytes], n_items: int) -> list[list] | None:
-    """The items of every line of `block` as `n_items` columns, when each line is a JSON list of `n_items`
-    (else None: read line by line). Columns by itemgetter cost a fifth of zip(*lines)."""
+def _block_lists(data: bytes) -> list | None:
+    """Every line of a block parsed in one call, as one JSON array of the lines joined by commas (no bytes
+    object per line), when every line begins with '[' and ends with ']'; else None (a blank line, a CR,
+    anything else): the block is read line by line. A value cannot span two lines unless the ']' ending the
+    first closes a list nested in it, which the string checks of the columns refuse; with as many values as
+    lines, each line then holds exactly one."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if not len(raw) or raw[0] != _OPEN or raw[-1] != _CLOSE:
+        return None
+    newlines = np.flatnonzero(raw == _NEWLINE)
+    if np.any(raw[newlines + 1] != _OPEN) or np.any(raw[newlines - 1] != _CLOSE):
+        return None
+    joined = np.empty(len(raw) + 2, dtype=np.uint8)
+    joined[0], joined[1:-1], joined[-1] = _OPEN, raw, _CLOSE
+    joined[newlines + 1] = _COMMA
     try:
-        objs = list(map(orjson.loads, block))
+        lists = orjson.loads(memoryview(joined))
     except orjson.JSONDecodeError:
         return None
-    if set(map(type, objs)) == {list} and set(map(len, objs)) == {n_items}:
-        return [list(map(itemgetter(i), objs)) for i in range(n_items)]
+    return lists if len(lists) == len(newlines) + 1 else None
+
+
+def _list_columns(lists: list, n_items: int) -> list[list] | None:
+    """The items of every line of a block as `n_items` columns, when each line is a JSON list of `n_items`
+    (else None: read line by line). Columns by itemgetter cost a fifth of zip(*lines)."""
+    if set(map(type, lists)) == {list} and set(map(len, lists)) == {n_items}:
+        return [list(map(itemgetter(i), lists)) for i in range(n_items)]
     return None
 
 
@@ -518,10 +572,12 @@ class TextIndex:
         self._keys = np.empty((1024, 2), dtype=np.uint64)  # in number order; grows by doubling
         self.size = 0
 
-    def add(self, encoded: list[bytes]) -> np.ndarray:
-        """The number of each text (UTF-8 of the normalised text), numbering unseen ones as they appear."""
-        digests = b"".join(map(xxhash.xxh3_128_digest, encoded))
-        keys = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    def add(self, texts: list[str]) -> np.ndarray:
+        """The number of each normalised text, numbering unseen ones as they appear. Each text's UTF-8 bytes
+        and digest live only while it is hashed: a list of them per chunk would be allocated and freed in
+        bulk, and every chunk would fault in fresh memory for it."""
+        digests = np.fromiter(map(xxhash.xxh3_128_digest, map(str.encode, texts)), dtype="S16", count=len(texts))
+        keys = digests.view(">u8").reshape(-1, 2).astype(np.uint64)
         hi, lo = keys[:, 0], keys[:, 1]
         unique_hi, first, inverse = np.unique(hi, return_index=True, return_inverse=True)
         found, index = self._lookup.find(unique_hi)
@@ -571,7 +627,7 @@ class RoleTable:
         self.lines: list[np.ndarray] = []
         self.carried: list[tuple[np.ndarray, pa.Array]] = []  # (text numbers, ids) of rows with a carried id
 
-    def add(self, numbers: np.ndarray, occurrences: np.ndarray, encoded, lines, source: int, carried: dict):
+    def add(self, numbers: np.ndarray, occurrences: np.ndarray, texts, lines, source: int, carried: dict):
         """Write the texts among `numbers` (the role's occurrences in a chunk, in order) not written yet."""
         if len(self.written) < self.index.size:
             self.written = np.r_[self.written, np.zeros(self.index.size - len(self.written), dtype=bool)]
@@ -581,10 +637,14 @@ class RoleTable:
             return
         numbers, occurrences = numbers[first], occurrences[first]
         self.written[numbers] = True
-        chosen = [encoded[occurrences[0]]] if len(occurrences) == 1 else itemgetter(*occurrences.tolist())(encoded)
+        chosen = [texts[occurrences[0]]] if len(occurrences) == 1 else itemgetter(*occurrences.tolist())(texts)
+        data = io.BytesIO()  # filled a text at a time: no bytes object per text held at once
+        data.writelines(map(str.encode, chosen))
         offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen)), out=offsets[1:])
-        texts = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), pa.py_buffer(b"".join(chosen)))
+        if offsets[-1] != data.tell():  # some text is not ASCII: its UTF-8 is longer than its characters
+            np.cumsum(np.fromiter(map(len, map(str.encode, chosen)), np.int64, len(chosen)), out=offsets[1:])
+        written = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), pa.py_buffer(data.getbuffer()))
         ids = self.index.hex_ids(numbers)  # the texts are valid UTF-8 already: no per-text conversion above
         named = [carried.get(o) for o in occurrences.tolist()] if carried else []
         if any(n is not None for n in named):
@@ -592,7 +652,7 @@ class RoleTable:
             ids = pc.coalesce(given, ids)
             has = np.asarray(given.is_valid())
             self.carried.append((numbers[has], given.filter(pa.array(has))))
-        self._pending.append(self._pool.submit(self.writer.write_table, pa.table([ids, texts], schema=self.SCHEMA)))
+        self._pending.append(self._pool.submit(self.writer.write_table, pa.table([ids, written], schema=self.SCHEMA)))
         while len(self._pending) > 2:
             self._pending.popleft().result()
         self.rows.append(numbers)
@@ -780,8 +840,7 @@ class PairBuilder:
     def flush(self) -> None:
         if not self.texts:
             return
-        encoded = list(map(str.encode, self.texts))
-        numbers = self.index.add(encoded)
+        numbers = self.index.add(self.texts)
         r_doc = np.frombuffer(self.r_doc, dtype=np.int64)
         if len(r_doc):
             query = np.frombuffer(self.r_query, dtype=np.int64)
@@ -795,7 +854,7 @@ class PairBuilder:
         lines = np.frombuffer(self.lines, dtype=np.int64)
         for role, occurrences in (("query", example_query), ("doc", r_doc)):
             self.tables[role].add(
-                numbers[occurrences], occurrences, encoded, lines, self.source, self.carried_occ[role]
+                numbers[occurrences], occurrences, self.texts, lines, self.source, self.carried_occ[role]
             )
         self._reset()
 
@@ -814,6 +873,7 @@ class PairTables:
 
 def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: PairTables) -> dict:
     """Read a pair file (and an optional corpus) into BEIR tables and the id map; return the counts."""
+    retain_freed_memory()
     counts: Counter = Counter()
     source, _ = split_ref(pairs)
     keep = total = None
@@ -829,7 +889,7 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
         )
     source_paths = {_SOURCE_PAIRS: source, _SOURCE_CORPUS: corpus}
     index = TextIndex()
-    with atomic_output(out.queries) as queries_tmp, atomic_output(out.corpus) as corpus_tmp:
+    with _cycle_collector_paused(), atomic_output(out.queries) as queries_tmp, atomic_output(out.corpus) as corpus_tmp:
         queries = RoleTable(queries_tmp, index, "query")
         docs = RoleTable(corpus_tmp, index, "document")
         builder = PairBuilder(index, queries, docs, settings.given_negatives, counts)
