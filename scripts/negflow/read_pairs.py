@@ -92,9 +92,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 def retain_freed_memory() -> None:
     """Have glibc keep freed memory for reuse rather than hand it back to the system. The reader frees a
     chunk's buffers (tens to hundreds of MB) and allocates the next chunk's: with glibc's defaults every reuse
-    faults in fresh zeroed pages again, a sixth of the stage's time at 10M lines (bench/pairs_scale.py).
-    Allocations up to 32 MB then come from the heap, which is never trimmed; peak RSS stays what the chunks
-    need. A no-op where the C library is not glibc."""
+    faults in fresh pages the kernel must zero (12% of a 10M-line profile). Allocations up to 32 MB then come
+    from the heap, which is never trimmed; peak RSS stays what the chunks need. A no-op where the C library
+    is not glibc."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -106,7 +106,7 @@ def retain_freed_memory() -> None:
 @contextmanager
 def _cycle_collector_paused() -> Iterator[None]:
     """Reading builds no reference cycles, yet every parsed line is a new list the cycle collector would walk
-    again and again (3% of the stage's time): pause it while reading."""
+    again and again (about 3% of a 10M-line profile): pause it while reading."""
     enabled = gc.isenabled()
     gc.disable()
     try:
