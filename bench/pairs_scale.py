@@ -33,7 +33,8 @@ READ = """
 import os, sys, time
 os.sched_setaffinity(0, {{0}})
 sys.path.insert(0, {scripts!r})
-from negflow.read_pairs import PairSettings, PairTables, read_pairs
+from negflow.pair_shapes import PairSettings
+from negflow.read_pairs import PairTables, read_pairs
 out = {out!r}
 start = time.perf_counter()
 names = ("corpus", "queries", "qrels", "query_lines", "doc_hashes")

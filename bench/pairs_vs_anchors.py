@@ -50,9 +50,9 @@ from selection_vs_anchors import (  # noqa: E402
 )
 
 from negflow.negatives import read_negatives  # noqa: E402
-from negflow.read_pairs import normalise, text_hash  # noqa: E402
 from negflow.refs import resolve_model_ref  # noqa: E402
 from negflow.store import ShardedEmbeddings, load_table  # noqa: E402
+from negflow.text_ids import normalise, text_hash  # noqa: E402
 
 MODES = ("pairs", "beir")
 NEGFLOW = "negflow pair mode default (snakemake end to end)"

@@ -6,10 +6,11 @@ from negflow.stage import library_imports
 
 LAYERS = [
     {"errors", "files", "bundle"},
-    {"refs", "shards", "selection", "negatives"},
+    {"refs", "shards", "selection", "negatives", "text_ids", "grades"},
     {"store"},
     {"models", "devices"},
-    {"read_pairs", "beir", "prepare", "embed", "search", "score", "candidates", "export", "training", "report", "audit"}
+    {"read_pairs", "pair_shapes", "beir", "prepare", "embed", "search", "score", "candidates", "export"}
+    | {"training", "report", "audit"}
     | {"evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "hooks"},

@@ -16,18 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO
 
+import negflow.pair_shapes as pair_shapes
 from negflow.errors import InputError
-from negflow.read_pairs import (
-    GIVEN_NEGATIVE,
-    POSITIVE,
-    SAME_TEXT,
-    PairBuilder,
-    PairSettings,
-    PairTables,
-    normalise,
-    read_pairs,
-    text_hash,
-)
+from negflow.grades import GIVEN_NEGATIVE, POSITIVE, SAME_TEXT
+from negflow.pair_shapes import PairSettings
+from negflow.read_pairs import PairBuilder, PairTables, read_pairs
+from negflow.text_ids import normalise, text_hash
 
 
 @pytest.fixture(scope="module")
@@ -292,9 +286,8 @@ BAD_LINES = [
 def test_bad_lines_are_one_line_naming_file_and_line(tmp_path, lines, message, block_bytes, monkeypatch):
     """Whether a bad line is in the file's first block (read line by line) or a later one (read as columns
     until a line does not fit), the error names it."""
-    import negflow.read_pairs as read_pairs_module
 
-    monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", block_bytes)
     pairs = write_jsonl(tmp_path / "bad.jsonl", lines)
     with pytest.raises(InputError) as err:
         run(tmp_path, "out", pairs)
@@ -303,9 +296,8 @@ def test_bad_lines_are_one_line_naming_file_and_line(tmp_path, lines, message, b
 
 
 def test_malformed_json_and_bad_bytes_name_their_line(tmp_path, monkeypatch):
-    import negflow.read_pairs as read_pairs_module
 
-    monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", 1)  # one line a block: the bad one after the first
+    monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", 1)  # one line a block: the bad one after the first
     path = tmp_path / "p.jsonl"
     path.write_bytes(b'["q", "p"]\n["q", "p"\n')
     with pytest.raises(InputError, match=r"p\.jsonl:2: malformed JSON"):
@@ -411,13 +403,13 @@ def test_blocks_read_as_columns_write_what_line_by_line_reading_writes(tmp_path,
     cases += [("triplet", {"given_negatives": policy}) for policy in ("pool", "keep", "drop")]
     results = {}
     for name, settings in cases:
-        monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", 1 << 30)
-        monkeypatch.setattr(read_pairs_module, "CHUNK_RECORDS", 1 << 20)
+        monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", 1 << 30)
+        monkeypatch.setattr(pair_shapes, "CHUNK_RECORDS", 1 << 20)
         monkeypatch.setattr(read_pairs_module, "PairBuilder", LineByLine)
         label = f"{name} {settings}"
         whole, counts = run(tmp_path, f"whole {label}", files[name], **settings)
-        monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", 64)  # two or three lines a block
-        monkeypatch.setattr(read_pairs_module, "CHUNK_RECORDS", 9)
+        monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", 64)  # two or three lines a block
+        monkeypatch.setattr(pair_shapes, "CHUNK_RECORDS", 9)
         monkeypatch.setattr(read_pairs_module, "PairBuilder", CountingBlocks)
         CountingBlocks.blocks = 0
         blocks, block_counts = run(tmp_path, f"blocks {label}", files[name], **settings)
@@ -462,7 +454,7 @@ def test_a_block_parsed_in_one_call_reads_as_its_lines_do(tmp_path, block, monke
     import negflow.read_pairs as read_pairs_module
 
     first = b'["q",' + b" " * 1000 + b'"p"]\n'
-    monkeypatch.setattr(read_pairs_module, "BLOCK_BYTES", len(first))  # block 1: the first line; block 2: the rest
+    monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", len(first))  # block 1: the first line; block 2: the rest
     path = tmp_path / "p.jsonl"
     path.write_bytes(first + block)
     outcomes = []

@@ -14,12 +14,6 @@ from dataclasses import dataclass, field
 from negflow.errors import InputError
 from negflow.refs import is_local_data
 
-# Grades of the qrels rule read_pairs writes for a pairs dataset. Only POSITIVE reaches min_positive_score
-# (which must be 1 there); every other row is excluded from the query's candidates like any judged row.
-POSITIVE = 1
-GIVEN_NEGATIVE = 0  # a negative the data gave (given_negatives: keep lists it first among the negatives)
-SAME_TEXT = -1  # the query's own text as a document: never a candidate, never listed
-
 
 def _open_binary(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negflow.beir import GIVEN_NEGATIVE
 from negflow.files import SortedRows, read_parquet
+from negflow.grades import GIVEN_NEGATIVE
 from negflow.selection import QueryScores, Selection, SelectionSettings, candidate_noise, filter_mask
 from negflow.store import ShardedEmbeddings, load_table
 
