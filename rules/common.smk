@@ -7,18 +7,12 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
-from negflow.config import (
-    dataset_settings,
-    load_schema,
-    provenance_settings,
-    rule_settings,
-    scatter_counts,
-)
+from negflow.config import dataset_settings, load_schema, scatter_counts
+from negflow.dependencies import provenance_settings, rule_settings, script_modules
 from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
 from negflow.refs import is_local_data, split_ref
 from negflow.shards import SHARD_PATTERN
-from negflow.stage import script_modules
 
 try:
     SCHEMA = load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))

@@ -2,7 +2,7 @@
 
 from conftest import REPO
 
-from negflow.stage import library_imports
+from negflow.dependencies import library_imports
 
 LAYERS = [
     {"errors", "files", "bundle"},
@@ -13,7 +13,7 @@ LAYERS = [
     | {"training", "report", "audit"}
     | {"evaluate", "finetune", "demo", "provenance"},
     {"stage"},
-    {"config", "hooks"},
+    {"config", "dependencies", "hooks"},
     {"cli"},
     {"dropin"},
 ]

@@ -1,22 +1,12 @@
 """Config merging and validation: defaults, precedence, and one-line errors that name the key."""
 
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
 
-from negflow.config import (
-    INDEX_SETTINGS,
-    RULE_SETTINGS,
-    dataset_settings,
-    load_schema,
-    provenance_settings,
-    rule_settings,
-    scatter_counts,
-    setting_defaults,
-)
+from negflow.config import dataset_settings, load_schema, scatter_counts, setting_defaults
 from negflow.errors import ConfigError
 from negflow.refs import is_local_data, resolve_model_ref
 
@@ -168,58 +158,3 @@ def test_readme_documents_every_setting():
     readme = (REPO / "README.md").read_text()
     for key in SCHEMA["$defs"]["settings"]["properties"]:
         assert f"| `{key}` |" in readme, key
-
-
-def test_every_setting_is_some_rules_setting_or_says_why_it_reruns_nothing():
-    """A new schema key must be listed under the rules whose output it changes (config.RULE_SETTINGS), or
-    be marked `x-no-rerun` with the reason; never both."""
-    properties = {**SCHEMA["$defs"]["settings"]["properties"], **SCHEMA["$defs"]["dataset"]["properties"]}
-    used = {key for keys in [*RULE_SETTINGS.values(), *INDEX_SETTINGS.values()] for key in keys}
-    no_rerun = {key for key, spec in properties.items() if spec.get("x-no-rerun")}
-    assert used <= set(properties)
-    assert set(properties) - used == no_rerun
-    assert "embedding_batch_size" in no_rerun and "relative_margin" in used
-
-
-def test_rule_settings_are_keyed_by_the_rules_that_use_them():
-    """Each rule passes its own name to settings_for; every RULE_SETTINGS entry is such a rule."""
-    named = {}
-    for smk in (REPO / "rules").glob("*.smk"):
-        for rule, body in re.findall(r"(?ms)^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text()):
-            for used in re.findall(r'settings_for\("(\w+)"\)', body):
-                named[rule] = used
-    assert named and all(rule == used for rule, used in named.items())
-    assert set(named) == set(RULE_SETTINGS)
-
-
-def test_rule_settings_add_what_only_some_runs_depend_on():
-    settings = setting_defaults(SCHEMA) | {"pairs": None, "corpus": "c", "queries": "q", "qrels": "r"}
-    assert "seed" not in rule_settings("prepare", settings)
-    assert rule_settings("prepare", settings | {"audit_holdout": True})["seed"] == settings["seed"]
-    assert list(rule_settings("search", settings | {"index": "hnsw"}))[-3:] == [
-        "hnsw_m",
-        "hnsw_ef_construction",
-        "hnsw_ef_search",
-    ]
-    assert "given_negatives" in rule_settings("export_negatives", settings | {"pairs": "p.jsonl"})
-    recorded = provenance_settings(settings | {"pairs": "p.jsonl", "index": "ivf"})
-    assert list(recorded)[:2] == ["pairs", "corpus"] and list(recorded)[-2:] == ["ivf_nlist", "ivf_nprobe"]
-    model_options = ["trust_remote_code", "query_prompt_name", "doc_prompt_name", "truncate_dim"]
-    model_options += [f"{kind}_{option}" for kind in ("embedding", "ce") for option in ("revision", "model_kwargs")]
-    assert set(model_options) <= set(recorded)
-
-
-def test_model_options_rerun_exactly_the_rules_that_load_that_model():
-    """Tokenizing rules (prepare, prepare_ce_pairs) load a model too, but its kwargs and truncation change no token."""
-    rules_of = {
-        key: {rule for rule, keys in RULE_SETTINGS.items() if key in keys}
-        for key in SCHEMA["$defs"]["settings"]["properties"]
-    }
-    loads = rules_of["embedding"] | rules_of["ce"]
-    assert loads == {"prepare", "embed", "audit", "finetune", "prepare_ce_pairs", "score_pairs"}
-    assert rules_of["trust_remote_code"] == loads
-    assert rules_of["embedding_revision"] == {"prepare", "embed", "audit", "finetune"}
-    assert rules_of["embedding_model_kwargs"] == rules_of["truncate_dim"] == {"embed", "audit", "finetune"}
-    assert rules_of["query_prompt_name"] == rules_of["doc_prompt_name"] == {"prepare"}
-    assert rules_of["ce_revision"] == {"prepare_ce_pairs", "score_pairs"}
-    assert rules_of["ce_model_kwargs"] == {"score_pairs"}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ast
-import functools
 import logging
 import os
 import sys
@@ -43,36 +41,3 @@ def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> Non
         log.error("%s", e)
         print(f"negflow error: {e}", file=sys.__stderr__)
         sys.exit(1)
-
-
-@functools.cache
-def library_imports(path: Path) -> frozenset[str]:
-    """The negflow modules a Python file imports (`negflow.X` or `from negflow import X`), anywhere in it.
-    Cached: every rule asks for its script's modules while Snakemake builds the DAG, and most share them."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "negflow":
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("negflow."):
-            names.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("negflow."))
-    return frozenset(names)
-
-
-def script_modules(script: str | os.PathLike) -> list[str]:
-    """The library files a stage script imports, directly or through other library modules; imports inside
-    functions count, since they run too. Snakemake's code trigger sees only the script itself, so the rules
-    list these as inputs. The library is `negflow/` beside the script in a checkout, the installed package
-    when the workflow runs from a wheel."""
-    package = Path(script).parent / "negflow"
-    if not package.is_dir():
-        package = Path(__file__).parent
-    seen: set[str] = set()
-    todo = [Path(script)]
-    while todo:
-        for name in library_imports(todo.pop()):
-            if name not in seen and (package / f"{name}.py").is_file():
-                seen.add(name)
-                todo.append(package / f"{name}.py")
-    return sorted(str(package / f"{name}.py") for name in seen)
