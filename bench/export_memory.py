@@ -30,14 +30,17 @@ CANDIDATES = 100
 EXPORT = """
 import json, resource, sys, time
 sys.path.insert(0, {scripts!r})
-from negflow.candidates import MinedCandidates
+from negflow.candidates import Candidates
 from negflow.export import export_negatives
 from negflow.selection import SelectionSettings
 d = {folder!r}
 start = time.perf_counter()
-files = [d + "/mined.parquet", d + "/qrels.parquet", [{corpus!r}], [d + "/queries-1-of-1.npy"], {corpus_dir!r}]
-mined = MinedCandidates(*files, d + "/scored.parquet", "auto")
-report = export_negatives(mined, SelectionSettings(), d + "/negatives.jsonl", d + "/selection.json", {{}})
+inputs = dict(
+    candidates=d + "/candidates.parquet", qrels=d + "/qrels.parquet", corpus=[{corpus!r}],
+    queries=[d + "/queries-1-of-1.npy"], corpus_dir={corpus_dir!r}, scores=d + "/pair_scores.parquet",
+)
+candidates = Candidates.from_inputs(inputs, {{"selection_score": "auto"}})
+report = export_negatives(candidates, SelectionSettings(), d + "/negatives.jsonl", d + "/selection.json", {{}})
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "counts": report["counts"]}}))
 """
@@ -69,22 +72,22 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
     import pyarrow.parquet as pq
 
     from negflow.score import SCORED_SCHEMA
-    from negflow.search import MINED_SCHEMA
+    from negflow.search import CANDIDATES_SCHEMA
 
     folder.mkdir(parents=True, exist_ok=True)
     unit_rows(rng, queries, folder / "queries-1-of-1.npy")
     positive = rng.integers(0, docs, queries)
     block = 20_000
     with (
-        pq.ParquetWriter(folder / "mined.parquet", MINED_SCHEMA) as mined,
-        pq.ParquetWriter(folder / "scored.parquet", SCORED_SCHEMA) as scored,
+        pq.ParquetWriter(folder / "candidates.parquet", CANDIDATES_SCHEMA) as candidates,
+        pq.ParquetWriter(folder / "pair_scores.parquet", SCORED_SCHEMA) as scores,
     ):
         for start in range(0, queries, block):
             q = np.arange(start, min(start + block, queries))
             rows = rng.integers(0, docs, (len(q), CANDIDATES))
             cos = np.sort(rng.uniform(0.2, 0.8, (len(q), CANDIDATES)).astype(np.float32), axis=1)[:, ::-1]
             query_row = np.repeat(q, CANDIDATES)
-            mined.write_table(
+            candidates.write_table(
                 pa.table(
                     {
                         "query_id": pa.array([f"q{i}" for i in query_row.tolist()]),
@@ -94,13 +97,13 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
                         "rank": np.tile(np.arange(1, CANDIDATES + 1, dtype=np.int32), len(q)),
                         "cosine": cos.ravel(),
                     },
-                    schema=MINED_SCHEMA,
+                    schema=CANDIDATES_SCHEMA,
                 )
             )
             pairs = np.unique(np.c_[np.r_[query_row, q], np.r_[rows.ravel(), positive[q]]], axis=0)
             ce = rng.uniform(0, 1, len(pairs)).astype(np.float32)
             ce[np.isin(pairs[:, 0] * docs + pairs[:, 1], q * docs + positive[q])] = 0.99
-            scored.write_table(pa.table([pairs[:, 0].astype(np.int32), pairs[:, 1], ce], schema=SCORED_SCHEMA))
+            scores.write_table(pa.table([pairs[:, 0].astype(np.int32), pairs[:, 1], ce], schema=SCORED_SCHEMA))
     qrels = {
         "query_id": pa.array([f"q{i}" for i in range(queries)]),
         "doc_id": pa.array([f"d{i}" for i in positive.tolist()]),

@@ -163,7 +163,7 @@ def score_shards(wildcards):
 def export_inputs(wildcards):
     """Search results and corpus embeddings, plus cross-encoder scores when a `ce` is configured."""
     inputs = {
-        "mined": f"results/{wildcards.dataset}/search/candidates.parquet",
+        "candidates": f"results/{wildcards.dataset}/search/candidates.parquet",
         "qrels": f"results/{wildcards.dataset}/search/qrels_cosine.parquet",
         "corpus": embedding_shards("corpus")(wildcards),
         "queries": embedding_shards("queries")(wildcards),
@@ -171,7 +171,7 @@ def export_inputs(wildcards):
         "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
     }
     if DATASETS[wildcards.dataset]["ce"] is not None:
-        inputs["scored"] = f"results/{wildcards.dataset}/score/pair_scores.parquet"
+        inputs["scores"] = f"results/{wildcards.dataset}/score/pair_scores.parquet"
     return inputs
 
 

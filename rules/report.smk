@@ -2,7 +2,7 @@ rule plot_report:
     input:
         negatives="results/{dataset}/negatives.jsonl",
         selection="results/{dataset}/selection.json",
-        mined="results/{dataset}/search/candidates.parquet",
+        candidates="results/{dataset}/search/candidates.parquet",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",
         code=code_of("plot_report"),

@@ -1,6 +1,6 @@
 rule prepare_ce_pairs:
     input:
-        mined="results/{dataset}/search/candidates.parquet",
+        candidates="results/{dataset}/search/candidates.parquet",
         qrels="results/{dataset}/search/qrels_cosine.parquet",
         corpus_dir="results/{dataset}/prepare/corpus",
         queries_dir="results/{dataset}/prepare/queries",

@@ -14,7 +14,7 @@ def main(log):
         dataset=snakemake.wildcards.dataset,
         negatives_path=snakemake.input.negatives,
         selection_path=snakemake.input.selection,
-        mined_path=snakemake.input.mined,
+        candidates_path=snakemake.input.candidates,
         corpus_dir=snakemake.input.corpus_dir,
         queries_dir=snakemake.input.queries_dir,
         candidates=snakemake.params.candidates,

@@ -13,7 +13,7 @@ from negflow.stage import run_stage
 def main(log):
     s = snakemake.params.settings
     prepare_ce_pairs(
-        mined_path=snakemake.input.mined,
+        candidates_path=snakemake.input.candidates,
         qrels_path=snakemake.input.qrels,
         corpus_dir=snakemake.input.corpus_dir,
         queries_dir=snakemake.input.queries_dir,

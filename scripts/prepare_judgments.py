@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.evaluate import prepare_judgments
+from negflow.judgments import prepare_judgments
 from negflow.stage import run_stage
 
 

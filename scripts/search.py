@@ -1,4 +1,4 @@
-"""Rule search: FAISS top candidates of one batch of queries (one scatter shard of the mined qrels)."""
+"""Rule search: FAISS top candidates of one batch of queries (one scatter shard of the candidates)."""
 
 from typing import TYPE_CHECKING
 

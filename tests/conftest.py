@@ -142,12 +142,12 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
         5,
         str(out / "candidates-1-of-1.parquet"),
     )
-    merge_candidates([str(out / "candidates-1-of-1.parquet")], str(out / "mined.parquet"))
+    merge_candidates([str(out / "candidates-1-of-1.parquet")], str(out / "candidates.parquet"))
     compute_qrels_cosines(
         paths["corpus"], paths["queries"], str(out / "queries"), str(out / "qrels"), str(out / "qrels.parquet")
     )
     prepare_ce_pairs(
-        str(out / "mined.parquet"),
+        str(out / "candidates.parquet"),
         str(out / "qrels.parquet"),
         str(out / "corpus"),
         str(out / "queries"),
@@ -156,24 +156,25 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
         str(out / "pairs"),
     )
     score_pairs(
-        str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", BatchLimits(9), str(out / "scored.parquet")
+        str(out / "pairs"), str(tiny_models["ce"]), 100, "fp32", "cpu", BatchLimits(9), str(out / "pair_scores.parquet")
     )
     return out, paths
 
 
-def mined_candidates(out, paths, scored=True, selection_score="auto"):
-    """The candidates of the `staged` run, as export and audit read them."""
-    from negflow.candidates import MinedCandidates
+def staged_candidates(out, paths, scores=True, selection_score="auto"):
+    """The candidates of the `staged` run, as export and audit read them: from their rule's inputs."""
+    from negflow.candidates import Candidates
 
-    return MinedCandidates(
-        str(out / "mined.parquet"),
-        str(out / "qrels.parquet"),
-        paths["corpus"],
-        paths["queries"],
-        str(out / "corpus"),
-        str(out / "scored.parquet") if scored else None,
-        selection_score,
-    )
+    inputs = {
+        "candidates": str(out / "candidates.parquet"),
+        "qrels": str(out / "qrels.parquet"),
+        "corpus": paths["corpus"],
+        "queries": paths["queries"],
+        "corpus_dir": str(out / "corpus"),
+    }
+    if scores:
+        inputs["scores"] = str(out / "pair_scores.parquet")
+    return Candidates.from_inputs(inputs, {"selection_score": selection_score})
 
 
 def write_config(workdir: Path, datasets: dict, **top) -> Path:

@@ -9,7 +9,7 @@ LAYERS = [
     {"refs", "shards", "selection", "negatives", "text_ids", "grades"},
     {"store"},
     {"models", "devices"},
-    {"read_pairs", "pair_shapes", "beir", "prepare", "embed", "search", "score", "candidates", "export"}
+    {"read_pairs", "pair_shapes", "beir", "prepare", "judgments", "embed", "search", "score", "candidates", "export"}
     | {"training", "report", "audit"}
     | {"evaluate", "finetune", "demo", "provenance"},
     {"stage"},

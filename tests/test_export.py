@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import mined_candidates
+from conftest import staged_candidates
 
-from negflow.candidates import MinedCandidates, group_bounds
+from negflow.candidates import Candidates, group_bounds
 from negflow.export import export_negatives
 from negflow.selection import SelectionSettings
 
@@ -17,7 +17,7 @@ def test_export_selects_below_95_percent_of_the_weakest_ce_positive(staged, tmp_
     out, paths = staged
     settings = SelectionSettings(num_negatives=3, relative_margin=0.05, positive_doc_margin=None, sampling="top")
     report = export_negatives(
-        mined_candidates(out, paths), settings, str(tmp_path / "neg.jsonl"), str(tmp_path / "sel.json"), {}
+        staged_candidates(out, paths), settings, str(tmp_path / "neg.jsonl"), str(tmp_path / "sel.json"), {}
     )
     records = [json.loads(line) for line in (tmp_path / "neg.jsonl").read_text().splitlines()]
     qrels = pq.read_table(out / "qrels.parquet").to_pylist()
@@ -44,20 +44,20 @@ def test_short_queries_keep_pad_and_drop(staged, tmp_path):
     out, paths = staged
     base = dict(num_negatives=2, relative_margin=None, positive_doc_margin=None, dup_threshold=None, range_min=9)
     qrels = pq.read_table(out / "qrels.parquet").to_pylist()
-    mined = pq.read_table(out / "mined.parquet").to_pylist()
+    candidates = pq.read_table(out / "candidates.parquet").to_pylist()
     reports = {}
     for policy in ("keep", "pad", "drop"):
         path = tmp_path / f"{policy}.jsonl"
         s = SelectionSettings(**base, short_queries=policy)
         reports[policy] = export_negatives(
-            mined_candidates(out, paths, scored=False), s, str(path), str(tmp_path / "s.json"), {}
+            staged_candidates(out, paths, scores=False), s, str(path), str(tmp_path / "s.json"), {}
         )
         records = [json.loads(line) for line in path.read_text().splitlines()]
         n_neg = [r["doc_scores"].count(0.0) for r in records]
         if policy == "keep":
             assert n_neg and set(n_neg) == {1}
             for rec in records:
-                tenth = next(r for r in mined if r["query_id"] == rec["query"] and r["rank"] == 10)
+                tenth = next(r for r in candidates if r["query_id"] == rec["query"] and r["rank"] == 10)
                 assert rec["docs"][-1] == tenth["doc_id"]
         if policy == "drop":
             assert records == []
@@ -65,7 +65,7 @@ def test_short_queries_keep_pad_and_drop(staged, tmp_path):
             assert set(n_neg) == {2}
             for rec in records:
                 judged = {r["doc_id"] for r in qrels if r["query_id"] == rec["query"]}
-                retrieved = {r["doc_id"] for r in mined if r["query_id"] == rec["query"]}
+                retrieved = {r["doc_id"] for r in candidates if r["query_id"] == rec["query"]}
                 assert rec["docs"][-1] not in judged | retrieved  # a random document from beyond the candidates
     queries = reports["keep"]["counts"]["queries"]
     assert reports["keep"]["counts"]["queries_short"] == queries
@@ -84,16 +84,18 @@ def test_export_reads_candidates_and_scores_in_query_blocks(staged, tmp_path, mo
     out, paths = staged
     no_filters = dict(relative_margin=None, positive_doc_margin=None, dup_threshold=None)
     settings = SelectionSettings(num_negatives=3, sampling="random", **no_filters)
-    whole = export_negatives(mined_candidates(out, paths), settings, str(tmp_path / "a.jsonl"), str(tmp_path / "a"), {})
-    monkeypatch.setattr(MinedCandidates, "QUERY_BLOCK", 1)
+    whole = export_negatives(
+        staged_candidates(out, paths), settings, str(tmp_path / "a.jsonl"), str(tmp_path / "a"), {}
+    )
+    monkeypatch.setattr(Candidates, "QUERY_BLOCK", 1)
     monkeypatch.setattr(SortedRows.__init__, "__defaults__", (5,))
     blocks = export_negatives(
-        mined_candidates(out, paths), settings, str(tmp_path / "b.jsonl"), str(tmp_path / "b"), {}
+        staged_candidates(out, paths), settings, str(tmp_path / "b.jsonl"), str(tmp_path / "b"), {}
     )
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() and blocks == whole
     assert whole["counts"]["queries_written"] > 5 and whole["counts"]["negatives"] > 0
-    mined = pq.read_table(out / "mined.parquet")
-    pq.write_table(mined.take(pa.array(np.arange(mined.num_rows)[::-1])), tmp_path / "reversed.parquet")
+    candidates = pq.read_table(out / "candidates.parquet")
+    pq.write_table(candidates.take(pa.array(np.arange(candidates.num_rows)[::-1])), tmp_path / "reversed.parquet")
     with pytest.raises(ValueError, match="rows are not sorted by query_row; rerun the stage that wrote them"):
         list(SortedRows(str(tmp_path / "reversed.parquet"), "query_row", ["query_row"]).below(10**9))
 

@@ -22,8 +22,8 @@ RECORDS = [
 ]
 
 
-def _mined(tmp_path):
-    path = tmp_path / "mined.parquet"
+def _candidates_file(tmp_path):
+    path = tmp_path / "candidates.parquet"
     pq.write_table(
         pa.table(
             {
@@ -43,9 +43,9 @@ QUERY_IDS = pa.array(["q1", "q2"])
 
 
 def test_scores_split_by_grade_and_padded_negatives_have_no_rank(tmp_path):
-    mined = _mined(tmp_path)
-    scan = scan_negatives(RECORDS, mined, QUERY_IDS)
-    scores = score_sets(scan, mined)
+    candidates = _candidates_file(tmp_path)
+    scan = scan_negatives(RECORDS, candidates, QUERY_IDS)
+    scores = score_sets(scan, candidates)
     np.testing.assert_allclose(scores.positive_cosine, [0.9, 0.8])
     np.testing.assert_allclose(scores.negative_cosine, [0.5, 0.4, 0.1])
     np.testing.assert_allclose(scores.positive_ce, [3.0, 2.5])
@@ -58,8 +58,8 @@ def test_scores_split_by_grade_and_padded_negatives_have_no_rank(tmp_path):
 
 def test_without_a_cross_encoder_there_is_no_ce_panel(tmp_path):
     records = [replace(r, query_doc_ce=None) for r in RECORDS]
-    mined = _mined(tmp_path)
-    scores = score_sets(scan_negatives(records, mined, QUERY_IDS), mined)
+    candidates = _candidates_file(tmp_path)
+    scores = score_sets(scan_negatives(records, candidates, QUERY_IDS), candidates)
     assert scores.positive_ce is None and scores.negative_ce is None
 
 

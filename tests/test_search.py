@@ -26,12 +26,12 @@ def test_search_matches_brute_force_and_excludes_qrels_documents(staged):
     corpus = ShardedEmbeddings(paths["corpus"]).take(np.arange(len(ShardedEmbeddings(paths["corpus"]))))
     queries = ShardedEmbeddings(paths["queries"]).take(np.arange(len(ShardedEmbeddings(paths["queries"]))))
     qrels = pq.read_table(out / "qrels.parquet").to_pylist()
-    mined = pq.read_table(out / "mined.parquet").to_pylist()
+    candidates = pq.read_table(out / "candidates.parquet").to_pylist()
     judged = {(r["query_row"], r["doc_row"]) for r in qrels}
     for q in range(len(queries)):
         sims = corpus @ queries[q]
         expected = [d for d in np.argsort(-sims, kind="stable") if (q, d) not in judged][:10]
-        got = [r for r in mined if r["query_row"] == q]
+        got = [r for r in candidates if r["query_row"] == q]
         assert [r["rank"] for r in got] == list(range(1, 11))
         np.testing.assert_allclose([r["cosine"] for r in got], sims[expected], atol=1e-5)
     for r in qrels:
@@ -58,9 +58,9 @@ def test_search_shards_merge_to_the_one_shard_result(staged, tmp_path):
         assert search_shard(paths["corpus"], paths["queries"], *dirs, SEARCH, 2, path, shard)["queries"] > 0
     assert merge_candidates(shards, str(tmp_path / "m")) == {
         "shards": 3,
-        "candidates": pq.read_metadata(out / "mined.parquet").num_rows,
+        "candidates": pq.read_metadata(out / "candidates.parquet").num_rows,
     }
-    assert pq.read_table(tmp_path / "m").equals(pq.read_table(out / "mined.parquet"))
+    assert pq.read_table(tmp_path / "m").equals(pq.read_table(out / "candidates.parquet"))
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_approximate_indexes_find_the_exact_neighbours_on_a_small_corpus(staged,
     args = (paths["corpus"], paths["queries"], str(out / "corpus"), str(out / "queries"), str(out / "qrels"))
     search_shard(*args, settings, 5, str(tmp_path / "m.parquet"), index_path=str(tmp_path / "index.faiss"))
     approx = pq.read_table(tmp_path / "m.parquet").to_pandas()
-    exact = pq.read_table(out / "mined.parquet").to_pandas()
+    exact = pq.read_table(out / "candidates.parquet").to_pandas()
     # every IVF cell probed, HNSW beam wider than the corpus: nothing may be missed. Documents with
     # identical embeddings (the fixture has some) may swap places or swap across the cut-off, so compare
     # the ranked cosines, and the documents whose cosine has no twin at or below the cut-off.

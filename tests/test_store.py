@@ -35,7 +35,7 @@ def test_tokenizing_in_worker_processes_writes_the_same_bytes(staged, fixture_da
         folder = tmp_path / str(workers)
         outputs = [str(folder / n) for n in ("corpus", "queries", "qrels", "holdout.parquet", "manifest.json")]
         prepare(*args, "query: ", None, 64, 1, True, 3, *outputs, workers=workers)
-        inputs = [str(out / n) for n in ("mined.parquet", "qrels.parquet", "corpus", "queries")]
+        inputs = [str(out / n) for n in ("candidates.parquet", "qrels.parquet", "corpus", "queries")]
         prepare_ce_pairs(*inputs, str(tiny_models["ce"]), 100, str(folder / "pairs"), workers=workers)
 
     def contents(folder: Path) -> dict[str, bytes]:

@@ -28,7 +28,7 @@ def planned_jobs(proc) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def mined(tmp_path_factory, dataset_block):
+def fx_run(tmp_path_factory, dataset_block):
     """One complete run without a cross-encoder (a bare `snakemake` mines every configured dataset)."""
     workdir = tmp_path_factory.mktemp("run")
     copy_workflow(workdir)  # test_reruns_touch_only_what_a_change_affects edits its library code
@@ -75,7 +75,7 @@ def test_two_gpus_two_jobs_at_once_and_shards_merge_to_the_one_shard_run(
     assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
 
 
-def test_ivf_index_trained_once_filled_per_shard_and_searched_in_batches(tmp_path, dataset_block, mined):
+def test_ivf_index_trained_once_filled_per_shard_and_searched_in_batches(tmp_path, dataset_block, fx_run):
     """The distributed index path through Snakemake: every cell probed, so the ranked cosines must be the
     exact search's (twins, documents with identical embeddings, may trade places)."""
     block = {**dataset_block, "index": "ivf", "ivf_nlist": 4, "ivf_nprobe": 4}
@@ -85,13 +85,13 @@ def test_ivf_index_trained_once_filled_per_shard_and_searched_in_batches(tmp_pat
     assert [planned[r] for r in ("train_index", "add_to_index", "build_index", "search")] == [1, 2, 1, 3]
     assert "merged 3 search shards" in (tmp_path / "logs/merge_candidates/fx.log").read_text()
     ivf = pq.read_table(tmp_path / "results/fx/search/candidates.parquet").to_pandas()
-    flat = pq.read_table(mined / "results/fx/search/candidates.parquet").to_pandas()
+    flat = pq.read_table(fx_run / "results/fx/search/candidates.parquet").to_pandas()
     assert ivf[["query_row", "rank"]].values.tolist() == flat[["query_row", "rank"]].values.tolist()
     np.testing.assert_allclose(ivf["cosine"], flat["cosine"], atol=1e-6)
 
 
-def test_output_schema_and_invariants(mined, fixture_data):
-    records = read_jsonl(mined / "results/fx/negatives.jsonl")
+def test_output_schema_and_invariants(fx_run, fixture_data):
+    records = read_jsonl(fx_run / "results/fx/negatives.jsonl")
     qrels = [line.split("\t") for line in fixture_data["qrels"].read_text().splitlines()[1:]]
     positives = {}
     for q, d, s in qrels:
@@ -99,7 +99,7 @@ def test_output_schema_and_invariants(mined, fixture_data):
             positives.setdefault(q, []).append(d)
     judged = {(q, d) for q, d, _ in qrels}
     assert [r["query"] for r in records] == list(positives)  # one line per query with a positive, in order
-    corpus = ShardedEmbeddings([str(p) for p in (mined / "results/fx/embed/corpus").glob("*.npy")])
+    corpus = ShardedEmbeddings([str(p) for p in (fx_run / "results/fx/embed/corpus").glob("*.npy")])
     doc_ids = [line.split('"_id": "')[1].split('"')[0] for line in fixture_data["corpus"].read_text().splitlines()]
     row_of = {d: i for i, d in enumerate(doc_ids)}
     for rec in records:
@@ -117,15 +117,15 @@ def test_output_schema_and_invariants(mined, fixture_data):
     assert sum(len(r["docs"]) for r in records) > 2 * len(records)
     multi = next(r for r in records if len(positives[r["query"]]) > 1)
     assert multi["doc_scores"][:2] == [1.0, 2.0]
-    log = (mined / "logs/prepare/fx.log").read_text()
+    log = (fx_run / "logs/prepare/fx.log").read_text()
     assert "1 queries without positives skipped" in log
     assert re.search(
         r"selected on cosine: \d+ queries, \d+ candidates, \d+ negatives \(and 0 given\); \d+ queries short of 4 .*"
         r"dropped same_text_as_positive 0, relative_margin \d+$",
-        (mined / "logs/export_negatives/fx.log").read_text(),
+        (fx_run / "logs/export_negatives/fx.log").read_text(),
         re.M,
     )
-    report = json.loads((mined / "results/fx/selection.json").read_text())
+    report = json.loads((fx_run / "results/fx/selection.json").read_text())
     assert report["counts"]["negatives"] == sum(r["doc_scores"].count(0.0) for r in records)
     assert report["counts"]["queries"] == len(records)
     assert set(report["dropped"]) == {"same_text_as_positive", "relative_margin"}
@@ -134,17 +134,17 @@ def test_output_schema_and_invariants(mined, fixture_data):
     assert q["q00"] <= q["q50"] <= q["q100"] <= report["distributions"]["positive_cosine"]["q100"]
 
 
-def test_training_files_load_and_match_the_negatives(mined, fixture_data):
+def test_training_files_load_and_match_the_negatives(fx_run, fixture_data):
     import datasets
 
-    records = read_jsonl(mined / "results/fx/negatives.jsonl")
+    records = read_jsonl(fx_run / "results/fx/negatives.jsonl")
     corpus = {json.loads(line)["_id"]: json.loads(line) for line in fixture_data["corpus"].read_text().splitlines()}
     text = {d: f"{c['title']} {c['text']}".strip() if c.get("title") else c["text"] for d, c in corpus.items()}
     queries = {
         json.loads(line)["_id"]: json.loads(line)["text"] for line in fixture_data["queries"].read_text().splitlines()
     }
     split = [(r, sum(s > 0 for s in r["doc_scores"])) for r in records]
-    train = mined / "results/fx/train"
+    train = fx_run / "results/fx/train"
 
     flag = read_jsonl(train / "flag.jsonl")
     assert len(flag) == len(records)
@@ -182,8 +182,8 @@ def test_training_files_load_and_match_the_negatives(mined, fixture_data):
         "train/labeled-pair",
         "train/labeled-list",
     ):
-        side = json.loads((mined / f"results/fx/{name}.provenance.json").read_text())
-        exported = next((mined / "results/fx").glob(f"{name}.*[!n]"))
+        side = json.loads((fx_run / f"results/fx/{name}.provenance.json").read_text())
+        exported = next((fx_run / "results/fx").glob(f"{name}.*[!n]"))
         assert side["sha256"] == hashlib.sha256(exported.read_bytes()).hexdigest()
         assert side["inputs"]["corpus"]["sha256"] == hashlib.sha256(fixture_data["corpus"].read_bytes()).hexdigest()
         assert side["models"]["embedding"]["weights_sha256"]["model.safetensors"]
@@ -193,8 +193,8 @@ def test_training_files_load_and_match_the_negatives(mined, fixture_data):
         assert side["negflow_version"] == "0.1.0"
 
 
-def test_audit_reports_strategies_and_retrieval_quality(mined):
-    audit = json.loads((mined / "results/fx/audit.json").read_text())
+def test_audit_reports_strategies_and_retrieval_quality(fx_run):
+    audit = json.loads((fx_run / "results/fx/audit.json").read_text())
     assert audit["judgments"] == {"audit_qrels": audit["judgments"]["audit_qrels"]}
     assert audit["queries_audited"] == 16
     strategies = audit["strategies"]
@@ -208,10 +208,10 @@ def test_audit_reports_strategies_and_retrieval_quality(mined):
     assert retrieval["queries"] == 16 and all(0 <= retrieval[m] <= 1 for m in ("ndcg@10", "mrr@10", "recall@100"))
 
 
-def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
+def test_reruns_touch_only_what_a_change_affects(fx_run, dataset_block):
     def plan(**changes):
-        write_config(mined, {"fx": {**dataset_block, **changes}})
-        return planned_jobs(snakemake(mined, "-n"))
+        write_config(fx_run, {"fx": {**dataset_block, **changes}})
+        return planned_jobs(snakemake(fx_run, "-n"))
 
     selection = {
         "export_negatives": 1,
@@ -250,7 +250,7 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     assert plan(truncate_dim=16) == after_prepare  # the embeddings, not the tokens
     assert plan(embedding_model_kwargs={"attn_implementation": "eager"}) == after_prepare
     assert plan(trust_remote_code=True) == everything  # a tokenizer may run its own code too
-    library = mined / "workflow" / "scripts" / "negflow"
+    library = fx_run / "workflow" / "scripts" / "negflow"
     for module, rerun in (("selection", selection), ("files", everything), ("read_pairs", {})):
         code = library / f"{module}.py"  # editing library code reruns the rules whose scripts import it
         original, stat = code.read_bytes(), code.stat()
@@ -265,45 +265,45 @@ def test_reruns_touch_only_what_a_change_affects(mined, dataset_block):
     moved = dataset_block["embedding"] + "-copy"
     shutil.copytree(dataset_block["embedding"], moved, dirs_exist_ok=True)
     assert plan(embedding=moved) == everything
-    write_config(mined, {"fx": dataset_block})
+    write_config(fx_run, {"fx": dataset_block})
 
 
-def test_changing_ce_reruns_only_scoring_and_export(mined, dataset_block, tiny_models):
+def test_changing_ce_reruns_only_scoring_and_export(fx_run, dataset_block, tiny_models):
     """A real run: adding a cross-encoder reruns stages 4-6, leaves 1-3 untouched, adds CE scores."""
-    upstream = [mined / "results/fx/search/candidates.parquet", *sorted((mined / "results/fx/embed").rglob("*.npy"))]
+    upstream = [fx_run / "results/fx/search/candidates.parquet", *sorted((fx_run / "results/fx/embed").rglob("*.npy"))]
     before = [p.stat().st_mtime_ns for p in upstream]
-    write_config(mined, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})
-    snakemake(mined)
+    write_config(fx_run, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})
+    snakemake(fx_run)
     assert [p.stat().st_mtime_ns for p in upstream] == before
-    scored = pq.read_table(mined / "results/fx/score/pair_scores.parquet")
-    for rec in read_jsonl(mined / "results/fx/negatives.jsonl"):
+    scored = pq.read_table(fx_run / "results/fx/score/pair_scores.parquet")
+    for rec in read_jsonl(fx_run / "results/fx/negatives.jsonl"):
         assert len(rec["query_doc_ce"]) == len(rec["docs"])
         n_pos = rec["doc_scores"].index(0.0) if 0.0 in rec["doc_scores"] else len(rec["docs"])
         assert max(rec["query_doc_ce"][n_pos:], default=0) <= min(rec["query_doc_ce"][:n_pos]) + 1e-6
     assert scored.num_rows >= 100
-    assert "selected on ce" in (mined / "logs/export_negatives/fx.log").read_text()
-    write_config(mined, {"fx": dataset_block})
+    assert "selected on ce" in (fx_run / "logs/export_negatives/fx.log").read_text()
+    write_config(fx_run, {"fx": dataset_block})
 
 
-def test_finetune_reports_untrained_mined_and_random(mined, dataset_block):
+def test_finetune_reports_untrained_mined_and_random(fx_run, dataset_block):
     """The proof stage end to end with the tiny model: its untrained figures must equal the audit's
     retrieval figures (same model, same qrels), and both trainings must run on the same rows."""
     block = {**dataset_block, "finetune_eval_qrels": dataset_block["qrels"], "finetune_negatives": 2}
-    write_config(mined, {"fx": {**block, "finetune_batch_size": 4}})
-    snakemake(mined, "results/fx/finetune/report.json")
-    report = json.loads((mined / "results/fx/finetune/report.json").read_text())
-    records = read_jsonl(mined / "results/fx/negatives.jsonl")
+    write_config(fx_run, {"fx": {**block, "finetune_batch_size": 4}})
+    snakemake(fx_run, "results/fx/finetune/report.json")
+    report = json.loads((fx_run / "results/fx/finetune/report.json").read_text())
+    records = read_jsonl(fx_run / "results/fx/negatives.jsonl")
     expected_rows = sum(sum(s > 0 for s in r["doc_scores"]) for r in records if r["doc_scores"].count(0.0) >= 2)
     assert report["training_rows"] == expected_rows > 0
-    audit = json.loads((mined / "results/fx/audit.json").read_text())["retrieval"]
+    audit = json.loads((fx_run / "results/fx/audit.json").read_text())["retrieval"]
     for metric in ("ndcg@10", "mrr@10", "recall@100"):
         assert report["untrained"][metric] == pytest.approx(audit[metric], abs=2e-4)
         assert 0 <= report["mined_negatives"][metric] <= 1 and 0 <= report["random_negatives"][metric] <= 1
     assert report["mined_negatives"]["train_seconds"] > 0 and report["random_negatives"]["train_seconds"] > 0
     assert report["mined_negatives"] != report["untrained"]  # training changed the model
     assert report["settings"]["finetune_batch_size"] == 4
-    assert "finetune" not in planned_jobs(snakemake(mined, "-n"))  # the proof target is not part of `all`
-    write_config(mined, {"fx": dataset_block})
+    assert "finetune" not in planned_jobs(snakemake(fx_run, "-n"))  # the proof target is not part of `all`
+    write_config(fx_run, {"fx": dataset_block})
 
 
 def test_audit_holdout_replays_exactly_what_was_exported(tmp_path, dataset_block):

@@ -1,5 +1,6 @@
 """Rule audit: how many selected negatives are really positives, and how hard they are, for the configured
-selection and for the anchors' strategies replayed on the same candidates, side by side.
+selection and for the anchors' strategies replayed on the same candidates, side by side; with
+`audit_qrels`, also the embedding model's retrieval quality on them.
 
 The judgments come from qrels the miner never saw (`audit_qrels`) or from positives hidden by
 `audit_holdout`. A false negative is a selected negative that those judgments call relevant.
@@ -8,14 +9,17 @@ The judgments come from qrels the miner never saw (`audit_qrels`) or from positi
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, replace
-from functools import partial
 
 import numpy as np
 
-from negflow.candidates import MinedCandidates, query_noise
+from negflow.candidates import Candidates
+from negflow.evaluate import CORPUS_CHUNK, evaluate_model
 from negflow.files import write_json
-from negflow.selection import SelectionSettings, select_query
+from negflow.judgments import load_judgments, read_holdout, relevant_docs
+from negflow.selection import FILTERS, SelectionSettings
+from negflow.store import load_table, read_manifest
 
 log = logging.getLogger("negflow")
 
@@ -24,20 +28,7 @@ def anchor_strategies(configured: SelectionSettings, has_ce: bool) -> dict[str, 
     """The configured selection plus what the tools negflow replaces do by default, with the same
     number of negatives and seed. Exact-text duplicates of a positive go in all of them, as they do in
     the originals."""
-    plain = replace(
-        configured,
-        range_min=0,
-        range_max=None,
-        max_score=None,
-        min_score=None,
-        absolute_margin=None,
-        relative_margin=None,
-        ce_max=None,
-        positive_doc_margin=None,
-        dup_threshold=None,
-        sampling="top",
-        short_queries="keep",
-    )
+    plain = replace(configured.without(*FILTERS), sampling="top", short_queries="keep")
     strategies = {
         "negflow (configured)": configured,
         "sentence-transformers top": plain,
@@ -52,35 +43,27 @@ def anchor_strategies(configured: SelectionSettings, has_ce: bool) -> dict[str, 
 
 
 def audit_selection(
-    mined: MinedCandidates,
+    candidates: Candidates,
     strategies: dict[str, SelectionSettings],
     relevant: dict[str, set[str]],
 ) -> dict[str, dict]:
     """Replay each strategy on every audited query (one with judgments); count false negatives and ranks."""
     stats = {name: {"negatives": 0, "false_negatives": 0, "ranks": [], "short": 0, "padded": 0} for name in strategies}
     audited = 0
-    for query in mined:
+    for query in candidates:
         truth = relevant.get(query.query_id)
         if truth is None:
             continue
         audited += 1
-        scores = query.scores(mined.score_name)
-        given = len(query.given_rows)
         for name, s in strategies.items():
-            picked = select_query(
-                scores,
-                s,
-                query_noise(s, query),
-                given,
-                partial(mined.pad, query),
-            )
+            picked = candidates.select(query, s)
             st = stats[name]
             st["short"] += picked.short
             if not picked.written:
                 continue
             st["padded"] += len(picked.padded)
             chosen = [query.cand_ids[i] for i in picked.chosen.tolist()]
-            chosen += mined.doc_ids(np.array([r for r, _ in picked.padded], dtype=np.int64))
+            chosen += candidates.doc_ids(np.array([r for r, _ in picked.padded], dtype=np.int64))
             st["negatives"] += len(chosen)
             st["false_negatives"] += sum(d in truth for d in chosen)
             st["ranks"] += query.cand_ranks[picked.chosen].tolist()
@@ -108,5 +91,44 @@ def format_table(strategies: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict, out_path: str) -> None:
+def audit(inputs: Mapping, settings: dict, limits, out_path: str) -> dict:
+    """Rule audit: the judgments (audit_qrels as prepare_judgments stored them, else the hidden positives),
+    every strategy replayed on the candidates, and with audit_qrels the model's retrieval quality on them;
+    written to `out_path`. `inputs`: the rule's (those `Candidates.from_inputs` reads, plus `judgments`,
+    `holdout` and `manifest`); `limits`: the batch limits of the model pass."""
+    if settings["audit_qrels"]:
+        judged, query_texts = load_judgments(inputs["judgments"], "audit")
+        source = {"audit_qrels": settings["audit_qrels"]}
+    else:
+        judged = read_holdout(inputs["holdout"])
+        source = {"audit_holdout": f"{sum(map(len, judged.values()))} hidden positives of {len(judged)} queries"}
+    candidates = Candidates.from_inputs(inputs, settings)
+    strategies = anchor_strategies(SelectionSettings.from_settings(settings), has_ce=candidates.has_ce)
+    relevant = relevant_docs(judged, settings["min_positive_score"])
+    report = {
+        "judgments": source,
+        "selection_score": candidates.score_name,
+        **audit_selection(candidates, strategies, relevant),
+    }
+    log.info("false negatives and hardness on the same candidates:\n%s", format_table(report["strategies"]))
+    if settings["audit_qrels"]:
+        from negflow.models import compute_dtype, configured_embedding_model, pick_device
+
+        device = pick_device(settings["device"])
+        report["retrieval"] = evaluate_model(
+            configured_embedding_model(settings, device),
+            query_texts,
+            judged,
+            candidates.corpus.chunks(CORPUS_CHUNK),
+            load_table(inputs["corpus_dir"], ["id"])["id"].to_pylist(),
+            read_manifest(inputs["manifest"]).query_prompt,
+            settings["min_positive_score"],
+            limits,
+            device,
+            compute_dtype(settings["embedding_dtype"], device),
+        )
+        log.info(
+            "retrieval quality of %s on %s: %s", settings["embedding"], settings["audit_qrels"], report["retrieval"]
+        )
     write_json(out_path, report)
+    return report

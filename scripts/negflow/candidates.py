@@ -1,15 +1,16 @@
 """What selection reads, loaded once per stage: each query's candidates with their cosines, ranks and
 embeddings, its positives and given negatives, cross-encoder scores when there are any, and the text
 hashes that catch exact duplicates; handed out one query at a time in query order, streaming the
-candidate files block by block. Export and audit both select from it; `pad` draws documents from
-outside the candidates for a query left short.
+candidate files block by block. Export and audit both build it from their rule's inputs
+(`Candidates.from_inputs`) and select with `Candidates.select`, which pads a query left short with
+documents from outside its candidates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from functools import cached_property
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property, partial
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,17 @@ import pyarrow.compute as pc
 
 from negflow.files import SortedRows, read_parquet
 from negflow.grades import GIVEN_NEGATIVE
-from negflow.selection import QueryScores, Selection, SelectionSettings, candidate_noise, filter_mask
+from negflow.selection import (
+    SCORE_FILTERS,
+    QueryScores,
+    QuerySelection,
+    Selection,
+    SelectionSettings,
+    candidate_noise,
+    filter_mask,
+    lists_given_negatives,
+    select_query,
+)
 from negflow.store import ShardedEmbeddings, load_table
 
 PAD_DRAWS = 8  # rounds of random corpus draws before a query is left short
@@ -101,7 +112,7 @@ class QueryCandidates:
         )
 
 
-class MinedCandidates:
+class Candidates:
     """Search results, positives, embeddings and (optional) cross-encoder scores of one dataset, handed out
     a query at a time. The candidates and scores (queries x candidates rows) are read in blocks of queries
     from their files, which search and score write in query order, so memory does not grow with queries."""
@@ -110,30 +121,30 @@ class MinedCandidates:
 
     def __init__(
         self,
-        mined_path: str,
+        candidates_path: str,
         qrels_path: str,
         corpus_shards: list[str],
         query_shards: list[str],
         corpus_dir: str,
-        scored_path: str | None,
+        scores_path: str | None,
         selection_score: str,
-        keep_given: bool = False,
+        list_given: bool = False,
     ):
-        """`keep_given`: a pairs dataset's given negatives (qrels grade GIVEN_NEGATIVE, from read_pairs with
+        """`list_given`: a pairs dataset's given negatives (qrels grade GIVEN_NEGATIVE, from read_pairs with
         given_negatives: keep) come with each query, to be listed before the mined ones."""
-        self.mined_path = mined_path
-        self.scored_path = scored_path
+        self.candidates_path = candidates_path
+        self.scores_path = scores_path
         self.corpus = ShardedEmbeddings(corpus_shards)
         self.queries = ShardedEmbeddings(query_shards)
         self.corpus_dir = corpus_dir
         self.hashes = text_hashes(corpus_dir)
         score_name = selection_score
         if score_name == "auto":
-            score_name = "ce" if scored_path else "cosine"
-        if score_name == "ce" and not scored_path:
+            score_name = "ce" if scores_path else "cosine"
+        if score_name == "ce" and not scores_path:
             raise ValueError("selection_score 'ce' needs cross-encoder scores")
         self.score_name = score_name
-        self.has_ce = scored_path is not None
+        self.has_ce = scores_path is not None
 
         qrels = read_parquet(qrels_path)
         order = np.argsort(qrels["query_row"].to_numpy(), kind="stable")  # keeps qrels order within a query
@@ -148,7 +159,7 @@ class MinedCandidates:
         self.p_cos = pos["cosine"].to_numpy()
         self.p_query_id = pos["query_id"]
         given = qrels.slice(0, 0)
-        if keep_given:
+        if list_given:
             is_given = pc.equal(qrels["score"], GIVEN_NEGATIVE)
             given = qrels.filter(pc.and_(is_given, pc.invert(qrels["positive"])))
         self.g_query = given["query_row"].to_numpy()
@@ -156,22 +167,37 @@ class MinedCandidates:
         self.g_doc_id = given["doc_id"]
         self.g_cos = given["cosine"].to_numpy()
 
+    @classmethod
+    def from_inputs(cls, inputs: Mapping, settings: dict) -> Candidates:
+        """The candidates a selecting rule reads, from its inputs (`candidates`, `qrels`, the `corpus` and
+        `queries` embedding shards, `corpus_dir` and, with a cross-encoder, `scores`) and its settings."""
+        return cls(
+            inputs["candidates"],
+            inputs["qrels"],
+            list(inputs["corpus"]),
+            list(inputs["queries"]),
+            inputs["corpus_dir"],
+            inputs.get("scores"),
+            settings["selection_score"],
+            lists_given_negatives(settings),
+        )
+
     def __iter__(self) -> Iterator[QueryCandidates]:
-        mined = SortedRows(self.mined_path, "query_row", ["query_row", "doc_row", "doc_id", "rank", "cosine"])
-        scored = (
-            SortedRows(self.scored_path, "query_row", ["query_row", "doc_row", "ce_score"]) if self.has_ce else None
+        candidates = SortedRows(self.candidates_path, "query_row", ["query_row", "doc_row", "doc_id", "rank", "cosine"])
+        scores = (
+            SortedRows(self.scores_path, "query_row", ["query_row", "doc_row", "ce_score"]) if self.has_ce else None
         )
         queries = list(group_bounds(self.p_query))
         for start in range(0, len(queries), self.QUERY_BLOCK):
             block = queries[start : start + self.QUERY_BLOCK]
             stop = block[-1][0] + 1
-            m = mined.below(stop)
+            m = candidates.below(stop)
             m_query, m_doc_row, m_rank, m_cos = (m[c].to_numpy() for c in ("query_row", "doc_row", "rank", "cosine"))
             m_doc_id = m["doc_id"].to_pylist()
             m_bounds = {q: (a, b) for q, a, b in group_bounds(m_query)}
             ce = None
-            if scored is not None:
-                t = scored.below(stop)
+            if scores is not None:
+                t = scores.below(stop)
                 ce = PairScores(
                     t["query_row"].to_numpy(), t["doc_row"].to_numpy(), t["ce_score"].to_numpy(), len(self.corpus)
                 )
@@ -204,6 +230,14 @@ class MinedCandidates:
                     given_ce=ce.get(q, given_rows) if ce else None,
                 )
 
+    def select(self, query: QueryCandidates, s: SelectionSettings) -> QuerySelection:
+        """Selection of one query (`selection.select_query`): its given negatives count towards num_negatives,
+        the sampler's noise is keyed by seed, query and document (so a query's picks depend neither on which
+        other queries are mined nor on which other documents are candidates), and a short query is padded
+        from outside its candidates."""
+        noise = candidate_noise(s.seed, query.query_row, query.cand_rows)
+        return select_query(query.scores(self.score_name), s, noise, len(query.given_rows), partial(self.pad, query))
+
     def judged(self, query_row: int) -> np.ndarray:
         """Every qrels document of a query (positives and judged non-relevant)."""
         a, b = np.searchsorted(self.judged_query, [query_row, query_row + 1])
@@ -228,10 +262,8 @@ class MinedCandidates:
         q_emb = self.queries.take(np.array([query.query_row]))[0]
         taken = set(self.judged(query.query_row).tolist()) | set(query.cand_rows.tolist())
         kept_emb = [query.cand_emb[i] for i in selection.chosen]
-        unranked = {"range_min": 0, "range_max": None}
-        if self.score_name != "cosine":
-            unranked |= dict(max_score=None, min_score=None, absolute_margin=None, relative_margin=None, ce_max=None)
-        filters = SelectionSettings(**(asdict(s) | unranked))
+        # no rank, and on a cross-encoder selection score no score either
+        filters = s.without("window", *(SCORE_FILTERS if self.score_name != "cosine" else ()))
         picks: list[tuple[int, float]] = []
         n = len(self.corpus)
         for _ in range(PAD_DRAWS):
@@ -258,9 +290,3 @@ class MinedCandidates:
                 if len(picks) == missing:
                     return picks
         return picks
-
-
-def query_noise(s: SelectionSettings, query: QueryCandidates) -> np.ndarray:
-    """The sampler's noise for each candidate of a query: keyed by seed, query and document, so a query's
-    picks depend neither on which other queries are mined nor on which other documents are candidates."""
-    return candidate_noise(s.seed, query.query_row, query.cand_rows)

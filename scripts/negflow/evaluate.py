@@ -12,77 +12,12 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from negflow.beir import ReadStats, iter_queries, read_qrels, unknown_ids_message
-from negflow.errors import InputError
-from negflow.files import atomic_output, read_parquet
 from negflow.search import exact_top_k
-from negflow.store import load_table
 
 log = logging.getLogger("negflow")
 
 CORPUS_CHUNK = 65_536
-
-
-def read_judgments(ref: str, known_docs: set[str] | dict, known_queries: Iterable[str] | None = None) -> dict:
-    """query id -> {doc id: grade}; unknown ids are a one-line error naming the file."""
-    rows = read_qrels(ref)
-    unknown = [d for _, d, _ in rows if d not in known_docs]
-    if unknown:
-        raise InputError(unknown_ids_message("corpus ids", ref, unknown))
-    if known_queries is not None:
-        known_queries = set(known_queries)
-        unknown = [q for q, _, _ in rows if q not in known_queries]
-        if unknown:
-            raise InputError(unknown_ids_message("query ids", ref, unknown))
-    judged: dict[str, dict[str, int]] = {}
-    for q, d, grade in rows:
-        judged.setdefault(q, {})[d] = grade
-    return judged
-
-
-JUDGMENTS_SCHEMA = pa.schema(
-    [
-        ("kind", pa.string()),
-        ("query_id", pa.string()),
-        ("query", pa.string()),
-        ("doc_id", pa.string()),
-        ("score", pa.int32()),
-    ]
-)
-
-
-def prepare_judgments(qrels: dict[str, str | None], queries_ref: str, corpus_dir: str, out_path: str) -> dict[str, int]:
-    """Check the audit's and finetune's qrels (`qrels`: kind -> qrels reference, None when not configured)
-    against the prepared corpus and the queries, and write them with their queries' texts as one table:
-    a bad file stops the run right after prepare, not at the end. Returns the rows per kind."""
-    doc_ids = set(load_table(corpus_dir, ["id"])["id"].to_pylist())
-    texts = dict(iter_queries(queries_ref, ReadStats())) if any(qrels.values()) else {}
-    rows = []
-    counts = {}
-    for kind, ref in qrels.items():
-        judged = read_judgments(ref, doc_ids, texts) if ref else {}
-        rows += [(kind, q, texts[q], d, grade) for q, grades in judged.items() for d, grade in grades.items()]
-        counts[kind] = sum(map(len, judged.values()))
-        if ref:
-            log.info("%s judgments: %d rows, %d queries from %s", kind, counts[kind], len(judged), ref)
-    columns = zip(*rows, strict=True) if rows else [[]] * len(JUDGMENTS_SCHEMA)
-    with atomic_output(out_path) as tmp:
-        pq.write_table(pa.table(list(map(list, columns)), schema=JUDGMENTS_SCHEMA), tmp)
-    return counts
-
-
-def load_judgments(path: str, kind: str) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
-    """One kind of prepared judgments: query id -> {doc id: grade}, and the judged queries' texts."""
-    rows = read_parquet(path).filter(pc.equal(pc.field("kind"), kind)).to_pylist()
-    judged: dict[str, dict[str, int]] = {}
-    texts = {}
-    for row in rows:
-        judged.setdefault(row["query_id"], {})[row["doc_id"]] = row["score"]
-        texts[row["query_id"]] = row["query"]
-    return judged, texts
 
 
 def ndcg_at(ranked: list[str], grades: dict[str, int], k: int) -> float:
@@ -117,7 +52,6 @@ def retrieval_quality(ranked: dict[str, list[str]], judged: dict, min_positive_s
 
 def embed_texts(model, texts: list[str], prompt: str | None, limits, device, dtype) -> np.ndarray:
     """Unit vectors of `texts` through the same tokenize / length-sorted path the embed stage uses."""
-    import pyarrow as pa
 
     from negflow.embed import unit_vectors
     from negflow.models import run_model, tokenize

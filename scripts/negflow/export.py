@@ -1,5 +1,5 @@
-"""Stage 6: select negatives per query (`selection.select_query` on the candidates `candidates.MinedCandidates`
-hands out), write `negatives.jsonl` (negminer's schema) and `selection.json`.
+"""Stage 5 (rule export_negatives): select negatives per query (`Candidates.select`, which runs
+`selection.select_query`), write `negatives.jsonl` (negminer's schema) and `selection.json`.
 """
 
 from __future__ import annotations
@@ -7,14 +7,13 @@ from __future__ import annotations
 import logging
 from array import array
 from collections import Counter
-from functools import partial
 
 import numpy as np
 
-from negflow.candidates import MinedCandidates, query_noise
+from negflow.candidates import Candidates
 from negflow.files import atomic_output, write_json
 from negflow.negatives import NegativesRecord
-from negflow.selection import FILTERS, SelectionSettings, no_negatives_warning, select_query
+from negflow.selection import FILTERS, SelectionSettings, no_negatives_warning
 
 log = logging.getLogger("negflow")
 
@@ -36,7 +35,7 @@ def _rounded(values) -> list[float | None]:
 
 
 def export_negatives(
-    mined: MinedCandidates,
+    candidates: Candidates,
     settings: SelectionSettings,
     out_path: str,
     report_path: str,
@@ -48,15 +47,9 @@ def export_negatives(
     names = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce", "negative_rank")
     dist = {name: array("d") for name in names}  # C doubles, not a Python float each
     with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for query in mined:
+        for query in candidates:
             given = len(query.given_rows)  # listed first and counted towards num_negatives
-            picked = select_query(
-                query.scores(mined.score_name),
-                settings,
-                query_noise(settings, query),
-                given,
-                partial(mined.pad, query),
-            )
+            picked = candidates.select(query, settings)
             chosen, padded = picked.chosen, picked.padded
             counts["queries"] += 1
             counts["candidates"] += len(query.cand_rows)
@@ -75,9 +68,9 @@ def export_negatives(
             pad_rows = np.array([r for r, _ in padded], dtype=np.int64)
             neg_rows = np.r_[query.cand_rows[chosen], pad_rows]
             neg_cos = np.r_[query.cand_cos[chosen], [c for _, c in padded]]
-            emb = mined.corpus.take(np.r_[query.pos_rows, query.given_rows, neg_rows])
+            emb = candidates.corpus.take(np.r_[query.pos_rows, query.given_rows, neg_rows])
             ce = None
-            if mined.has_ce:
+            if candidates.has_ce:
                 neg_ce = list(query.cand_ce[chosen]) + [None] * len(padded)
                 ce = _rounded(list(query.pos_ce) + list(query.given_ce) + neg_ce)
                 dist["positive_ce"].frombytes(query.pos_ce.astype(np.float64).tobytes())
@@ -87,7 +80,7 @@ def export_negatives(
                 docs=query.pos_ids
                 + query.given_ids
                 + [query.cand_ids[i] for i in chosen.tolist()]
-                + mined.doc_ids(pad_rows),
+                + candidates.doc_ids(pad_rows),
                 doc_scores=[float(s) for s in query.pos_grades] + [0.0] * (given + len(neg_rows)),
                 query_doc_cos=_rounded(np.r_[query.pos_cos, query.given_cos, neg_cos]),
                 doc_doc_cos=_rounded((emb @ emb.T).ravel()),
@@ -101,7 +94,7 @@ def export_negatives(
             dist["negative_rank"].frombytes(query.cand_ranks[chosen].astype(np.float64).tobytes())
 
     report = {
-        "selection_score": mined.score_name,
+        "selection_score": candidates.score_name,
         "counts": {
             key: counts[key]
             for key in (
@@ -126,7 +119,7 @@ def export_negatives(
     log.info(
         "selected on %s: %d queries, %d candidates, %d negatives (and %d given); %d queries short of %d (%s: %d "
         "dropped, %d padded); dropped %s",
-        mined.score_name,
+        candidates.score_name,
         counts["queries"],
         counts["candidates"],
         counts["negatives"],

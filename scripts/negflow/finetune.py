@@ -5,11 +5,18 @@ positives, same seed; only the negatives differ) and evaluates nDCG@10 on held-o
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
 from negflow.evaluate import evaluate_model
+from negflow.files import write_json
+from negflow.judgments import load_judgments
+from negflow.store import read_manifest
 from negflow.training import iter_examples
 
 log = logging.getLogger("negflow")
@@ -152,4 +159,31 @@ def finetune_report(
         log.info("%s: %s", name, report[name])
     report["mined_beats_untrained"] = report["mined_negatives"]["ndcg@10"] > report["untrained"]["ndcg@10"]
     report["mined_beats_random"] = report["mined_negatives"]["ndcg@10"] > report["random_negatives"]["ndcg@10"]
+    return report
+
+
+def finetune(inputs: Mapping, settings: dict, limits, out_path: str) -> dict:
+    """Rule finetune: `finetune_report` on the rule's inputs (`negatives`, `corpus_dir`, `queries_dir`,
+    `judgments`, `manifest`), training in a scratch folder beside `out_path` that is removed afterwards;
+    the report, with the settings, written to `out_path`."""
+    judged, query_texts = load_judgments(inputs["judgments"], "finetune")
+    manifest = read_manifest(inputs["manifest"])
+    work_dir = tempfile.mkdtemp(prefix=".finetune-", dir=Path(out_path).parent)
+    try:
+        report = finetune_report(
+            inputs["negatives"],
+            inputs["corpus_dir"],
+            inputs["queries_dir"],
+            query_texts,
+            judged,
+            manifest.query_prompt,
+            manifest.doc_prompt,
+            settings,
+            limits,
+            work_dir,
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report["settings"] = settings
+    write_json(out_path, report)
     return report

@@ -56,12 +56,12 @@ class ExportScan:
 SCORE_KEYS = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce")
 
 
-def scan_negatives(records: Iterable[NegativesRecord], mined_path: str | Path, query_ids: pa.Array) -> ExportScan:
+def scan_negatives(records: Iterable[NegativesRecord], candidates_path: str | Path, query_ids: pa.Array) -> ExportScan:
     """One pass over the records (in query order, as export writes them) and, alongside, over the candidates
     file: each block of records' negatives are joined with their queries' candidates for their ranks, so
     neither file is ever whole in memory. `query_ids`: the prepared queries' ids, by row."""
     scan = ExportScan()
-    candidates = SortedRows(str(mined_path), "query_row", ["query_row", "doc_id", "rank"])
+    candidates = SortedRows(str(candidates_path), "query_row", ["query_row", "doc_id", "rank"])
     block: list[tuple[str, list[str]]] = []
     for r in records:
         scan.queries += 1
@@ -93,27 +93,27 @@ def _add_ranks(scan: ExportScan, block: list[tuple[str, list[str]]], candidates:
             "doc_id": pa.array([d for _, docs in block for d in docs], pa.string()),
         }
     )
-    mined = candidates.below(int(rows.max()) + 1)
-    joined = negatives.join(mined, ["query_row", "doc_id"], join_type="inner")
+    ranked = candidates.below(int(rows.max()) + 1)
+    joined = negatives.join(ranked, ["query_row", "doc_id"], join_type="inner")
     scan.ranks.extend(joined["rank"].to_numpy().tolist())
 
 
-def candidate_counts(mined_path: str | Path) -> np.ndarray:
+def candidate_counts(candidates_path: str | Path) -> np.ndarray:
     """How many candidates' cosines fall in each COSINE_GRID bin, read a batch at a time."""
     counts = np.zeros(len(COSINE_GRID) - 1, dtype=np.int64)
-    for batch in open_parquet(mined_path).iter_batches(columns=["cosine"], batch_size=1 << 20):
+    for batch in open_parquet(candidates_path).iter_batches(columns=["cosine"], batch_size=1 << 20):
         counts += np.histogram(batch.column(0).to_numpy(), bins=COSINE_GRID)[0]
     return counts
 
 
-def score_sets(scan: ExportScan, mined_path: str | Path) -> ScoreSets:
+def score_sets(scan: ExportScan, candidates_path: str | Path) -> ScoreSets:
     def values(key: str) -> np.ndarray:
         return np.frombuffer(scan.scores[key], dtype=np.float64)
 
     return ScoreSets(
         values("positive_cosine"),
         values("negative_cosine"),
-        candidate_counts(mined_path),
+        candidate_counts(candidates_path),
         values("positive_ce") if scan.has_ce else None,
         values("negative_ce") if scan.has_ce else None,
     )
@@ -277,7 +277,7 @@ def build_report(
     dataset: str,
     negatives_path: str,
     selection_path: str,
-    mined_path: str,
+    candidates_path: str,
     corpus_dir: str,
     queries_dir: str,
     candidates: int,
@@ -286,11 +286,11 @@ def build_report(
     out_ranks: str,
     out_examples: str,
 ) -> dict[str, int]:
-    scan = scan_negatives(read_negatives(negatives_path), mined_path, load_table(queries_dir, ["id"])["id"])
+    scan = scan_negatives(read_negatives(negatives_path), candidates_path, load_table(queries_dir, ["id"])["id"])
     selection = json.loads(Path(selection_path).read_text(encoding="utf-8"))
     documents = load_table(corpus_dir, ["id"]).num_rows
     write_html(out_summary, f"{dataset}: counts", summary_html(selection, documents, dataset))
-    scores = score_sets(scan, mined_path)
+    scores = score_sets(scan, candidates_path)
     plot_scores(scores, out_scores, dataset)
     ranks = negative_ranks(scan)
     plot_ranks(ranks, candidates, out_ranks, dataset)

@@ -15,16 +15,16 @@ from negflow.files import atomic_output, read_parquet
 log = logging.getLogger("negflow")
 
 
-def unique_pairs(mined: pa.Table, qrels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(query_row, doc_row) of every mined candidate and qrels document, each pair once, sorted."""
-    q = np.concatenate([mined["query_row"].to_numpy(), qrels["query_row"].to_numpy()]).astype(np.int64)
-    d = np.concatenate([mined["doc_row"].to_numpy(), qrels["doc_row"].to_numpy()]).astype(np.int64)
+def unique_pairs(candidates: pa.Table, qrels: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(query_row, doc_row) of every candidate and qrels document, each pair once, sorted."""
+    q = np.concatenate([candidates["query_row"].to_numpy(), qrels["query_row"].to_numpy()]).astype(np.int64)
+    d = np.concatenate([candidates["doc_row"].to_numpy(), qrels["doc_row"].to_numpy()]).astype(np.int64)
     pairs = np.unique(np.stack([q, d], axis=1), axis=0)
     return pairs[:, 0], pairs[:, 1]
 
 
 def prepare_ce_pairs(
-    mined_path: str,
+    candidates_path: str,
     qrels_path: str,
     corpus_dir: str,
     queries_dir: str,
@@ -40,7 +40,7 @@ def prepare_ce_pairs(
 
     corpus = load_table(corpus_dir, ["text"])["text"]
     queries = load_table(queries_dir, ["text"])["text"]
-    query_rows, doc_rows = unique_pairs(read_parquet(mined_path), read_parquet(qrels_path))
+    query_rows, doc_rows = unique_pairs(read_parquet(candidates_path), read_parquet(qrels_path))
     model = load_cross_encoder(ce_ref, pick_device("cpu"), seq_len, options)
     log.info(
         "%d unique (query, document) pairs; cross-encoder %s, max length %d",

@@ -27,7 +27,7 @@ PQ_OVERSAMPLE = 4
 IVF_KINDS = ("ivf", "ivfpq")  # built in parts: trained once, filled per embedding shard, merged
 GPU_MAX_K = 2048  # faiss GPU indexes cannot return more neighbours than this
 
-MINED_SCHEMA = pa.schema(
+CANDIDATES_SCHEMA = pa.schema(
     [
         ("query_id", pa.string()),
         ("doc_id", pa.string()),
@@ -303,7 +303,7 @@ def search_shard(
     total = 0
     from tqdm import tqdm
 
-    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), CANDIDATES_SCHEMA) as writer:
         for start in tqdm(range(part.start, part.stop, batch_size), desc="search", unit="batch", mininterval=5):
             block_rows = np.arange(start, min(start + batch_size, part.stop))
             block = np.ascontiguousarray(queries.take(block_rows))
@@ -311,7 +311,7 @@ def search_shard(
                 rows = exact_top_k(block, corpus.chunks(chunk_rows), k, "cuda" if use_gpu else "cpu")
             else:
                 _, rows = index.search(block, k)
-            cols: dict[str, list] = {name: [] for name in MINED_SCHEMA.names}
+            cols: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
             for offset, q in enumerate(block_rows.tolist()):
                 kept_rows, kept_scores = top_candidates(
                     block[offset], rows[offset], excluded.get(q, set()), corpus, candidates
@@ -325,9 +325,9 @@ def search_shard(
                 cols["rank"] += list(range(1, len(kept_rows) + 1))
                 cols["cosine"] += kept_scores.tolist()
             cols["doc_id"] = doc_ids.take(np.concatenate(cols["doc_id"]) if cols["doc_id"] else [])
-            writer.write_table(pa.table(cols, schema=MINED_SCHEMA))
+            writer.write_table(pa.table(cols, schema=CANDIDATES_SCHEMA))
             corpus.release()  # the rerank's random reads mapped pages of the corpus; they stay in the page cache
-    log.info("mined %d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
+    log.info("%d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
     return {"queries": len(part), "candidates": total, "short": short}
 
 
@@ -343,7 +343,7 @@ def merge_candidates(shard_paths: list[str], out_path: str) -> dict[str, int]:
     """Concatenate the search shards, in query order, into every query's candidates."""
     shard_paths = in_shard_order(shard_paths)
     total = 0
-    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), MINED_SCHEMA) as writer:
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), CANDIDATES_SCHEMA) as writer:
         for path in shard_paths:
             for batch in open_parquet(path).iter_batches():
                 writer.write_batch(batch)

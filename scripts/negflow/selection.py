@@ -2,7 +2,8 @@
 
 Filters run in a fixed order and each counts the candidates it removes from those still in play, so
 the counts add up to everything that was dropped. A sampler then orders the survivors and they are
-taken greedily, skipping near-duplicates of negatives already kept.
+taken greedily, skipping near-duplicates of negatives already kept. Negatives the data gives (a pairs
+dataset's given negatives, `grades`) are listed first and count towards num_negatives (`select_query`).
 """
 
 from __future__ import annotations
@@ -15,19 +16,22 @@ import numpy as np
 SAMPLERS = ("top", "random", "simans")
 SHORT_POLICIES = ("keep", "pad", "drop")
 
-# Every filter, in the order it runs; selection.json reports a count for each that ran.
-FILTERS = (
-    "window",
-    "same_text_as_positive",
-    "max_score",
-    "min_score",
-    "absolute_margin",
-    "relative_margin",
-    "ce_max",
-    "positive_doc_margin",
-    "duplicate_of_positive",
-    "duplicate_of_negative",
-)
+# Every filter, in the order it runs (selection.json reports a count for each that ran), with the settings
+# that turn it on (`SelectionSettings.without` turns them off); same_text_as_positive always runs.
+FILTERS = {
+    "window": ("range_min", "range_max"),
+    "same_text_as_positive": (),
+    "max_score": ("max_score",),
+    "min_score": ("min_score",),
+    "absolute_margin": ("absolute_margin",),
+    "relative_margin": ("relative_margin",),
+    "ce_max": ("ce_max",),
+    "positive_doc_margin": ("positive_doc_margin",),
+    "duplicate_of_positive": ("dup_threshold",),
+    "duplicate_of_negative": ("dup_threshold",),
+}
+# The filters that read a candidate's selection score or cross-encoder score, not its embedding.
+SCORE_FILTERS = ("max_score", "min_score", "absolute_margin", "relative_margin", "ce_max")
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,18 @@ class SelectionSettings:
         if self.range_max is not None and self.range_max <= self.range_min:
             raise ValueError(f"range_max ({self.range_max}) must be above range_min ({self.range_min})")
 
+    def without(self, *filters: str) -> SelectionSettings:
+        """These settings with the named filters (keys of FILTERS) turned off."""
+        return replace(self, **{key: 0 if key == "range_min" else None for name in filters for key in FILTERS[name]})
+
 
 SELECTION_KEYS = [f.name for f in fields(SelectionSettings)]
+
+
+def lists_given_negatives(settings: dict) -> bool:
+    """Whether selection lists a dataset's given negatives before the mined ones: a pairs dataset read with
+    given_negatives: keep (a rule's settings carry that key only for a pairs dataset)."""
+    return settings.get("given_negatives") == "keep"
 
 
 def relative_ceiling(reference: np.ndarray | float, margin: float) -> np.ndarray | float:
