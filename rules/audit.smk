@@ -3,7 +3,7 @@ rule audit:
         unpack(audit_inputs),
         code=code_of("audit"),
     output:
-        "results/{dataset}/audit.json",
+        report=layout.audit.report,
     log:
         "logs/audit/{dataset}.log",
     benchmark:

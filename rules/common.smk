@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, os.path.join(workflow.basedir, "scripts"))
 
+from negflow import layout
 from negflow.config import dataset_settings, load_schema, scatter_counts
 from negflow.dependencies import provenance_settings, rule_settings, script_modules
 from negflow.errors import ConfigError
@@ -31,27 +32,11 @@ def code_of(script):
     return script_modules(os.path.join(workflow.basedir, "scripts", f"{script}.py"))
 
 
-def beir_sources(dataset):
-    """The corpus, queries and qrels that prepare reads: the configured BEIR files, or for a pairs dataset
-    the tables rule read_pairs writes."""
-    settings = DATASETS[dataset]
-    if settings["pairs"] is None:
-        return {key: settings[key] for key in ("corpus", "queries", "qrels")}
-    return {
-        key: f"results/{dataset}/read_pairs/{key}.parquet"
-        for key in ("corpus", "queries", "qrels")
-    }
-
-
 def settings_for(name):
-    """A params function: the settings rule `name`'s output depends on, for the job's dataset. Rules after
-    read_pairs see a pairs dataset's BEIR tables as its corpus, queries and qrels."""
+    """A params function: the settings rule `name`'s output depends on, for the job's dataset."""
 
     def params(wildcards):
-        settings = DATASETS[wildcards.dataset]
-        if name != "read_pairs":
-            settings = settings | beir_sources(wildcards.dataset)
-        return rule_settings(name, settings)
+        return rule_settings(name, DATASETS[wildcards.dataset])
 
     return params
 
@@ -66,21 +51,32 @@ def job_setting(key):
     return lambda wildcards: DATASETS[wildcards.dataset][key]
 
 
+def of_dataset(path, wildcards):
+    """A rule's output path (`rules.<rule>.output.<name>`) for the job's dataset; a shard pattern keeps its
+    `{scatteritem}` for `gather`."""
+    return path.format(dataset=wildcards.dataset, scatteritem="{scatteritem}")
+
+
 def all_outputs():
     """Per dataset: negatives, selection report, the configured training files, the run report's figures
     and tables, and the audit when it has something to measure against."""
     targets = []
     for name, settings in sorted(DATASETS.items()):
-        targets += [f"results/{name}/negatives.jsonl", f"results/{name}/selection.json"]
-        targets += [
-            f"results/{name}/report/{part}"
-            for part in ("summary.html", "scores.png", "ranks.png", "examples.html")
+        files = [
+            rules.export_negatives.output.negatives,
+            rules.export_negatives.output.report,
         ]
-        for fmt in settings["train_formats"]:
-            ext = "jsonl" if fmt == "flag" else "parquet"
-            targets.append(f"results/{name}/train/{fmt}.{ext}")
+        files += rules.plot_report.output
         if settings["audit_qrels"] or settings["audit_holdout"]:
-            targets.append(f"results/{name}/audit.json")
+            files.append(rules.audit.output.report)
+        targets += [path.format(dataset=name) for path in files]
+        for fmt in settings["train_formats"]:
+            exporter = (
+                rules.export_flag
+                if fmt == "flag"
+                else rules.export_sentence_transformers
+            )
+            targets.append(exporter.output.data.format(dataset=name, format=fmt))
     return targets
 
 
@@ -94,27 +90,36 @@ def pair_inputs(wildcards):
     return inputs
 
 
+def beir_inputs(settings, wildcards, keys):
+    """The BEIR tables `keys` of a dataset that are files: read_pairs' tables for a pairs dataset, else the
+    configured ones that are local (a hub id is a setting, not a file)."""
+    if settings["pairs"] is not None:
+        return {
+            key: of_dataset(rules.read_pairs.output[key], wildcards) for key in keys
+        }
+    return {key: settings[key] for key in keys if is_local_data(settings[key])}
+
+
 def prepare_inputs(wildcards):
-    """The corpus, queries and qrels files that exist locally (hub ids are not files); for a pairs
-    dataset, read_pairs' tables and manifest."""
-    sources = beir_sources(wildcards.dataset)
-    inputs = {key: ref for key, ref in sources.items() if is_local_data(ref)}
-    if DATASETS[wildcards.dataset]["pairs"] is not None:
-        inputs["pairs_manifest"] = (
-            f"results/{wildcards.dataset}/read_pairs/manifest.json"
+    """The corpus, queries and qrels prepare reads, and a pairs dataset's read_pairs manifest."""
+    settings = DATASETS[wildcards.dataset]
+    inputs = beir_inputs(settings, wildcards, ("corpus", "queries", "qrels"))
+    if settings["pairs"] is not None:
+        inputs["pairs_manifest"] = of_dataset(
+            rules.read_pairs.output.manifest, wildcards
         )
     return inputs
 
 
 def judgment_inputs(wildcards):
     """The prepared corpus, and the audit and finetune qrels and the queries where they are local files."""
-    settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
-    inputs = {"corpus_dir": f"results/{wildcards.dataset}/prepare/corpus"}
+    settings = DATASETS[wildcards.dataset]
+    inputs = {"corpus_dir": of_dataset(rules.prepare.output.corpus, wildcards)}
     for key in ("audit_qrels", "finetune_eval_qrels"):
         if settings[key] and is_local_data(settings[key]):
             inputs[key] = settings[key]
-    if len(inputs) > 1 and is_local_data(settings["queries"]):
-        inputs["queries"] = settings["queries"]
+    if len(inputs) > 1:
+        inputs |= beir_inputs(settings, wildcards, ("queries",))
     return inputs
 
 
@@ -122,9 +127,7 @@ def embedding_shards(part):
     """All shard files of the corpus or query embeddings of the job's dataset."""
 
     def shards(wildcards):
-        return gather.embed(
-            f"results/{wildcards.dataset}/embed/{part}/{{scatteritem}}.npy"
-        )
+        return gather.embed(of_dataset(rules.embed.output[part], wildcards))
 
     return shards
 
@@ -133,69 +136,61 @@ def search_index(wildcards):
     """The prebuilt FAISS index that every search shard loads; a flat index is built in memory instead."""
     if DATASETS[wildcards.dataset]["index"] == "flat":
         return []
-    return f"results/{wildcards.dataset}/search/index.faiss"
+    return of_dataset(rules.build_index.output.index, wildcards)
 
 
 def index_inputs(wildcards):
     """An IVF index is merged from parts added per embedding shard; an HNSW graph is built in one job."""
-    dataset = wildcards.dataset
-    if DATASETS[dataset]["index"] in ("ivf", "ivfpq"):
+    if DATASETS[wildcards.dataset]["index"] in ("ivf", "ivfpq"):
         return {
-            "parts": gather.embed(
-                f"results/{dataset}/search/index/parts/{{scatteritem}}.faiss"
-            )
+            "parts": gather.embed(of_dataset(rules.add_to_index.output.part, wildcards))
         }
     return {"corpus": embedding_shards("corpus")(wildcards)}
 
 
 def candidate_shards(wildcards):
-    return gather.search(
-        f"results/{wildcards.dataset}/search/candidates/{{scatteritem}}.parquet"
-    )
+    return gather.search(of_dataset(rules.search.output.candidates, wildcards))
 
 
 def score_shards(wildcards):
-    return gather.score(
-        f"results/{wildcards.dataset}/score/shards/{{scatteritem}}.parquet"
-    )
+    return gather.score(of_dataset(rules.score_pairs.output.scores, wildcards))
 
 
-def export_inputs(wildcards):
-    """Search results and corpus embeddings, plus cross-encoder scores when a `ce` is configured."""
+def selection_inputs(wildcards):
+    """What selection reads (`Candidates.from_inputs`): the candidates, the qrels' cosines, the embeddings,
+    the prepared corpus and manifest, and the cross-encoder's scores when a `ce` is configured.
+    """
     inputs = {
-        "candidates": f"results/{wildcards.dataset}/search/candidates.parquet",
-        "qrels": f"results/{wildcards.dataset}/search/qrels_cosine.parquet",
+        "candidates": of_dataset(rules.merge_candidates.output.candidates, wildcards),
+        "qrels": of_dataset(rules.compute_qrels_cosines.output.cosines, wildcards),
         "corpus": embedding_shards("corpus")(wildcards),
         "queries": embedding_shards("queries")(wildcards),
-        "corpus_dir": f"results/{wildcards.dataset}/prepare/corpus",
-        "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
+        "corpus_dir": of_dataset(rules.prepare.output.corpus, wildcards),
+        "manifest": of_dataset(rules.prepare.output.manifest, wildcards),
     }
     if DATASETS[wildcards.dataset]["ce"] is not None:
-        inputs["scores"] = f"results/{wildcards.dataset}/score/pair_scores.parquet"
+        inputs["scores"] = of_dataset(rules.merge_scores.output.scores, wildcards)
     return inputs
 
 
 def audit_inputs(wildcards):
     """Everything selection reads, plus the judgments the audit measures against."""
-    settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
-    inputs = export_inputs(wildcards)
-    inputs["holdout"] = f"results/{wildcards.dataset}/prepare/holdout.parquet"
-    inputs["judgments"] = f"results/{wildcards.dataset}/prepare/judgments.parquet"
-    return inputs
+    return selection_inputs(wildcards) | {
+        "holdout": of_dataset(rules.prepare.output.holdout, wildcards),
+        "judgments": of_dataset(rules.prepare_judgments.output.judgments, wildcards),
+    }
 
 
 def finetune_inputs(wildcards):
-    """The mined negatives and texts, plus the evaluation qrels and queries when they are local files."""
-    settings = DATASETS[wildcards.dataset] | beir_sources(wildcards.dataset)
-    if not settings["finetune_eval_qrels"]:
+    """The mined negatives and texts, plus the judgments it evaluates on."""
+    if not DATASETS[wildcards.dataset]["finetune_eval_qrels"]:
         raise WorkflowError(
             f"finetune of dataset {wildcards.dataset} needs finetune_eval_qrels (qrels to evaluate nDCG@10 on)"
         )
-    inputs = {
-        "negatives": f"results/{wildcards.dataset}/negatives.jsonl",
-        "corpus_dir": f"results/{wildcards.dataset}/prepare/corpus",
-        "queries_dir": f"results/{wildcards.dataset}/prepare/queries",
-        "manifest": f"results/{wildcards.dataset}/prepare/manifest.json",
-        "judgments": f"results/{wildcards.dataset}/prepare/judgments.parquet",
+    return {
+        "negatives": of_dataset(rules.export_negatives.output.negatives, wildcards),
+        "corpus_dir": of_dataset(rules.prepare.output.corpus, wildcards),
+        "queries_dir": of_dataset(rules.prepare.output.queries, wildcards),
+        "manifest": of_dataset(rules.prepare.output.manifest, wildcards),
+        "judgments": of_dataset(rules.prepare_judgments.output.judgments, wildcards),
     }
-    return inputs

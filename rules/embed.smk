@@ -1,13 +1,13 @@
 rule embed:
     """Shard I-of-N of the corpus and of the queries in one job: the model is loaded once per shard."""
     input:
-        corpus="results/{dataset}/prepare/corpus",
-        queries="results/{dataset}/prepare/queries",
-        judgments=ancient("results/{dataset}/prepare/judgments.parquet"),
+        corpus=rules.prepare.output.corpus,
+        queries=rules.prepare.output.queries,
+        judgments=ancient(rules.prepare_judgments.output.judgments),
         code=code_of("embed"),
     output:
-        corpus="results/{dataset}/embed/corpus/{scatteritem}.npy",
-        queries="results/{dataset}/embed/queries/{scatteritem}.npy",
+        corpus=layout.embed.corpus,
+        queries=layout.embed.queries,
     log:
         "logs/embed/{dataset}.{scatteritem}.log",
     benchmark:

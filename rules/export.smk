@@ -1,11 +1,11 @@
 rule export_negatives:
     input:
-        unpack(export_inputs),
+        unpack(selection_inputs),
         code=code_of("export_negatives"),
     output:
-        negatives="results/{dataset}/negatives.jsonl",
-        report="results/{dataset}/selection.json",
-        provenance="results/{dataset}/negatives.provenance.json",
+        negatives=layout.export_negatives.negatives,
+        report=layout.export_negatives.report,
+        provenance=layout.export_negatives.provenance,
     log:
         "logs/export_negatives/{dataset}.log",
     benchmark:
@@ -21,15 +21,15 @@ rule export_negatives:
 
 rule export_flag:
     input:
-        negatives="results/{dataset}/negatives.jsonl",
-        provenance="results/{dataset}/negatives.provenance.json",
-        manifest="results/{dataset}/prepare/manifest.json",
-        corpus_dir="results/{dataset}/prepare/corpus",
-        queries_dir="results/{dataset}/prepare/queries",
+        negatives=rules.export_negatives.output.negatives,
+        provenance=rules.export_negatives.output.provenance,
+        manifest=rules.prepare.output.manifest,
+        corpus_dir=rules.prepare.output.corpus,
+        queries_dir=rules.prepare.output.queries,
         code=code_of("export_flag"),
     output:
-        data="results/{dataset}/train/flag.jsonl",
-        provenance="results/{dataset}/train/flag.provenance.json",
+        data=layout.export_flag.data,
+        provenance=layout.export_flag.provenance,
     log:
         "logs/export_flag/{dataset}.log",
     conda:
@@ -42,14 +42,14 @@ rule export_flag:
 
 rule export_sentence_transformers:
     input:
-        negatives="results/{dataset}/negatives.jsonl",
-        provenance="results/{dataset}/negatives.provenance.json",
-        corpus_dir="results/{dataset}/prepare/corpus",
-        queries_dir="results/{dataset}/prepare/queries",
+        negatives=rules.export_negatives.output.negatives,
+        provenance=rules.export_negatives.output.provenance,
+        corpus_dir=rules.prepare.output.corpus,
+        queries_dir=rules.prepare.output.queries,
         code=code_of("export_sentence_transformers"),
     output:
-        data="results/{dataset}/train/{format}.parquet",
-        provenance="results/{dataset}/train/{format}.provenance.json",
+        data=layout.export_sentence_transformers.data,
+        provenance=layout.export_sentence_transformers.provenance,
     log:
         "logs/export_sentence_transformers/{dataset}.{format}.log",
     wildcard_constraints:

@@ -1,10 +1,10 @@
 rule finetune:
-    """Opt-in proof stage (not part of `all`): request results/NAME/finetune/report.json."""
+    """Opt-in proof stage (not part of `all`): ask for its report (layout.finetune.report) as a target."""
     input:
         unpack(finetune_inputs),
         code=code_of("finetune"),
     output:
-        "results/{dataset}/finetune/report.json",
+        report=layout.finetune.report,
     log:
         "logs/finetune/{dataset}.log",
     benchmark:

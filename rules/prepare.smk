@@ -3,11 +3,11 @@ rule prepare:
         unpack(prepare_inputs),
         code=code_of("prepare"),
     output:
-        corpus=directory("results/{dataset}/prepare/corpus"),
-        queries=directory("results/{dataset}/prepare/queries"),
-        qrels=directory("results/{dataset}/prepare/qrels"),
-        holdout="results/{dataset}/prepare/holdout.parquet",
-        manifest="results/{dataset}/prepare/manifest.json",
+        corpus=directory(layout.prepare.corpus),
+        queries=directory(layout.prepare.queries),
+        qrels=directory(layout.prepare.qrels),
+        holdout=layout.prepare.holdout,
+        manifest=layout.prepare.manifest,
     log:
         "logs/prepare/{dataset}.log",
     benchmark:
@@ -29,7 +29,7 @@ rule prepare_judgments:
         unpack(judgment_inputs),
         code=code_of("prepare_judgments"),
     output:
-        "results/{dataset}/prepare/judgments.parquet",
+        judgments=layout.prepare_judgments.judgments,
     log:
         "logs/prepare_judgments/{dataset}.log",
     conda:

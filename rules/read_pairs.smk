@@ -6,12 +6,12 @@ rule read_pairs:
         unpack(pair_inputs),
         code=code_of("read_pairs"),
     output:
-        corpus="results/{dataset}/read_pairs/corpus.parquet",
-        queries="results/{dataset}/read_pairs/queries.parquet",
-        qrels="results/{dataset}/read_pairs/qrels.parquet",
-        query_lines="results/{dataset}/read_pairs/query_lines.parquet",
-        doc_hashes="results/{dataset}/read_pairs/doc_hashes.parquet",
-        manifest="results/{dataset}/read_pairs/manifest.json",
+        corpus=layout.read_pairs.corpus,
+        queries=layout.read_pairs.queries,
+        qrels=layout.read_pairs.qrels,
+        query_lines=layout.read_pairs.query_lines,
+        doc_hashes=layout.read_pairs.doc_hashes,
+        manifest=layout.read_pairs.manifest,
     log:
         "logs/read_pairs/{dataset}.log",
     benchmark:

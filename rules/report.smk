@@ -1,32 +1,32 @@
 rule plot_report:
     input:
-        negatives="results/{dataset}/negatives.jsonl",
-        selection="results/{dataset}/selection.json",
-        candidates="results/{dataset}/search/candidates.parquet",
-        corpus_dir="results/{dataset}/prepare/corpus",
-        queries_dir="results/{dataset}/prepare/queries",
+        negatives=rules.export_negatives.output.negatives,
+        selection=rules.export_negatives.output.report,
+        candidates=rules.merge_candidates.output.candidates,
+        corpus_dir=rules.prepare.output.corpus,
+        queries_dir=rules.prepare.output.queries,
         code=code_of("plot_report"),
     output:
         summary=report(
-            "results/{dataset}/report/summary.html",
+            layout.plot_report.summary,
             caption="../report/summary.rst",
             category="{dataset}",
             labels={"dataset": "{dataset}", "figure": "counts and drops"},
         ),
         scores=report(
-            "results/{dataset}/report/scores.png",
+            layout.plot_report.scores,
             caption="../report/scores.rst",
             category="{dataset}",
             labels={"dataset": "{dataset}", "figure": "score histograms"},
         ),
         ranks=report(
-            "results/{dataset}/report/ranks.png",
+            layout.plot_report.ranks,
             caption="../report/ranks.rst",
             category="{dataset}",
             labels={"dataset": "{dataset}", "figure": "negative ranks"},
         ),
         examples=report(
-            "results/{dataset}/report/examples.html",
+            layout.plot_report.examples,
             caption="../report/examples.rst",
             category="{dataset}",
             labels={"dataset": "{dataset}", "figure": "example queries"},

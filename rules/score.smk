@@ -1,12 +1,12 @@
 rule prepare_ce_pairs:
     input:
-        candidates="results/{dataset}/search/candidates.parquet",
-        qrels="results/{dataset}/search/qrels_cosine.parquet",
-        corpus_dir="results/{dataset}/prepare/corpus",
-        queries_dir="results/{dataset}/prepare/queries",
+        candidates=rules.merge_candidates.output.candidates,
+        qrels=rules.compute_qrels_cosines.output.cosines,
+        corpus_dir=rules.prepare.output.corpus,
+        queries_dir=rules.prepare.output.queries,
         code=code_of("prepare_ce_pairs"),
     output:
-        directory("results/{dataset}/score/ce_pairs"),
+        pairs=directory(layout.prepare_ce_pairs.pairs),
     log:
         "logs/prepare_ce_pairs/{dataset}.log",
     benchmark:
@@ -22,10 +22,10 @@ rule prepare_ce_pairs:
 
 rule score_pairs:
     input:
-        pairs="results/{dataset}/score/ce_pairs",
+        pairs=rules.prepare_ce_pairs.output.pairs,
         code=code_of("score_pairs"),
     output:
-        "results/{dataset}/score/shards/{scatteritem}.parquet",
+        scores=layout.score_pairs.scores,
     log:
         "logs/score_pairs/{dataset}.{scatteritem}.log",
     benchmark:
@@ -48,7 +48,7 @@ rule merge_scores:
         shards=score_shards,
         code=code_of("merge_scores"),
     output:
-        "results/{dataset}/score/pair_scores.parquet",
+        scores=layout.merge_scores.scores,
     log:
         "logs/merge_scores/{dataset}.log",
     conda:

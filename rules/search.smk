@@ -3,7 +3,7 @@ rule train_index:
         corpus=embedding_shards("corpus"),
         code=code_of("train_index"),
     output:
-        "results/{dataset}/search/index/trained.faiss",
+        trained=layout.train_index.trained,
     log:
         "logs/train_index/{dataset}.log",
     benchmark:
@@ -19,11 +19,11 @@ rule train_index:
 
 rule add_to_index:
     input:
-        trained="results/{dataset}/search/index/trained.faiss",
+        trained=rules.train_index.output.trained,
         corpus=embedding_shards("corpus"),
         code=code_of("add_to_index"),
     output:
-        "results/{dataset}/search/index/parts/{scatteritem}.faiss",
+        part=layout.add_to_index.part,
     log:
         "logs/add_to_index/{dataset}.{scatteritem}.log",
     benchmark:
@@ -40,7 +40,7 @@ rule build_index:
         unpack(index_inputs),
         code=code_of("build_index"),
     output:
-        "results/{dataset}/search/index.faiss",
+        index=layout.build_index.index,
     log:
         "logs/build_index/{dataset}.log",
     benchmark:
@@ -59,12 +59,12 @@ rule search:
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
         index=search_index,
-        corpus_dir="results/{dataset}/prepare/corpus",
-        queries_dir="results/{dataset}/prepare/queries",
-        qrels_dir="results/{dataset}/prepare/qrels",
+        corpus_dir=rules.prepare.output.corpus,
+        queries_dir=rules.prepare.output.queries,
+        qrels_dir=rules.prepare.output.qrels,
         code=code_of("search"),
     output:
-        "results/{dataset}/search/candidates/{scatteritem}.parquet",
+        candidates=layout.search.candidates,
     log:
         "logs/search/{dataset}.{scatteritem}.log",
     benchmark:
@@ -85,7 +85,7 @@ rule merge_candidates:
         shards=candidate_shards,
         code=code_of("merge_candidates"),
     output:
-        "results/{dataset}/search/candidates.parquet",
+        candidates=layout.merge_candidates.candidates,
     log:
         "logs/merge_candidates/{dataset}.log",
     conda:
@@ -98,11 +98,11 @@ rule compute_qrels_cosines:
     input:
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
-        queries_dir="results/{dataset}/prepare/queries",
-        qrels_dir="results/{dataset}/prepare/qrels",
+        queries_dir=rules.prepare.output.queries,
+        qrels_dir=rules.prepare.output.qrels,
         code=code_of("compute_qrels_cosines"),
     output:
-        "results/{dataset}/search/qrels_cosine.parquet",
+        cosines=layout.compute_qrels_cosines.cosines,
     log:
         "logs/compute_qrels_cosines/{dataset}.log",
     conda:

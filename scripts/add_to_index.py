@@ -14,7 +14,7 @@ def main(log):
 
     faiss.omp_set_num_threads(snakemake.threads)
     add_shard_to_index(
-        snakemake.input.trained, list(snakemake.input.corpus), snakemake.wildcards.scatteritem, snakemake.output[0]
+        snakemake.input.trained, list(snakemake.input.corpus), snakemake.wildcards.scatteritem, snakemake.output.part
     )
 
 

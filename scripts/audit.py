@@ -13,7 +13,7 @@ from negflow.stage import run_stage
 
 def main(log):
     limits = BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens)
-    audit(snakemake.input, snakemake.params.settings, limits, snakemake.output[0])
+    audit(snakemake.input, snakemake.params.settings, limits, snakemake.output.report)
 
 
 run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

@@ -14,9 +14,9 @@ def main(log):
 
     faiss.omp_set_num_threads(snakemake.threads)
     if hasattr(snakemake.input, "parts"):
-        merge_index_parts(list(snakemake.input.parts), snakemake.output[0])
+        merge_index_parts(list(snakemake.input.parts), snakemake.output.index)
     else:
-        write_index(list(snakemake.input.corpus), snakemake.params.settings, snakemake.output[0])
+        write_index(list(snakemake.input.corpus), snakemake.params.settings, snakemake.output.index)
 
 
 run_stage(snakemake.log[0], main)

@@ -15,7 +15,7 @@ def main(log):
         query_shards=list(snakemake.input.queries),
         queries_dir=snakemake.input.queries_dir,
         qrels_dir=snakemake.input.qrels_dir,
-        out_path=snakemake.output[0],
+        out_path=snakemake.output.cosines,
     )
 
 

@@ -10,7 +10,7 @@ from negflow.stage import run_stage
 
 
 def main(log):
-    merge_scores(list(snakemake.input.shards), snakemake.output[0])
+    merge_scores(list(snakemake.input.shards), snakemake.output.scores)
 
 
 run_stage(snakemake.log[0], main)

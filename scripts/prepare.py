@@ -12,10 +12,9 @@ from negflow.stage import run_stage
 
 def main(log):
     s = snakemake.params.settings
+    tables = {key: snakemake.input.get(key, s.get(key)) for key in ("corpus", "queries", "qrels")}  # else a hub id
     counts = prepare(
-        corpus=s["corpus"],
-        queries=s["queries"],
-        qrels=s["qrels"],
+        **tables,
         embedding=s["embedding"],
         query_prompt=s["query_prompt"],
         doc_prompt=s["doc_prompt"],

@@ -19,7 +19,7 @@ def main(log):
         queries_dir=snakemake.input.queries_dir,
         ce_ref=s["ce"],
         seq_len=s["ce_seq_len"],
-        out_dir=snakemake.output[0],
+        out_dir=snakemake.output.pairs,
         workers=snakemake.threads,
         options=LoadOptions.of(s, "ce"),
     )

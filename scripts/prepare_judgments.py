@@ -12,7 +12,8 @@ from negflow.stage import run_stage
 def main(log):
     s = snakemake.params.settings
     qrels = {"audit": s["audit_qrels"], "finetune": s["finetune_eval_qrels"]}
-    prepare_judgments(qrels, s["queries"], snakemake.input.corpus_dir, snakemake.output[0])
+    queries = snakemake.input.get("queries", s.get("queries"))  # else a hub id
+    prepare_judgments(qrels, queries, snakemake.input.corpus_dir, snakemake.output.judgments)
 
 
 run_stage(snakemake.log[0], main)

@@ -20,7 +20,7 @@ def main(log):
         dtype_setting=s["ce_dtype"],
         device_setting=s["device"],
         limits=BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
-        out_path=snakemake.output[0],
+        out_path=snakemake.output.scores,
         shard=snakemake.wildcards.scatteritem,
         options=LoadOptions.of(s, "ce"),
     )

@@ -21,7 +21,7 @@ def main(log):
         qrels_dir=snakemake.input.qrels_dir,
         settings=snakemake.params.settings,
         batch_size=snakemake.resources.batch_size,
-        out_path=snakemake.output[0],
+        out_path=snakemake.output.candidates,
         shard=snakemake.wildcards.scatteritem,
         index_path=snakemake.input.index or None,
     )

@@ -13,7 +13,7 @@ def main(log):
     import faiss
 
     faiss.omp_set_num_threads(snakemake.threads)
-    train_index(list(snakemake.input.corpus), snakemake.params.settings, snakemake.output[0])
+    train_index(list(snakemake.input.corpus), snakemake.params.settings, snakemake.output.trained)
 
 
 run_stage(snakemake.log[0], main)

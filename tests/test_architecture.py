@@ -5,13 +5,12 @@ from conftest import REPO
 from negflow.dependencies import library_imports
 
 LAYERS = [
-    {"errors", "files", "bundle"},
+    {"errors", "files", "bundle", "layout"},
     {"refs", "shards", "selection", "negatives", "text_ids", "grades"},
     {"store"},
     {"models", "devices"},
     {"read_pairs", "pair_shapes", "beir", "prepare", "judgments", "embed", "search", "score", "candidates", "export"}
-    | {"training", "report", "audit"}
-    | {"evaluate", "finetune", "demo", "provenance"},
+    | {"training", "report", "audit", "evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "dependencies", "hooks"},
     {"cli"},

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from negflow import layout
 from negflow.bundle import workflow_root
 from negflow.config import dataset_settings, did_you_mean, known_keys, load_schema
 from negflow.errors import ConfigError
+from negflow.layout import run_file
 
 DATA_OPTIONS = ("pairs", "corpus", "queries", "qrels")
 LAST_RUN = ".negflow/last-run.json"  # under --out: what `negflow report` rebuilds
@@ -182,15 +184,16 @@ def run_workflow(
 
 def summary(out: Path, name: str) -> str:
     """One line: queries, negatives, queries short, and what each filter dropped."""
-    path = out / "results" / name / "selection.json"
+    path = out / run_file(layout.export_negatives.report, name)
     if not path.is_file():
         return f"{name}: no selection.json (the run did not reach export_negatives)"
     report = json.loads(path.read_text(encoding="utf-8"))
     counts = report["counts"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in report["dropped"].items() if v) or "nothing"
+    negatives = out / run_file(layout.export_negatives.negatives, name)
     return (
         f"{name}: {counts['queries_written']:,} queries, {counts['negatives']:,} negatives, "
-        f"{counts['queries_short']:,} queries short; dropped: {dropped} -> {out / 'results' / name / 'negatives.jsonl'}"
+        f"{counts['queries_short']:,} queries short; dropped: {dropped} -> {negatives}"
     )
 
 

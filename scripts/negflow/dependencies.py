@@ -82,6 +82,8 @@ RULE_SETTINGS = {
         "seed",
     ],
 }
+# The settings naming a BEIR dataset's tables: files or hub ids.
+BEIR_TABLES = ("corpus", "queries", "qrels")
 # An index's own settings, for the rules that build or search it.
 INDEX_SETTINGS = {
     "flat": [],
@@ -96,7 +98,8 @@ PROVENANCE_RULES = ("prepare", "embed", "search", "score_pairs", "export_negativ
 def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
     """The settings `rule`'s output depends on, from one dataset's settings: its RULE_SETTINGS, plus those
     that matter only in some runs (an index's own, the seed where it draws something, the given-negatives
-    policy of a pairs dataset)."""
+    policy of a pairs dataset), less a pairs dataset's corpus, queries and qrels where the rule reads
+    read_pairs' tables instead (as inputs)."""
     keys = list(RULE_SETTINGS[rule])
     if rule in ("train_index", "build_index", "search"):
         keys += INDEX_SETTINGS[settings["index"]]
@@ -104,6 +107,8 @@ def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
         keys.append("seed")  # the seed picks which positive stays visible
     if rule == "read_pairs" and settings["max_pairs"] is not None:
         keys.append("seed")  # the seed draws the sample
+    if settings["pairs"] is not None and rule in ("prepare", "prepare_judgments"):
+        keys = [key for key in keys if key not in BEIR_TABLES]  # read_pairs' tables are these rules' inputs
     if rule == "export_negatives" and settings["pairs"] is not None:
         keys.append("given_negatives")
     return {key: settings[key] for key in keys}

@@ -10,7 +10,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from negflow import layout
 from negflow.cli import run_workflow
+from negflow.layout import run_file
 
 ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 DEFAULT_CANDIDATES = 100
@@ -161,7 +163,7 @@ def mine_hard_negatives(
         prompt_names = {"query_prompt_name": query_prompt_name, "doc_prompt_name": corpus_prompt_name}
         block |= {key: value for key, value in prompt_names.items() if value is not None}
         block |= settings
-        target = f"results/{name}/train/{output_format}.parquet"
+        target = run_file(layout.export_sentence_transformers.data, name, format=output_format)
         run, _ = run_workflow(
             {"datasets": {name: block}}, cache, targets=[target], verbose=verbose, cores=cores, gpus=gpus
         )
