@@ -1,19 +1,32 @@
 """`negflow.mine_hard_negatives` beside sentence-transformers' own function on the same data and model: the
 same columns and row structure for every output format, and a second call that reruns only the export."""
 
+import inspect
 import json
 import time
 
 import pytest
-from conftest import read_jsonl
+from conftest import REPO, read_jsonl
 
 import negflow
-from negflow.dropin import ST_FORMATS
+from negflow.config import known_keys, load_schema
+from negflow.dropin import ST_FORMATS, ST_SETTINGS
 
 pytestmark = pytest.mark.slow  # runs Snakemake
 
 # the tiny random-init model's cosines cluster: turn off negflow's doc-doc filters (see conftest.dataset_block)
 NO_DOC_FILTERS = {"positive_doc_margin": None, "dup_threshold": None, "embedding_dtype": "fp32"}
+
+
+def test_each_argument_it_maps_is_sentence_transformers_own_and_sets_a_known_setting():
+    from sentence_transformers.util import mine_hard_negatives
+
+    ours = inspect.signature(negflow.mine_hard_negatives).parameters
+    theirs = inspect.signature(mine_hard_negatives).parameters
+    settings = known_keys(load_schema(REPO / "config" / "schema.yaml"))
+    for argument, setting in ST_SETTINGS.items():
+        assert ours[argument].default == theirs[argument].default, argument
+        assert setting in settings, setting
 
 
 @pytest.fixture(scope="module")

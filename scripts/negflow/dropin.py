@@ -16,6 +16,23 @@ from negflow.layout import run_file
 
 ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 DEFAULT_CANDIDATES = 100
+# sentence-transformers' arguments and the negflow setting each one sets; `batch_size` sets both models'
+# batch sizes, `output_format` the one training file; the rest are data, models or performance knobs.
+ST_SETTINGS = {
+    "range_min": "range_min",
+    "range_max": "range_max",
+    "max_score": "max_score",
+    "min_score": "min_score",
+    "absolute_margin": "absolute_margin",
+    "relative_margin": "relative_margin",
+    "num_negatives": "num_negatives",
+    "sampling_strategy": "sampling",
+    "query_prompt": "query_prompt",
+    "query_prompt_name": "query_prompt_name",
+    "corpus_prompt": "doc_prompt",
+    "corpus_prompt_name": "doc_prompt_name",
+    "output_scores": "train_scores",
+}
 
 
 def _keep_if_same(tmp: Path, path: Path) -> str:
@@ -114,6 +131,7 @@ def mine_hard_negatives(
     ValueError), and the performance knobs `faiss_batch_size`, `use_faiss` (negflow always searches with
     FAISS, see `index`), `use_multi_process` (use `gpus`). `batch_size` sets both models' batch sizes.
     """
+    arguments = dict(locals())
     if include_positives:
         raise ValueError("include_positives has no counterpart in negflow: it never lists positives as negatives")
     if output_format not in ST_FORMATS:
@@ -142,26 +160,14 @@ def mine_hard_negatives(
         block["embedding"] = model_ref(model, "embedding", cache)
         block["ce"] = model_ref(cross_encoder, "ce", cache)
         wanted = max(range_max or DEFAULT_CANDIDATES, range_min + num_negatives)
+        block["candidates"] = min(wanted, len(texts) - 1)  # the search needs a corpus larger than its candidates
+        block |= {setting: arguments[name] for name, setting in ST_SETTINGS.items()}
         block |= {
-            "candidates": min(wanted, len(texts) - 1),  # the search needs a corpus larger than its candidates
-            "range_min": range_min,
-            "range_max": range_max,
-            "max_score": max_score,
-            "min_score": min_score,
-            "absolute_margin": absolute_margin,
-            "relative_margin": relative_margin,
-            "num_negatives": num_negatives,
-            "sampling": sampling_strategy,
-            "query_prompt": query_prompt,
-            "doc_prompt": corpus_prompt,
             "train_formats": [output_format],
-            "train_scores": output_scores,
             "st_layout": "per_positive",
             "embedding_batch_size": batch_size,
             "ce_batch_size": batch_size,
         }
-        prompt_names = {"query_prompt_name": query_prompt_name, "doc_prompt_name": corpus_prompt_name}
-        block |= {key: value for key, value in prompt_names.items() if value is not None}
         block |= settings
         target = run_file(layout.export_sentence_transformers.data, name, format=output_format)
         run, _ = run_workflow(
