@@ -71,7 +71,7 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from negflow.score import SCORED_SCHEMA
+    from negflow.score import SCORES_SCHEMA
     from negflow.search import CANDIDATES_SCHEMA
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +80,7 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
     block = 20_000
     with (
         pq.ParquetWriter(folder / "candidates.parquet", CANDIDATES_SCHEMA) as candidates,
-        pq.ParquetWriter(folder / "pair_scores.parquet", SCORED_SCHEMA) as scores,
+        pq.ParquetWriter(folder / "pair_scores.parquet", SCORES_SCHEMA) as scores,
     ):
         for start in range(0, queries, block):
             q = np.arange(start, min(start + block, queries))
@@ -103,7 +103,7 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
             pairs = np.unique(np.c_[np.r_[query_row, q], np.r_[rows.ravel(), positive[q]]], axis=0)
             ce = rng.uniform(0, 1, len(pairs)).astype(np.float32)
             ce[np.isin(pairs[:, 0] * docs + pairs[:, 1], q * docs + positive[q])] = 0.99
-            scores.write_table(pa.table([pairs[:, 0].astype(np.int32), pairs[:, 1], ce], schema=SCORED_SCHEMA))
+            scores.write_table(pa.table([pairs[:, 0].astype(np.int32), pairs[:, 1], ce], schema=SCORES_SCHEMA))
     qrels = {
         "query_id": pa.array([f"q{i}" for i in range(queries)]),
         "doc_id": pa.array([f"d{i}" for i in positive.tolist()]),
@@ -130,7 +130,7 @@ def main() -> None:
     results = {}
     for n in args.queries:
         folder = root / f"queries-{n}"
-        if not (folder / "qrels.parquet").exists():
+        if not (folder / "pair_scores.parquet").exists():
             start = time.perf_counter()
             write_queries(folder, n, args.docs, np.random.default_rng(n))
             print(f"wrote {n:,} queries x {CANDIDATES} candidates in {time.perf_counter() - start:.0f} s")

@@ -118,7 +118,7 @@ def judgment_inputs(wildcards):
     for key in ("audit_qrels", "finetune_eval_qrels"):
         if settings[key] and is_local_data(settings[key]):
             inputs[key] = settings[key]
-    if len(inputs) > 1:
+    if settings["audit_qrels"] or settings["finetune_eval_qrels"]:
         inputs |= beir_inputs(settings, wildcards, ("queries",))
     return inputs
 

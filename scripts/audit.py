@@ -7,13 +7,12 @@ if TYPE_CHECKING:
     from snakemake.script import snakemake
 
 from negflow.audit import audit
-from negflow.models import BatchLimits
 from negflow.stage import run_stage
 
 
 def main(log):
-    limits = BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens)
-    audit(snakemake.input, snakemake.params.settings, limits, snakemake.output.report)
+    batch = (snakemake.resources.batch_size, snakemake.resources.batch_tokens)
+    audit(snakemake.input, snakemake.params.settings, batch, snakemake.output.report)
 
 
 run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

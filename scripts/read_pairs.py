@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from snakemake.script import snakemake
 
-from negflow.read_pairs import PairSettings, PairTables, read_pairs
+from negflow.pair_shapes import PairSettings
+from negflow.read_pairs import PairTables, read_pairs
 from negflow.stage import run_stage
 
 

@@ -154,3 +154,15 @@ def test_a_bad_pair_file_stops_before_any_model_loads(tmp_path, dataset_block):
     assert proc.returncode != 0 and any(message in line and len(line) < 400 for line in output.splitlines()), output
     assert not (tmp_path / "logs/prepare").exists()
     assert not [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+
+
+def test_a_pairs_dataset_judged_by_hub_qrels_reads_its_queries_from_read_pairs(tmp_path, dataset_block):
+    """A hub id as audit_qrels is no file, yet the queries it judges are read_pairs' table: an input of
+    prepare_judgments, as for local qrels."""
+    block = {k: v for k, v in dataset_block.items() if k not in ("queries", "qrels")}
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [["a query", "its positive"]])
+    write_config(tmp_path, {"px": {**block, "pairs": pairs, "audit_qrels": "org/qrels-on-the-hub"}})
+    plan = snakemake(tmp_path, "-n", "results/px/prepare/judgments.parquet").stdout
+    job = plan[plan.index("rule prepare_judgments:") :].split("\n\n")[0]
+    inputs = next(line for line in job.splitlines() if line.strip().startswith("input:"))
+    assert "results/px/read_pairs/queries.parquet" in inputs and "results/px/prepare/corpus" in inputs

@@ -269,7 +269,7 @@ def test_reruns_touch_only_what_a_change_affects(fx_run, dataset_block):
 
 
 def test_changing_ce_reruns_only_scoring_and_export(fx_run, dataset_block, tiny_models):
-    """A real run: adding a cross-encoder reruns stages 4-6, leaves 1-3 untouched, adds CE scores."""
+    """A real run: adding a cross-encoder reruns stages 4-5 (score, export), leaves 1-3 untouched, adds CE scores."""
     upstream = [fx_run / "results/fx/search/candidates.parquet", *sorted((fx_run / "results/fx/embed").rglob("*.npy"))]
     before = [p.stat().st_mtime_ns for p in upstream]
     write_config(fx_run, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})

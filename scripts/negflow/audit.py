@@ -91,11 +91,11 @@ def format_table(strategies: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def audit(inputs: Mapping, settings: dict, limits, out_path: str) -> dict:
+def audit(inputs: Mapping, settings: dict, batch: tuple[int, int | str], out_path: str) -> dict:
     """Rule audit: the judgments (audit_qrels as prepare_judgments stored them, else the hidden positives),
     every strategy replayed on the candidates, and with audit_qrels the model's retrieval quality on them;
     written to `out_path`. `inputs`: the rule's (those `Candidates.from_inputs` reads, plus `judgments`,
-    `holdout` and `manifest`); `limits`: the batch limits of the model pass."""
+    `holdout` and `manifest`); `batch`: the model pass's batch size and token budget (its resources)."""
     if settings["audit_qrels"]:
         judged, query_texts = load_judgments(inputs["judgments"], "audit")
         source = {"audit_qrels": settings["audit_qrels"]}
@@ -112,7 +112,7 @@ def audit(inputs: Mapping, settings: dict, limits, out_path: str) -> dict:
     }
     log.info("false negatives and hardness on the same candidates:\n%s", format_table(report["strategies"]))
     if settings["audit_qrels"]:
-        from negflow.models import compute_dtype, configured_embedding_model, pick_device
+        from negflow.models import BatchLimits, compute_dtype, configured_embedding_model, pick_device  # torch
 
         device = pick_device(settings["device"])
         report["retrieval"] = evaluate_model(
@@ -123,7 +123,7 @@ def audit(inputs: Mapping, settings: dict, limits, out_path: str) -> dict:
             load_table(inputs["corpus_dir"], ["id"])["id"].to_pylist(),
             read_manifest(inputs["manifest"]).query_prompt,
             settings["min_positive_score"],
-            limits,
+            BatchLimits(*batch),
             device,
             compute_dtype(settings["embedding_dtype"], device),
         )

@@ -16,8 +16,9 @@ from negflow.layout import run_file
 
 ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 DEFAULT_CANDIDATES = 100
-# sentence-transformers' arguments and the negflow setting each one sets; `batch_size` sets both models'
-# batch sizes, `output_format` the one training file; the rest are data, models or performance knobs.
+# sentence-transformers' arguments and the negflow setting each one sets (a prompt name only when given);
+# `batch_size` sets both models' batch sizes, `output_format` the one training file; the rest are data,
+# models or performance knobs.
 ST_SETTINGS = {
     "range_min": "range_min",
     "range_max": "range_max",
@@ -161,7 +162,11 @@ def mine_hard_negatives(
         block["ce"] = model_ref(cross_encoder, "ce", cache)
         wanted = max(range_max or DEFAULT_CANDIDATES, range_min + num_negatives)
         block["candidates"] = min(wanted, len(texts) - 1)  # the search needs a corpus larger than its candidates
-        block |= {setting: arguments[name] for name, setting in ST_SETTINGS.items()}
+        block |= {
+            setting: arguments[name]
+            for name, setting in ST_SETTINGS.items()
+            if arguments[name] is not None or not name.endswith("_prompt_name")
+        }
         block |= {
             "train_formats": [output_format],
             "st_layout": "per_positive",

@@ -6,7 +6,6 @@ relevant when its grade reaches `min_positive_score`.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
 
@@ -14,8 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 from negflow.search import exact_top_k
-
-log = logging.getLogger("negflow")
 
 CORPUS_CHUNK = 65_536
 
@@ -52,7 +49,6 @@ def retrieval_quality(ranked: dict[str, list[str]], judged: dict, min_positive_s
 
 def embed_texts(model, texts: list[str], prompt: str | None, limits, device, dtype) -> np.ndarray:
     """Unit vectors of `texts` through the same tokenize / length-sorted path the embed stage uses."""
-
     from negflow.embed import unit_vectors
     from negflow.models import run_model, tokenize
 

@@ -1,7 +1,7 @@
 """What a pairs dataset's qrels say (the grades rule read_pairs writes) and the policies for the negatives
-its data gives. A module of its own: read_pairs writes these and selection reads them, and a rule reruns
-when a library file it imports changes, so editing selection code must not rerun read_pairs (and with it
-every embedding of a pairs dataset)."""
+its data gives. A module of its own: read_pairs writes these and the candidates (what selection reads)
+read them, and a rule reruns when a library file it imports changes, so editing selection code must not
+rerun read_pairs (and with it every embedding of a pairs dataset)."""
 
 # Given negatives: the negatives a pairs dataset's data carries (a triplet's third item, `neg`, Tevatron's
 # negative_passages). `pool`: corpus documents like any other; `keep`: listed first, before the mined ones,

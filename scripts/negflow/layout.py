@@ -1,7 +1,8 @@
-"""Where a run writes, relative to its folder: every rule's outputs by rule and output name, each under
-`results/{dataset}/<stage>/`. The one table of paths: the rules declare their `output:` from it (and read
-another rule's files as `rules.<rule>.output.<name>`), and the `negflow` command and the drop-in function
-find the files a run delivers in it. `{scatteritem}` is a shard (`shards`), `{format}` a training format."""
+"""Where a run writes, relative to its folder: every rule's outputs by rule and output name, all under
+`results/{dataset}/` (a stage's own files in a folder of its own). The one table of paths: the rules
+declare their `output:` from it (and read another rule's files as `rules.<rule>.output.<name>`), and the
+`negflow` command and the drop-in function find the files a run delivers in it. `{scatteritem}` is a
+shard (`shards`), `{format}` a training format."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def prepare_ce_pairs(
     return len(query_rows)
 
 
-SCORED_SCHEMA = pa.schema([("query_row", pa.int32()), ("doc_row", pa.int64()), ("ce_score", pa.float32())])
+SCORES_SCHEMA = pa.schema([("query_row", pa.int32()), ("doc_row", pa.int64()), ("ce_score", pa.float32())])
 
 
 def score_pairs(
@@ -112,7 +112,7 @@ def score_pairs(
             "doc_row": keys["doc_row"].cast(pa.int64()),
             "ce_score": pa.array(scores, pa.float32()),
         },
-        schema=SCORED_SCHEMA,
+        schema=SCORES_SCHEMA,
     )
     with atomic_output(out_path) as tmp:
         pq.write_table(table, str(tmp))
@@ -125,9 +125,9 @@ def merge_scores(shard_paths: list[str], out_path: str) -> int:
 
     shard_paths = in_shard_order(shard_paths)
     rows = 0
-    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), SCORED_SCHEMA) as writer:
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), SCORES_SCHEMA) as writer:
         for path in shard_paths:
-            table = pq.read_table(path, schema=SCORED_SCHEMA)
+            table = pq.read_table(path, schema=SCORES_SCHEMA)
             writer.write_table(table)
             rows += table.num_rows
     log.info("merged %d score shards: %d pairs", len(shard_paths), rows)
