@@ -3,7 +3,9 @@ rule embed:
     input:
         corpus=rules.prepare.output.corpus,
         queries=rules.prepare.output.queries,
-        judgments=ancient(rules.prepare_judgments.output.judgments),
+        # a path of its own: ancient() flags the very object it is given, and on the rule's own output
+        # it would keep the judgments' other readers (audit, finetune) from rerunning after them
+        judgments=ancient(layout.prepare_judgments.judgments),
         code=code_of("embed"),
     output:
         corpus=layout.embed.corpus,

@@ -246,6 +246,9 @@ def test_reruns_touch_only_what_a_change_affects(fx_run, dataset_block):
         "merge_scores": 1,
         **selection,
     }
+    judged_again = fx_run / "audit-qrels-copy.tsv"  # other judgments rerun their check and the audit, not embed
+    shutil.copy(dataset_block["audit_qrels"], judged_again)
+    assert plan(audit_qrels=str(judged_again)) == {"prepare_judgments": 1, "audit": 1, "all": 1}
     after_prepare = {rule: n for rule, n in everything.items() if rule not in ("prepare", "prepare_judgments")}
     assert plan(truncate_dim=16) == after_prepare  # the embeddings, not the tokens
     assert plan(embedding_model_kwargs={"attn_implementation": "eager"}) == after_prepare
