@@ -155,6 +155,22 @@ def plain_rerun(proc: subprocess.CompletedProcess, cwd: Path, fresh: Path | None
     return rerun.stdout + rerun.stderr
 
 
+def test_settings_lists_every_setting_once_by_the_rule_it_reruns(capsys):
+    spec = load_schema(REPO / "config" / "schema.yaml")
+    assert cli.main(["settings"]) == 0
+    listing = capsys.readouterr().out
+    keys = spec["$defs"]["settings"]["properties"] | spec["$defs"]["dataset"]["properties"]
+    options = re.findall(r"^  (--[a-z-]+) \(", listing, re.M)
+    assert sorted(options) == sorted(cli.option(key) for key in keys)
+    assert "  --num-negatives (integer, default 8)\n      Negatives selected per query" in listing
+    assert '  --sampling (top|random|simans, default "random")' in listing
+    assert "  --relative-margin (number or null, default 0.05)" in listing
+    titles = re.findall(r"^rule (\w+):", listing, re.M)
+    assert titles[:3] == ["read_pairs", "prepare", "prepare_judgments"] and "export_negatives" in titles
+    embed_batch = listing.index("--embedding-batch-size")
+    assert listing.rindex("a change reruns nothing", 0, embed_batch) > listing.rindex("rule ", 0, embed_batch)
+
+
 @pytest.mark.slow
 def test_beir_files_through_init_and_mine_config(tmp_path, fixture_data, tiny_models):
     files = [f"--{k}={fixture_data[k]}" for k in ("corpus", "queries", "qrels")]

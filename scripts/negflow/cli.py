@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -18,6 +19,7 @@ import yaml
 from negflow import layout
 from negflow.bundle import workflow_root
 from negflow.config import dataset_settings, did_you_mean, known_keys, load_schema
+from negflow.dependencies import INDEX_SETTINGS, RULE_SETTINGS
 from negflow.errors import ConfigError
 from negflow.layout import run_file
 
@@ -46,6 +48,52 @@ def schema() -> dict:
 
 def option(key: str) -> str:
     return "--" + key.replace("_", "-")
+
+
+def about(spec: dict) -> str:
+    """The first sentence of a setting's description."""
+    return re.split(r"\.\s+(?=[A-Z])", " ".join(spec.get("description", "").split()))[0].rstrip(".")
+
+
+def schema_type(spec: dict) -> str:
+    """A setting's type as the schema states it: the values of an enum, else its JSON types."""
+    if "enum" in spec:
+        return "|".join("null" if value is None else str(value) for value in spec["enum"])
+    if "const" in spec:
+        return str(spec["const"])
+    if "anyOf" in spec:
+        return " or ".join(schema_type(part) for part in spec["anyOf"])
+    kinds = spec.get("type", "any")
+    return " or ".join(kinds) if isinstance(kinds, list) else kinds
+
+
+def list_settings(spec: dict) -> str:
+    """Every setting as its option, with type, default and what it does, grouped by the first rule (in
+    pipeline order) whose output it changes; then the settings that change no result."""
+    props = spec["$defs"]["dataset"].get("properties", {}) | spec["$defs"]["settings"]["properties"]
+    first_rule: dict[str, str] = {}
+    for rule, keys in RULE_SETTINGS.items():
+        index_keys = [key for keys in INDEX_SETTINGS.values() for key in keys] if rule == "search" else []
+        for key in [*keys, *index_keys]:
+            first_rule.setdefault(key, rule)
+    groups: dict[str, list[str]] = {rule: [] for rule in RULE_SETTINGS}
+    for key in props:
+        groups.setdefault(first_rule.get(key, ""), []).append(key)
+    lines = []
+    for rule, keys in groups.items():
+        if not keys:
+            continue
+        title = (
+            f"rule {rule}: a change reruns it and what follows"
+            if rule
+            else "a change reruns nothing (performance, paths, which files are made)"
+        )
+        lines += ["", title]
+        for key in keys:
+            default = json.dumps(props[key].get("default"))
+            lines.append(f"  {option(key)} ({schema_type(props[key])}, default {default})")
+            lines += textwrap.wrap(about(props[key]), 110, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines[1:]) + "\n"
 
 
 def parse_settings(tokens: list[str], known: set[str]) -> tuple[dict, list[str]]:
@@ -117,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out", default=".", help="folder to write NAME.yaml in")
     report = commands.add_parser("report", help="build the HTML report of the last run in --out", allow_abbrev=False)
     report.add_argument("--out", default=".", help="the folder the run wrote into")
-    for sub in (mine, init, report):
+    settings = commands.add_parser(
+        "settings", help="list every setting (--key value): type, default, what it does", allow_abbrev=False
+    )
+    for sub in (mine, init, report, settings):
         sub.set_defaults(parser=sub)
     return parser
 
@@ -241,9 +292,8 @@ def starter_config(name: str, args: argparse.Namespace, spec: dict) -> str:
     for key in STARTER_SETTINGS:
         if key == "ce" and args.ce:
             continue
-        about = re.split(r"\.\s+(?=[A-Z])", " ".join(props[key].get("description", "").split()))[0].rstrip(".")
         default = json.dumps(props[key].get("default"))
-        lines += [f"    # {key}: {default}  # {about}"]
+        lines += [f"    # {key}: {default}  # {about(props[key])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "mine":
             return mine(args, tokens, extra)
+        if args.command == "settings":
+            print(list_settings(schema()), end="")
+            return 0
         return init(args) if args.command == "init" else report(args)
     except ConfigError as e:
         args.parser.error(str(e).removeprefix("config: "))
