@@ -12,7 +12,8 @@ from negflow.stage import run_stage
 
 def main(log):
     batch = (snakemake.resources.batch_size, snakemake.resources.batch_tokens)
-    audit(snakemake.input, snakemake.params.settings, batch, snakemake.output.report)
+    report = audit(snakemake.input, snakemake.params.settings, batch, snakemake.output.report)
+    return {"queries": report["queries_audited"]}
 
 
 run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

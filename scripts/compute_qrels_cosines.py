@@ -10,13 +10,14 @@ from negflow.stage import run_stage
 
 
 def main(log):
-    compute_qrels_cosines(
+    pairs = compute_qrels_cosines(
         corpus_shards=list(snakemake.input.corpus),
         query_shards=list(snakemake.input.queries),
         queries_dir=snakemake.input.queries_dir,
         qrels_dir=snakemake.input.qrels_dir,
         out_path=snakemake.output.cosines,
     )
+    return {"pairs": pairs}
 
 
 run_stage(snakemake.log[0], main)

@@ -13,7 +13,7 @@ from negflow.stage import run_stage
 def main(log):
     s = snakemake.params.settings
     limit_threads(snakemake.threads)
-    embed_shard(
+    rows = embed_shard(
         parts=[
             (snakemake.input.corpus, snakemake.output.corpus),
             (snakemake.input.queries, snakemake.output.queries),
@@ -27,6 +27,7 @@ def main(log):
         options=LoadOptions.of(s, "embedding"),
         truncate_dim=s["truncate_dim"],
     )
+    return {"documents": rows[snakemake.output.corpus], "queries": rows[snakemake.output.queries]}
 
 
 run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

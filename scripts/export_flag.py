@@ -19,6 +19,7 @@ def main(log):
     counts = write_flag(examples, prompt, layout, snakemake.output.data)
     log.info("FlagEmbedding JSONL: %d rows (%s per line)", counts["rows"], layout)
     write_sidecar(snakemake.output.data, provenance, format="flag", layout=layout, **counts)
+    return counts
 
 
 run_stage(snakemake.log[0], main)

@@ -23,6 +23,7 @@ def main(log):
     )
     provenance = build_provenance(snakemake.input.manifest, snakemake.params.provenance)
     write_sidecar(snakemake.output.negatives, provenance, format="negminer", rows=report["counts"]["queries_written"])
+    return report["counts"]
 
 
 run_stage(snakemake.log[0], main)

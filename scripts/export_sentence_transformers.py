@@ -19,6 +19,7 @@ def main(log):
         examples, fmt, settings["num_negatives"], settings["train_scores"], snakemake.output.data, settings["st_layout"]
     )
     write_sidecar(snakemake.output.data, provenance, format=f"sentence-transformers {fmt}", **counts)
+    return counts
 
 
 run_stage(snakemake.log[0], main)

@@ -13,6 +13,7 @@ def main(log):
     data = build_docstring_dataset()
     write_beir(data, snakemake.output.corpus, snakemake.output.queries, snakemake.output.qrels)
     log.info("demo set: %d documents, %d queries", len(data["corpus"]), len(data["queries"]))
+    return {"documents": len(data["corpus"]), "queries": len(data["queries"])}
 
 
 run_stage(snakemake.log[0], main)

@@ -10,7 +10,7 @@ from negflow.stage import run_stage
 
 
 def main(log):
-    merge_candidates(list(snakemake.input.shards), snakemake.output.candidates)
+    return merge_candidates(list(snakemake.input.shards), snakemake.output.candidates)
 
 
 run_stage(snakemake.log[0], main)

@@ -10,7 +10,7 @@ from negflow.stage import run_stage
 
 
 def main(log):
-    merge_scores(list(snakemake.input.shards), snakemake.output.scores)
+    return {"pairs": merge_scores(list(snakemake.input.shards), snakemake.output.scores)}
 
 
 run_stage(snakemake.log[0], main)

@@ -24,6 +24,7 @@ def main(log):
         out_examples=snakemake.output.examples,
     )
     log.info("report of %s", counts)
+    return counts
 
 
 run_stage(snakemake.log[0], main)

@@ -34,6 +34,7 @@ def main(log):
         options=LoadOptions.of(s, "embedding"),
     )
     log.info("prepared %s", counts)
+    return counts
 
 
 run_stage(snakemake.log[0], main)

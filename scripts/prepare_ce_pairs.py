@@ -12,7 +12,7 @@ from negflow.stage import run_stage
 
 def main(log):
     s = snakemake.params.settings
-    prepare_ce_pairs(
+    pairs = prepare_ce_pairs(
         candidates_path=snakemake.input.candidates,
         qrels_path=snakemake.input.qrels,
         corpus_dir=snakemake.input.corpus_dir,
@@ -23,6 +23,7 @@ def main(log):
         workers=snakemake.threads,
         options=LoadOptions.of(s, "ce"),
     )
+    return {"pairs": pairs}
 
 
 run_stage(snakemake.log[0], main)

@@ -13,7 +13,8 @@ def main(log):
     s = snakemake.params.settings
     qrels = {"audit": s["audit_qrels"], "finetune": s["finetune_eval_qrels"]}
     queries = snakemake.input.get("queries", s.get("queries"))  # else a hub id
-    prepare_judgments(qrels, queries, snakemake.input.corpus_dir, snakemake.output.judgments)
+    counts = prepare_judgments(qrels, queries, snakemake.input.corpus_dir, snakemake.output.judgments)
+    return {"judgments": sum(counts.values())}
 
 
 run_stage(snakemake.log[0], main)

@@ -12,12 +12,13 @@ from negflow.stage import run_stage
 
 def main(log):
     s = snakemake.params.settings
-    read_pairs(
+    result = read_pairs(
         s["pairs"],
         s["corpus"],
         PairSettings.from_settings(s),
         PairTables(**{name: snakemake.output[name] for name in PairTables.__dataclass_fields__}),
     )
+    return result["counts"]
 
 
 run_stage(snakemake.log[0], main)

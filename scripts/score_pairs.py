@@ -13,7 +13,7 @@ from negflow.stage import run_stage
 def main(log):
     s = snakemake.params.settings
     limit_threads(snakemake.threads)
-    score_pairs(
+    pairs = score_pairs(
         pairs_dir=snakemake.input.pairs,
         ce_ref=s["ce"],
         seq_len=s["ce_seq_len"],
@@ -24,6 +24,7 @@ def main(log):
         shard=snakemake.wildcards.scatteritem,
         options=LoadOptions.of(s, "ce"),
     )
+    return {"pairs": pairs}
 
 
 run_stage(snakemake.log[0], main, gpu_device=snakemake.params.settings["device"])

@@ -13,7 +13,7 @@ def main(log):
     import faiss
 
     faiss.omp_set_num_threads(snakemake.threads)
-    search_shard(
+    return search_shard(
         corpus_shards=list(snakemake.input.corpus),
         query_shards=list(snakemake.input.queries),
         corpus_dir=snakemake.input.corpus_dir,

@@ -5,7 +5,7 @@ from conftest import REPO
 from negflow.dependencies import library_imports
 
 LAYERS = [
-    {"errors", "files", "bundle", "layout"},
+    {"errors", "files", "bundle", "layout", "progress"},
     {"refs", "shards", "selection", "negatives", "text_ids", "grades"},
     {"store"},
     {"models", "devices"},

@@ -167,6 +167,10 @@ class Candidates:
         self.g_doc_id = given["doc_id"]
         self.g_cos = given["cosine"].to_numpy()
 
+    def __len__(self) -> int:
+        """The queries handed out: those with a positive."""
+        return len(np.unique(self.p_query))
+
     @classmethod
     def from_inputs(cls, inputs: Mapping, settings: dict) -> Candidates:
         """The candidates a selecting rule reads, from its inputs (`candidates`, `qrels`, the `corpus` and

@@ -13,6 +13,7 @@ import numpy as np
 from negflow.candidates import Candidates
 from negflow.files import atomic_output, write_json
 from negflow.negatives import NegativesRecord
+from negflow.progress import ProgressBar
 from negflow.selection import FILTERS, SelectionSettings, no_negatives_warning
 
 log = logging.getLogger("negflow")
@@ -46,8 +47,13 @@ def export_negatives(
     counts: Counter = Counter()
     names = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce", "negative_rank")
     dist = {name: array("d") for name in names}  # C doubles, not a Python float each
-    with atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+    with (
+        atomic_output(out_path) as tmp,
+        open(tmp, "w", encoding="utf-8") as out,
+        ProgressBar(total=len(candidates), desc="select", unit=" queries", mininterval=5) as bar,
+    ):
         for query in candidates:
+            bar.update()
             given = len(query.given_rows)  # listed first and counted towards num_negatives
             picked = candidates.select(query, settings)
             chosen, padded = picked.chosen, picked.padded

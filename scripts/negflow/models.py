@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm import tqdm
 
 from negflow.errors import ConfigError
+from negflow.progress import ProgressBar
 from negflow.refs import check_model_ref, floating_reference, resolve_model_ref
 from negflow.store import same_extras
 
@@ -390,7 +390,7 @@ def run_model(
     )
     padding: deque = deque()  # futures of the padded batches after `done`, in order
     copying = None  # (rows, host output, event): a GPU batch whose output is still on its way to the host
-    with ThreadPoolExecutor(max_workers=1) as pool, tqdm(total=len(lengths), desc=desc, mininterval=5) as bar:
+    with ThreadPoolExecutor(max_workers=1) as pool, ProgressBar(total=len(lengths), desc=desc, mininterval=5) as bar:
         batcher.reserve(batches)
         done = 0
         while done < len(batches):

@@ -21,12 +21,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from isal import igzip
-from tqdm import tqdm
 
 from negflow.beir import iter_records
 from negflow.errors import InputError
 from negflow.files import open_parquet
 from negflow.grades import GIVEN_NEGATIVE_POLICIES
+from negflow.progress import ProgressBar
 from negflow.refs import split_ref
 
 SET_MODES = ("first", "all")
@@ -270,7 +270,7 @@ def read_jsonl(path: str, builder: PairSink, set_mode: str, keep: np.ndarray | N
     shape = first_line = None
     ordinal = 0  # non-blank lines before this block: the index into `keep`
     line_no = 0
-    progress = tqdm(desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
+    progress = ProgressBar(desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
     with _open_binary(path) as f:
         for data in _line_blocks(f):
             lists = _block_lists(data) if shape in ("pair", "triplet") else None
@@ -402,7 +402,9 @@ def read_table(ref: str, builder: PairSink, s: PairSettings, keep: np.ndarray | 
     columns = table_columns(_table_schema(table), s, where)
     counts["shape:table"] = 1
     row = 0
-    progress = tqdm(desc=f"reading {where}", unit=" rows", mininterval=10, unit_scale=True, total=_table_rows(table))
+    progress = ProgressBar(
+        desc=f"reading {where}", unit=" rows", mininterval=10, unit_scale=True, total=_table_rows(table)
+    )
     for batch in _table_batches(table, list(dict.fromkeys(columns.values()))):
         values = {role: batch.column(column).to_pylist() for role, column in columns.items()}
         start, row = row + 1, row + batch.num_rows

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from negflow.devices import visible_gpus
 from negflow.errors import ConfigError, InputError
 from negflow.files import atomic_output, open_parquet
+from negflow.progress import ProgressBar
 from negflow.shards import in_shard_order, parse_shard, shard_range
 from negflow.store import ShardedEmbeddings, load_table
 
@@ -301,10 +302,12 @@ def search_shard(
 
     short = 0
     total = 0
-    from tqdm import tqdm
-
-    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), CANDIDATES_SCHEMA) as writer:
-        for start in tqdm(range(part.start, part.stop, batch_size), desc="search", unit="batch", mininterval=5):
+    with (
+        atomic_output(out_path) as tmp,
+        pq.ParquetWriter(str(tmp), CANDIDATES_SCHEMA) as writer,
+        ProgressBar(total=len(part), desc="search", unit=" queries", mininterval=5) as bar,
+    ):
+        for start in range(part.start, part.stop, batch_size):
             block_rows = np.arange(start, min(start + batch_size, part.stop))
             block = np.ascontiguousarray(queries.take(block_rows))
             if flat:
@@ -327,6 +330,7 @@ def search_shard(
             cols["doc_id"] = doc_ids.take(np.concatenate(cols["doc_id"]) if cols["doc_id"] else [])
             writer.write_table(pa.table(cols, schema=CANDIDATES_SCHEMA))
             corpus.release()  # the rerank's random reads mapped pages of the corpus; they stay in the page cache
+            bar.update(len(block_rows))
     log.info("%d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
     return {"queries": len(part), "candidates": total, "short": short}
 

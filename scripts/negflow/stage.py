@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from negflow import progress
 from negflow.errors import ConfigError, InputError
 
 
@@ -26,9 +27,11 @@ def setup_logging(log_path: str | None) -> logging.Logger:
 
 def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> None:
     """Run one stage with logging set up; a known input problem becomes one line in the log and on the
-    terminal (Snakemake shows the failing rule's log path), with exit status 1. A GPU stage passes its
+    terminal (Snakemake shows the failing rule's log path), with exit status 1. The job's status file
+    (`progress`) ends with the counts the stage returns, or its error. A GPU stage passes its
     `device` setting: the job leases its own GPU before the stage can touch CUDA."""
     log = setup_logging(log_path)
+    progress.report_to(log_path)
     if os.environ.get("SLURM_JOB_ID"):
         log.info("running as SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
     if gpu_device is not None:
@@ -36,8 +39,14 @@ def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> Non
 
         lease_device(gpu_device)
     try:
-        stage(log)
+        counts = stage(log)
     except (InputError, ConfigError) as e:
         log.error("%s", e)
-        print(f"negflow error: {e}", file=sys.__stderr__)
+        progress.failed(str(e))
+        if not os.environ.get(progress.DISPLAY_ENV):  # else the negflow command's display shows it
+            print(f"negflow error: {e}", file=sys.__stderr__)
         sys.exit(1)
+    except BaseException as e:  # the traceback goes to the log; the display shows its last line
+        progress.failed(f"{type(e).__name__}: {e}".splitlines()[0])
+        raise
+    progress.finished(counts)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from negflow.files import write_json
+from negflow.progress import ProgressBar
 from negflow.shards import in_shard_order
 
 EXTRAS_FILE = "negflow_features.json"  # batch-level model inputs beside a tokenized dataset
@@ -91,7 +91,10 @@ def save_tokenized(
     extras = None
     writer = None
     try:
-        with pa.OSFile(str(scratch), "wb") as sink, tqdm(total=n_rows, desc=desc, unit=" rows", mininterval=10) as bar:
+        with (
+            pa.OSFile(str(scratch), "wb") as sink,
+            ProgressBar(total=n_rows, desc=desc, unit=" rows", mininterval=10) as bar,
+        ):
 
             def write_next():
                 nonlocal writer, extras

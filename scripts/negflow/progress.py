@@ -1,0 +1,93 @@
+"""Progress a job shows beyond its log. A stage's bars are `ProgressBar`s: tqdm into the rule's log as before,
+and the bar's state also goes to the job's status file, `<log>.progress`, which the `negflow` command's
+display (`display`) reads while the job runs; at the end the file holds the job's counts or its one-line
+error. The file is small JSON, replaced atomically and at most every INTERVAL seconds, so a bar costs no
+more than before; without a log (a library call) nothing is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from tqdm import tqdm
+
+STATUS_SUFFIX = ".progress"
+DISPLAY_ENV = "NEGFLOW_DISPLAY"  # set while the negflow command's display shows the jobs' errors itself
+INTERVAL = float(os.environ.get("NEGFLOW_PROGRESS_INTERVAL", "0.5"))  # seconds between status writes
+# the counts a finished job's line shows, in this order, where its stage returns them
+SHOWN_COUNTS = ("records", "documents", "queries", "pairs", "candidates", "negatives", "judgments", "rows")
+
+_status_path: str | None = None
+_last_write = float("-inf")
+
+
+def status_path(log_path: str) -> str:
+    return log_path + STATUS_SUFFIX
+
+
+def report_to(log_path: str | None) -> None:
+    """Report this job's progress beside its log from now on (stage.run_stage calls it first)."""
+    global _status_path, _last_write
+    _status_path = None if log_path is None else status_path(log_path)
+    _last_write = float("-inf")  # the first update reports
+    _write({"state": "running"})
+
+
+def _write(state: dict) -> None:
+    if _status_path is None:
+        return
+    tmp = f"{_status_path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(tmp, _status_path)
+
+
+def finished(counts: dict | None) -> None:
+    """The job ended well: its counts, those of SHOWN_COUNTS it has."""
+    shown = {key: counts[key] for key in SHOWN_COUNTS if isinstance((counts or {}).get(key), int)}
+    _write({"state": "done", "counts": shown})
+
+
+def failed(error: str) -> None:
+    _write({"state": "failed", "error": error})
+
+
+def read_status(log_path: str) -> dict | None:
+    """A job's status as it last wrote it, or None when there is none (yet)."""
+    try:
+        with open(status_path(log_path), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):  # not written yet, or replaced while read on a filesystem without atomic renames
+        return None
+
+
+class ProgressBar(tqdm):
+    """A tqdm bar into the rule's log whose state also goes to the job's status file."""
+
+    def update(self, n=1):
+        shown = super().update(n)
+        global _last_write
+        now = time.monotonic()
+        if _status_path is not None and now - _last_write >= INTERVAL:
+            _last_write = now
+            self._report()
+        return shown
+
+    def close(self):
+        if _status_path is not None and not self.disable:
+            self._report()  # the bar's last state
+        super().close()
+
+    def _report(self) -> None:
+        state = self.format_dict
+        _write(
+            {
+                "state": "running",
+                "desc": self.desc,
+                "n": state["n"],
+                "total": state["total"],
+                "unit": state["unit"].strip(),
+                "elapsed": round(state["elapsed"], 3),
+            }
+        )
