@@ -13,7 +13,7 @@ LAYERS = [
     | {"training", "report", "audit", "evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "dependencies", "hooks"},
-    {"cli"},
+    {"cli", "display"},
     {"dropin"},
 ]
 STAGE_LAYER = 4  # stage modules may also use each other (the audit replays export's selection)

@@ -63,7 +63,11 @@ def structure(mined, fmt: str, scores: bool, dataset) -> list:
     return sorted(mined.column_names)
 
 
-def test_dropin_returns_the_columns_of_sentence_transformers_and_reruns_only_the_export(pairs, tiny_models, tmp_path):
+def test_dropin_returns_the_columns_of_sentence_transformers_and_reruns_only_the_export(
+    pairs, tiny_models, tmp_path, capsys
+):
+    """...and with verbose it shows the jobs it runs, as negflow mine does (here off a terminal, as in a
+    notebook: plain lines through Python's stdout); without, nothing."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives as st_mine
 
@@ -97,11 +101,16 @@ def test_dropin_returns_the_columns_of_sentence_transformers_and_reruns_only_the
 
     embedded = (cache / "results/dataset/embed/corpus/1-of-1.npy").stat().st_mtime_ns
     negatives = (cache / "results/dataset/negatives.jsonl").read_text()
+    assert capsys.readouterr().out == ""  # verbose=False
     started = time.perf_counter()
     again = negflow.mine_hard_negatives(
-        dataset, model, output_format="n-tuple", **{**common, "relative_margin": 0.5}, **NO_DOC_FILTERS
+        dataset, model, output_format="n-tuple", **{**common, "relative_margin": 0.5, "verbose": True}, **NO_DOC_FILTERS
     )
     second = time.perf_counter() - started
+    shown = capsys.readouterr().out.splitlines()
+    assert "▶ export_negatives dataset" in shown and "▶ export_sentence_transformers dataset n-tuple" in shown
+    assert any(line.startswith("✓ export_negatives dataset (") for line in shown)
+    assert not [line for line in shown if line.startswith("▶ embed")] and "\x1b" not in "".join(shown)
     assert (cache / "results/dataset/embed/corpus/1-of-1.npy").stat().st_mtime_ns == embedded
     assert (cache / "results/dataset/negatives.jsonl").read_text() != negatives
     assert json.loads((cache / "results/dataset/selection.json").read_text())["settings"]["relative_margin"] == 0.5

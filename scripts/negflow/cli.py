@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -22,6 +23,7 @@ from negflow.config import dataset_settings, did_you_mean, known_keys, load_sche
 from negflow.dependencies import INDEX_SETTINGS, RULE_SETTINGS
 from negflow.errors import ConfigError
 from negflow.layout import run_file
+from negflow.progress import DISPLAY_ENV
 
 DATA_OPTIONS = ("pairs", "corpus", "queries", "qrels")
 LAST_RUN = ".negflow/last-run.json"  # under --out: what `negflow report` rebuilds
@@ -143,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "mine",
         help="mine one dataset (or every dataset of a config file)",
         usage="negflow mine (--pairs FILE [--corpus C] | --corpus C --queries Q --qrels R) --model M [--ce M] "
-        "[--name N] [--out DIR] [--gpus N] [--cores N] [--profile P] [--KEY VALUE ...] [-- SNAKEMAKE ARGS]\n"
-        "       negflow mine --config FILE [TARGET ...] [--out DIR] [--gpus N] [--cores N] [--profile P]",
+        "[--name N] [--out DIR] [--gpus N] [--cores N] [--profile P] [--verbose] [--KEY VALUE ...] "
+        "[-- SNAKEMAKE ARGS]\n"
+        "       negflow mine --config FILE [TARGET ...] [--out DIR] [--gpus N] [--cores N] [--profile P] [--verbose]",
         epilog="Any setting of the config schema is accepted as --key value (e.g. --num-negatives 5).",
         allow_abbrev=False,
     )
@@ -156,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--config", help="run this config file as it is, instead of the options above")
     run_options(mine)
     mine.add_argument("--name", help="dataset name (default: from the pair file or corpus)")
+    mine.add_argument("--verbose", action="store_true", help="Snakemake's own output instead of negflow's progress")
     init = commands.add_parser("init", help="write a commented starter config NAME.yaml", allow_abbrev=False)
     init.add_argument("name")
     for key in DATA_OPTIONS:
@@ -206,18 +210,22 @@ def snakemake_command(out: Path, configfile: Path, cores="all", gpus=None, profi
     return command
 
 
+SHOW = ("progress", "snakemake", None)  # what a run shows: negflow's display, Snakemake's own output, nothing
+
+
 def run_workflow(
     config: dict,
     out: Path,
     configfile: Path | None = None,
     targets=(),
     extra=(),
-    verbose: bool = True,
+    show: str | None = "progress",
     **machine,
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     """Validate `config` by the schema, write it under `out` (unless it is `configfile` already), run
-    Snakemake there (`machine`: cores, gpus, profile) and record the run for `negflow report`. Snakemake's
-    output goes to the terminal, or is captured when not `verbose`. Returns the run and its dataset names."""
+    Snakemake there (`machine`: cores, gpus, profile) and record the run for `negflow report`. `show`:
+    negflow's display of the jobs (`display`, through the logger plugin `negflow`), Snakemake's own
+    output, or nothing (captured in the returned run). Returns the run and its dataset names."""
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.chdir(out):  # relative paths in a config are read from the run folder, as Snakemake reads them
         names = list(dataset_settings(config, schema(), workflow_root() / "config" / "datasets"))
@@ -227,10 +235,29 @@ def run_workflow(
     command = snakemake_command(out, configfile, **machine)
     (out / LAST_RUN).parent.mkdir(exist_ok=True)
     (out / LAST_RUN).write_text(json.dumps({"snakemake": command, "datasets": names}, indent=1), encoding="utf-8")
-    if verbose:
+    if show is not None:
         print(f"negflow: config {configfile}; plain Snakemake repeats the run:")
         print(f"  {shlex.join(['snakemake', *command[3:]])}", flush=True)
-    return subprocess.run([*command, *targets, *extra], capture_output=not verbose, text=True), names
+    return run_snakemake([*command, *targets, *extra], show), names
+
+
+def run_snakemake(command: list[str], show: str | None) -> subprocess.CompletedProcess:
+    """Run Snakemake as `show` says. Off a terminal (a pipe, a notebook) the display's plain lines pass
+    through this process's stdout, which a notebook shows; on a terminal Snakemake draws on it directly."""
+    if show not in SHOW:
+        raise ValueError(f"show must be one of {SHOW}, got {show!r}")
+    if show is None:
+        return subprocess.run(command, capture_output=True, text=True)
+    env = None
+    if show == "progress":
+        command = [*command, "--logger=negflow"]
+        env = {**os.environ, DISPLAY_ENV: "1"}  # a failing job's error is the display's to show
+    if sys.stdout.isatty():
+        return subprocess.run(command, env=env)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as run:
+        for line in run.stdout:
+            print(line, end="", flush=True)
+    return subprocess.CompletedProcess(command, run.returncode)
 
 
 def summary(out: Path, name: str) -> str:
@@ -263,7 +290,8 @@ def mine(args: argparse.Namespace, tokens: list[str], extra: list[str]) -> int:
     else:
         config = mine_config(args, settings)
     machine = {"cores": args.cores, "gpus": args.gpus, "profile": args.profile}
-    run, names = run_workflow(config, out, configfile, targets, extra, **machine)
+    show = "snakemake" if args.verbose else "progress"
+    run, names = run_workflow(config, out, configfile, targets, extra, show, **machine)
     if run.returncode == 0:
         for name in names:
             print(summary(out, name))

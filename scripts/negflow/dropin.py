@@ -176,7 +176,12 @@ def mine_hard_negatives(
         block |= settings
         target = run_file(layout.export_sentence_transformers.data, name, format=output_format)
         run, _ = run_workflow(
-            {"datasets": {name: block}}, cache, targets=[target], verbose=verbose, cores=cores, gpus=gpus
+            {"datasets": {name: block}},
+            cache,
+            targets=[target],
+            show="progress" if verbose else None,
+            cores=cores,
+            gpus=gpus,
         )
         if run.returncode != 0:
             raise RuntimeError(

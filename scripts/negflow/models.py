@@ -390,7 +390,10 @@ def run_model(
     )
     padding: deque = deque()  # futures of the padded batches after `done`, in order
     copying = None  # (rows, host output, event): a GPU batch whose output is still on its way to the host
-    with ThreadPoolExecutor(max_workers=1) as pool, ProgressBar(total=len(lengths), desc=desc, mininterval=5) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=1) as pool,
+        ProgressBar(total=len(lengths), desc=desc, unit=" rows", mininterval=5) as bar,
+    ):
         batcher.reserve(batches)
         done = 0
         while done < len(batches):

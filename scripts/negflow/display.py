@@ -1,0 +1,186 @@
+"""What `negflow mine` shows while the workflow runs, fed by Snakemake's job events (the logger plugin
+`snakemake_logger_plugin_negflow`): a line as each job starts and as it ends (rule, dataset, shard,
+seconds, the counts its stage returned), a live bar for each running job read from the job's status file
+(`progress`), and a failing job's one-line error with the path of its log.
+
+rich draws it (a maintained library Snakemake already installs): on a terminal the bars redraw in place
+under the lines; anywhere else (a pipe, CI, a notebook) rich writes no control codes and the display
+prints plain lines, a running job's progress at most every PLAIN_INTERVAL seconds."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from negflow.progress import read_status
+
+POLL = float(os.environ.get("NEGFLOW_DISPLAY_POLL", "0.2"))  # seconds between reads of the status files
+PLAIN_INTERVAL = float(os.environ.get("NEGFLOW_PLAIN_INTERVAL", "30"))  # a running job's line, off a terminal
+SHOWN_WILDCARDS = ("dataset", "scatteritem", "format")
+# Snakemake's own words for a job failure the display has shown already, line by line
+RESTATED = ("RuleException", "Exiting because a job execution failed", "At least one job did not complete")
+
+
+@dataclass
+class Job:
+    name: str  # rule, dataset, shard
+    log: str | None
+    started: float
+    task: int | None = None
+    shown: float = 0.0  # when its progress was last printed as a plain line
+    seen: int = -1  # the rows done it last showed
+
+
+def job_name(rule: str, wildcards: dict) -> str:
+    return " ".join([rule, *(str(wildcards[key]) for key in SHOWN_WILDCARDS if key in wildcards)])
+
+
+def counts_text(counts: dict) -> str:
+    return ", ".join(f"{n:,} {name}" for name, n in counts.items())
+
+
+def last_line(path: str | None) -> str:
+    """The last non-empty line of a log (an unexpected failure's exception), or nothing."""
+    try:
+        lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def workflow_error(message: str) -> str | None:
+    """What a Snakemake error says without its location preamble; None for what the display has said."""
+    lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
+    lines = [line for line in lines if not line.lstrip().startswith('File "')]  # the traceback's frames
+    if not lines or any(line.startswith(RESTATED) for line in lines[:2]):
+        return None
+    if len(lines) > 1 and re.match(r"^\w+ in (file|rule) .*:$", lines[0]):
+        lines = lines[1:]
+    return "\n  ".join(lines[:8])
+
+
+class RowsColumn(ProgressColumn):
+    """Rows done of total and their rate, in the unit the job's bar counts."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit") or "rows"
+        if not task.completed and task.total is None:
+            return Text("")
+        done = f"{task.completed:,.0f}/{task.total:,.0f}" if task.total else f"{task.completed:,.0f}"
+        rate = f", {task.speed:,.0f} {unit}/s" if task.speed else ""
+        return Text(f"{done} {unit}{rate}")
+
+
+class RunDisplay:
+    """Job events in, lines and bars out. Thread-safe: Snakemake's logging thread calls the event methods,
+    a thread of its own reads the running jobs' status files."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.live = console.is_terminal
+        self.jobs: dict[int, Job] = {}
+        self.lock = threading.Lock()
+        self.bars: Progress | None = None
+        self.stopped = threading.Event()
+        self.poller = threading.Thread(target=self._poll, name="negflow-display", daemon=True)
+        self.poller.start()
+
+    def say(self, text: str) -> None:
+        (self.bars.console if self.bars else self.console).print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def job_started(self, jobid: int, rule: str, wildcards: dict, log: str | None) -> None:
+        if log is None:  # a target rule (all): no work of its own
+            return
+        with self.lock:
+            job = Job(job_name(rule, wildcards), log, time.monotonic())
+            self.jobs[jobid] = job
+            self.say(f"▶ {job.name}")
+            if self.live:
+                if self.bars is None:
+                    self.bars = self._progress()
+                    self.bars.start()
+                job.task = self.bars.add_task(job.name, total=None, unit="")
+
+    def job_finished(self, jobid: int) -> None:
+        with self.lock:
+            job = self._end(jobid)
+            if job is None:
+                return
+            status = read_status(job.log) if job.log else None
+            counts = (status or {}).get("counts") or {}
+            done = f"✓ {job.name} ({time.monotonic() - job.started:.1f} s)"
+            self.say(f"{done}: {counts_text(counts)}" if counts else done)
+
+    def job_failed(self, jobid: int, rule: str, log: str | None) -> None:
+        with self.lock:
+            job = self._end(jobid) or Job(rule, log, time.monotonic())
+            status = read_status(job.log) if job.log else None
+            error = (status or {}).get("error") or last_line(job.log) or "failed"
+            self.say(f"✗ {job.name}: {error}")
+            if job.log:
+                self.say(f"  log: {job.log}")
+
+    def error(self, message: str) -> None:
+        if (text := workflow_error(message)) is not None:
+            with self.lock:
+                self.say(f"✗ {text}")
+
+    def note(self, message: str) -> None:
+        with self.lock:
+            self.say(message)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.poller.join(timeout=2)
+        with self.lock:
+            if self.bars is not None:
+                self.bars.stop()
+                self.bars = None
+
+    def _end(self, jobid: int) -> Job | None:
+        job = self.jobs.pop(jobid, None)
+        if job is not None and job.task is not None and self.bars is not None:
+            self.bars.remove_task(job.task)
+        return job
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(bar_width=30),
+            RowsColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+
+    def _poll(self) -> None:
+        while not self.stopped.wait(POLL):
+            with self.lock:
+                for job in self.jobs.values():
+                    status = read_status(job.log) if job.log else None
+                    if status and "n" in status:
+                        self._show(job, status)
+
+    def _show(self, job: Job, status: dict) -> None:
+        n, total, unit = status["n"], status.get("total"), status.get("unit") or "rows"
+        if self.bars is not None and job.task is not None:
+            words = str(status.get("desc") or "").split()
+            desc = job.name if set(words) <= set(job.name.split()) else f"{job.name}: {' '.join(words)}"
+            self.bars.update(job.task, completed=n, total=total, description=desc, unit=unit)
+            return
+        now = time.monotonic()
+        if n == job.seen or now - job.shown < PLAIN_INTERVAL:
+            return
+        job.shown, job.seen = now, n
+        rate = n / status["elapsed"] if status.get("elapsed") else 0.0
+        of = f"{n:,}/{total:,} {unit} ({100 * n / total:.0f}%)" if total else f"{n:,} {unit}"
+        left = f", {(total - n) / rate:,.0f} s left" if total and rate else ""
+        self.say(f"  {job.name}: {of}, {rate:,.0f} {unit}/s{left}")

@@ -1,0 +1,60 @@
+"""Snakemake's logger plugin `negflow` (`snakemake --logger=negflow`, which `negflow mine` runs): Snakemake's
+job events go to negflow's run display (`negflow.display`) instead of Snakemake's job blocks."""
+
+from __future__ import annotations
+
+import logging
+
+from snakemake_interface_logger_plugins.base import LogHandlerBase
+from snakemake_interface_logger_plugins.common import LogEvent
+
+
+class LogHandler(LogHandlerBase):
+    def __post_init__(self) -> None:
+        from rich.console import Console
+
+        from negflow.display import RunDisplay
+
+        self.display = RunDisplay(Console(stderr=not self.common_settings.stdout))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "event", None)
+        log = (getattr(record, "log", None) or [None])[0]
+        if event == LogEvent.JOB_INFO and not self.common_settings.dryrun:
+            self.display.job_started(record.jobid, record.rule_name, record.wildcards or {}, log)
+        elif event == LogEvent.JOB_INFO:
+            self.display.note(f"· would run {record.rule_name} ({record.reason})")
+        elif event == LogEvent.JOB_FINISHED:
+            self.display.job_finished(record.job_id)
+        elif event == LogEvent.JOB_ERROR:
+            self.display.job_failed(record.jobid, record.rule_name, log)
+        elif event == LogEvent.ERROR:
+            self.display.error(record.getMessage())
+        elif event is None and record.getMessage().startswith("Nothing to be done"):
+            self.display.note("nothing to do: every requested file is up to date")
+        elif event is None and record.levelno == logging.WARNING:
+            self.display.note(f"! {record.getMessage().strip().splitlines()[0]}")
+
+    def close(self) -> None:
+        self.display.close()
+        super().close()
+
+    @property
+    def writes_to_stream(self) -> bool:
+        return True
+
+    @property
+    def writes_to_file(self) -> bool:
+        return False
+
+    @property
+    def has_filter(self) -> bool:
+        return True
+
+    @property
+    def has_formatter(self) -> bool:
+        return True
+
+    @property
+    def needs_rulegraph(self) -> bool:
+        return False
