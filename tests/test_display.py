@@ -85,10 +85,26 @@ def test_a_failing_job_shows_its_one_line_error_and_its_log(tmp_path):
     assert out.getvalue().splitlines()[1:] == [
         "✗ prepare fx: corpus.jsonl:2: malformed JSON (Expecting value at column 1)",
         f"  log: {known}",
-        "✗ search: MemoryError: out of memory",
+        "✗ search: ended without reporting an error (MemoryError: out of memory)",
         f"  log: {crashed}",
         "✗ config: datasets.fx.candidates: too few",
     ]
+
+
+def test_a_status_left_by_an_earlier_run_of_the_job_is_not_its_own(tmp_path):
+    shown, out = plain_display()
+    log = tmp_path / "prepare.log"
+    write_status(log, state="failed", error="corpus.jsonl:2: malformed JSON")  # the run before this one
+    old = time.time() - 60
+    os.utime(progress.status_path(str(log)), (old, old))
+    log.write_text("Traceback (most recent call last):\nModuleNotFoundError: No module named 'negflow'\n")
+    shown.job_started(1, "prepare", {"dataset": "fx"}, str(log))
+    shown.job_failed(1, "prepare", str(log), "died with <Signals.SIGKILL: 9>")
+    shown.close()
+    assert out.getvalue().splitlines()[1] == (
+        "✗ prepare fx: ended without reporting an error (died with <Signals.SIGKILL: 9>; "
+        "ModuleNotFoundError: No module named 'negflow')"
+    )
 
 
 def test_the_logger_plugin_turns_snakemake_job_events_into_the_display(tmp_path, capsys):
@@ -188,19 +204,20 @@ def test_on_a_terminal_a_run_is_a_few_dozen_lines_with_live_bars_and_the_summary
 @pytest.mark.slow
 def test_piped_a_run_prints_plain_lines_and_a_failing_job_its_error_and_log(tmp_path, mine_command, fixture_data):
     command, env = mine_command
-    run = subprocess.run(command(tmp_path / "piped"), env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "\x1b" not in run.stdout + run.stderr
+    piped = dict(env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # as `| less` after 2>&1
+    run = subprocess.run(command(tmp_path / "piped"), **piped)
+    assert run.returncode == 0, run.stdout
+    assert "\x1b" not in run.stdout
     lines = run.stdout.splitlines()
     assert "▶ embed fx 1-of-1" in lines and lines[-1].startswith("fx: ")
     assert any(re.fullmatch(r"  embed fx 1-of-1: \d+/120 rows \(\d+%\), .*", line) for line in lines)
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(fixture_data["corpus"].read_text() + '{"_id": "broken", "text": \n')
-    bad = subprocess.run(command(tmp_path / "bad", corpus), env=env, capture_output=True, text=True)
+    bad = subprocess.run(command(tmp_path / "bad", corpus), **piped)
     assert bad.returncode == 1
     lines = bad.stdout.splitlines()
     line_no = len(read_jsonl(fixture_data["corpus"])) + 1
     failed = lines.index(f"✗ prepare fx: {corpus}:{line_no}: malformed JSON (Expecting value at column 1)")
-    assert lines[failed + 1] == "  log: logs/prepare/fx.log" and (tmp_path / "bad/logs/prepare/fx.log").is_file()
+    assert lines[failed + 1] == f"  log: {tmp_path / 'bad/logs/prepare/fx.log'}"
     assert "Traceback" not in bad.stdout and "negflow error" not in bad.stdout and len(lines) < 12

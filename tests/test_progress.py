@@ -51,6 +51,27 @@ def test_without_a_log_a_bar_writes_no_status(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_end_is_the_last_word_and_a_bar_never_fails_the_job(log, tmp_path):
+    """A bar that closes after the stage failed (freed as the process exits) leaves the error in place; a
+    disabled bar, a status that cannot be written and counts that are not a dict fail nothing."""
+    with open(os.devnull, "w") as devnull:
+        bar = progress.ProgressBar(total=10, desc="reading", file=devnull)
+        bar.update(4)
+        progress.failed("pairs.jsonl:5: malformed JSON")
+        bar.close()
+        assert progress.read_status(log) == {"state": "failed", "error": "pairs.jsonl:5: malformed JSON"}
+        progress.report_to(str(tmp_path / "gone" / "job.log"))  # a folder that does not exist
+        with progress.ProgressBar(total=3, file=devnull, disable=True) as off, progress.ProgressBar(file=devnull) as on:
+            off.update(3)
+            on.update(3)
+        progress.finished(7)
+        with pytest.raises(TypeError, match="counts with update"):
+            list(progress.ProgressBar(range(3), file=devnull))
+    progress.report_to(log)
+    progress.finished({"documents": __import__("numpy").int64(5), "queries": True, "note": 3})
+    assert progress.read_status(log) == {"state": "done", "counts": {"documents": 5}}
+
+
 def test_run_stage_ends_the_status_with_counts_or_the_one_line_error(tmp_path):
     """In a process of its own, as a rule's script runs: run_stage takes over stderr."""
     script = (

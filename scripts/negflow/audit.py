@@ -18,6 +18,7 @@ from negflow.candidates import Candidates
 from negflow.evaluate import CORPUS_CHUNK, evaluate_model
 from negflow.files import write_json
 from negflow.judgments import load_judgments, read_holdout, relevant_docs
+from negflow.progress import ProgressBar
 from negflow.selection import FILTERS, SelectionSettings
 from negflow.store import load_table, read_manifest
 
@@ -50,7 +51,9 @@ def audit_selection(
     """Replay each strategy on every audited query (one with judgments); count false negatives and ranks."""
     stats = {name: {"negatives": 0, "false_negatives": 0, "ranks": [], "short": 0, "padded": 0} for name in strategies}
     audited = 0
+    bar = ProgressBar(total=len(candidates), desc="replay", unit=" queries", mininterval=5)
     for query in candidates:
+        bar.update()
         truth = relevant.get(query.query_id)
         if truth is None:
             continue
@@ -67,6 +70,7 @@ def audit_selection(
             st["negatives"] += len(chosen)
             st["false_negatives"] += sum(d in truth for d in chosen)
             st["ranks"] += query.cand_ranks[picked.chosen].tolist()
+    bar.close()
     report = {}
     for name, st in stats.items():
         ranks = np.asarray(st.pop("ranks"))

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,11 +19,10 @@ import yaml
 
 from negflow import layout
 from negflow.bundle import workflow_root
-from negflow.config import dataset_settings, did_you_mean, known_keys, load_schema
-from negflow.dependencies import INDEX_SETTINGS, RULE_SETTINGS
+from negflow.config import dataset_settings, did_you_mean, known_keys, load_schema, setting_defaults
+from negflow.dependencies import INDEX_SETTINGS, RULE_SETTINGS, rule_settings
 from negflow.errors import ConfigError
 from negflow.layout import run_file
-from negflow.progress import DISPLAY_ENV
 
 DATA_OPTIONS = ("pairs", "corpus", "queries", "qrels")
 LAST_RUN = ".negflow/last-run.json"  # under --out: what `negflow report` rebuilds
@@ -74,10 +73,13 @@ def list_settings(spec: dict) -> str:
     pipeline order) whose output it changes; then the settings that change no result."""
     props = spec["$defs"]["dataset"].get("properties", {}) | spec["$defs"]["settings"]["properties"]
     first_rule: dict[str, str] = {}
-    for rule, keys in RULE_SETTINGS.items():
-        index_keys = [key for keys in INDEX_SETTINGS.values() for key in keys] if rule == "search" else []
-        for key in [*keys, *index_keys]:
-            first_rule.setdefault(key, rule)
+    defaults = setting_defaults(spec) | {"corpus": "c", "queries": "q", "qrels": "r", "max_pairs": 1}
+    defaults["audit_holdout"] = True  # with max_pairs: every key that only some runs depend on
+    variants = [defaults | {"pairs": pairs, "index": index} for pairs in (None, "pairs") for index in INDEX_SETTINGS]
+    for rule in RULE_SETTINGS:
+        for settings in variants:
+            for key in rule_settings(rule, settings):
+                first_rule.setdefault(key, rule)
     groups: dict[str, list[str]] = {rule: [] for rule in RULE_SETTINGS}
     for key in props:
         groups.setdefault(first_rule.get(key, ""), []).append(key)
@@ -211,6 +213,7 @@ def snakemake_command(out: Path, configfile: Path, cores="all", gpus=None, profi
 
 
 SHOW = ("progress", "snakemake", None)  # what a run shows: negflow's display, Snakemake's own output, nothing
+DRY_RUN = {"-n", "--dry-run", "--dryrun", "--dry_run"}  # Snakemake's options that only plan
 
 
 def run_workflow(
@@ -242,21 +245,29 @@ def run_workflow(
 
 
 def run_snakemake(command: list[str], show: str | None) -> subprocess.CompletedProcess:
-    """Run Snakemake as `show` says. Off a terminal (a pipe, a notebook) the display's plain lines pass
-    through this process's stdout, which a notebook shows; on a terminal Snakemake draws on it directly."""
+    """Run Snakemake as `show` says, on this process's stdout and stderr. Where those are not files (a
+    notebook), its output passes through this process's stdout, line by line, which a notebook shows."""
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, got {show!r}")
     if show is None:
         return subprocess.run(command, capture_output=True, text=True)
-    env = None
     if show == "progress":
         command = [*command, "--logger=negflow"]
-        env = {**os.environ, DISPLAY_ENV: "1"}  # a failing job's error is the display's to show
-    if sys.stdout.isatty():
-        return subprocess.run(command, env=env)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as run:
-        for line in run.stdout:
-            print(line, end="", flush=True)
+    try:
+        sys.stdout.fileno()
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        pass
+    else:
+        return subprocess.run(command)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        try:
+            for line in run.stdout:
+                print(line, end="", flush=True)
+        except KeyboardInterrupt:  # a notebook interrupts this process alone: stop Snakemake with it
+            run.send_signal(signal.SIGINT)
+            run.wait()
+            raise
     return subprocess.CompletedProcess(command, run.returncode)
 
 
@@ -292,7 +303,7 @@ def mine(args: argparse.Namespace, tokens: list[str], extra: list[str]) -> int:
     machine = {"cores": args.cores, "gpus": args.gpus, "profile": args.profile}
     show = "snakemake" if args.verbose else "progress"
     run, names = run_workflow(config, out, configfile, targets, extra, show, **machine)
-    if run.returncode == 0:
+    if run.returncode == 0 and not DRY_RUN.intersection(extra):
         for name in names:
             print(summary(out, name))
     return run.returncode

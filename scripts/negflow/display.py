@@ -3,9 +3,9 @@
 seconds, the counts its stage returned), a live bar for each running job read from the job's status file
 (`progress`), and a failing job's one-line error with the path of its log.
 
-rich draws it (a maintained library Snakemake already installs): on a terminal the bars redraw in place
-under the lines; anywhere else (a pipe, CI, a notebook) rich writes no control codes and the display
-prints plain lines, a running job's progress at most every PLAIN_INTERVAL seconds."""
+rich draws it: on an interactive terminal the bars redraw in place under the lines; anywhere else (a pipe,
+CI, a notebook, a dumb terminal) rich writes no control codes and the display prints plain lines, a running
+job's progress at most every PLAIN_INTERVAL seconds."""
 
 from __future__ import annotations
 
@@ -25,15 +25,16 @@ from negflow.progress import read_status
 POLL = float(os.environ.get("NEGFLOW_DISPLAY_POLL", "0.2"))  # seconds between reads of the status files
 PLAIN_INTERVAL = float(os.environ.get("NEGFLOW_PLAIN_INTERVAL", "30"))  # a running job's line, off a terminal
 SHOWN_WILDCARDS = ("dataset", "scatteritem", "format")
-# Snakemake's own words for a job failure the display has shown already, line by line
-RESTATED = ("RuleException", "Exiting because a job execution failed", "At least one job did not complete")
+# Snakemake's words for what the display has said already (a job's failure) or that say nothing to act on
+RESTATED = ("Exiting because a job execution failed", "At least one job did not complete", "Complete log(s)")
 
 
 @dataclass
 class Job:
     name: str  # rule, dataset, shard
-    log: str | None
-    started: float
+    log: str | None  # absolute: the user's folder need not be the run's
+    started: float  # time.monotonic(), for its seconds
+    since: float  # time.time(): a status file older than this is an earlier run's
     task: int | None = None
     shown: float = 0.0  # when its progress was last printed as a plain line
     seen: int = -1  # the rows done it last showed
@@ -47,19 +48,28 @@ def counts_text(counts: dict) -> str:
     return ", ".join(f"{n:,} {name}" for name, n in counts.items())
 
 
+def bar_name(job: Job, desc) -> str:
+    """The job's name, and the bar's own description where it adds words (prepare's corpus and queries)."""
+    words = str(desc or "").split()
+    return job.name if set(words) <= set(job.name.split()) else f"{job.name}: {' '.join(words)}"
+
+
 def last_line(path: str | None) -> str:
     """The last non-empty line of a log (an unexpected failure's exception), or nothing."""
     try:
         lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except (OSError, TypeError):
         return ""
-    return lines[-1].strip() if lines else ""
+    return lines[-1].rsplit("\r", 1)[-1].strip() if lines else ""
 
 
 def workflow_error(message: str) -> str | None:
-    """What a Snakemake error says without its location preamble; None for what the display has said."""
+    """What a Snakemake error says without its location preamble and traceback frames; None for a job's
+    failure (the display shows the job's own error) and for what says nothing to act on."""
+    if "CalledProcessError" in message:  # a job's script failed: job_failed says why
+        return None
     lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
-    lines = [line for line in lines if not line.lstrip().startswith('File "')]  # the traceback's frames
+    lines = [line for line in lines if not line.lstrip().startswith('File "')]
     if not lines or any(line.startswith(RESTATED) for line in lines[:2]):
         return None
     if len(lines) > 1 and re.match(r"^\w+ in (file|rule) .*:$", lines[0]):
@@ -80,12 +90,12 @@ class RowsColumn(ProgressColumn):
 
 
 class RunDisplay:
-    """Job events in, lines and bars out. Thread-safe: Snakemake's logging thread calls the event methods,
-    a thread of its own reads the running jobs' status files."""
+    """Job events in, lines and bars out. Snakemake's logging thread calls the event methods, a thread of
+    the display's own reads the running jobs' status files; one lock orders them."""
 
     def __init__(self, console: Console):
         self.console = console
-        self.live = console.is_terminal
+        self.live = console.is_interactive
         self.jobs: dict[int, Job] = {}
         self.lock = threading.Lock()
         self.bars: Progress | None = None
@@ -100,7 +110,7 @@ class RunDisplay:
         if log is None:  # a target rule (all): no work of its own
             return
         with self.lock:
-            job = Job(job_name(rule, wildcards), log, time.monotonic())
+            job = Job(job_name(rule, wildcards), os.path.abspath(log), time.monotonic(), time.time() - 1.0)
             self.jobs[jobid] = job
             self.say(f"▶ {job.name}")
             if self.live:
@@ -114,16 +124,22 @@ class RunDisplay:
             job = self._end(jobid)
             if job is None:
                 return
-            status = read_status(job.log) if job.log else None
-            counts = (status or {}).get("counts") or {}
+            counts = (read_status(job.log, job.since) or {}).get("counts") or {}
             done = f"✓ {job.name} ({time.monotonic() - job.started:.1f} s)"
             self.say(f"{done}: {counts_text(counts)}" if counts else done)
 
-    def job_failed(self, jobid: int, rule: str, log: str | None) -> None:
+    def job_failed(self, jobid: int, rule: str, log: str | None, reason: str | None = None) -> None:
+        """A failed job: the error its stage reported, else (it never reported one: killed, out of memory,
+        failed before its stage ran) the executor's reason and the last line of its log."""
         with self.lock:
-            job = self._end(jobid) or Job(rule, log, time.monotonic())
-            status = read_status(job.log) if job.log else None
-            error = (status or {}).get("error") or last_line(job.log) or "failed"
+            log = os.path.abspath(log) if log else None
+            job = self._end(jobid) or Job(rule, log, time.monotonic(), time.time() - 1.0)
+            status = read_status(job.log, job.since) if job.log else None
+            if status and status.get("state") == "failed":
+                error = status["error"]
+            else:
+                error = "; ".join(part for part in (reason, last_line(job.log)) if part) or "failed"
+                error = f"ended without reporting an error ({error})"
             self.say(f"✗ {job.name}: {error}")
             if job.log:
                 self.say(f"  log: {job.log}")
@@ -164,17 +180,22 @@ class RunDisplay:
     def _poll(self) -> None:
         while not self.stopped.wait(POLL):
             with self.lock:
-                for job in self.jobs.values():
-                    status = read_status(job.log) if job.log else None
-                    if status and "n" in status:
-                        self._show(job, status)
+                jobs = list(self.jobs.values())
+            statuses = [(job, read_status(job.log, job.since)) for job in jobs]  # file reads outside the lock
+            with self.lock:
+                for job, status in statuses:
+                    if status and "n" in status and job in self.jobs.values():
+                        try:
+                            self._show(job, status)
+                        except Exception:  # noqa: BLE001 - a malformed status must not end the display
+                            continue
 
     def _show(self, job: Job, status: dict) -> None:
         n, total, unit = status["n"], status.get("total"), status.get("unit") or "rows"
         if self.bars is not None and job.task is not None:
-            words = str(status.get("desc") or "").split()
-            desc = job.name if set(words) <= set(job.name.split()) else f"{job.name}: {' '.join(words)}"
-            self.bars.update(job.task, completed=n, total=total, description=desc, unit=unit)
+            self.bars.update(
+                job.task, completed=n, total=total, description=bar_name(job, status.get("desc")), unit=unit
+            )
             return
         now = time.monotonic()
         if n == job.seen or now - job.shown < PLAIN_INTERVAL:
@@ -183,4 +204,4 @@ class RunDisplay:
         rate = n / status["elapsed"] if status.get("elapsed") else 0.0
         of = f"{n:,}/{total:,} {unit} ({100 * n / total:.0f}%)" if total else f"{n:,} {unit}"
         left = f", {(total - n) / rate:,.0f} s left" if total and rate else ""
-        self.say(f"  {job.name}: {of}, {rate:,.0f} {unit}/s{left}")
+        self.say(f"  {bar_name(job, status.get('desc'))}: {of}, {rate:,.0f} {unit}/s{left}")

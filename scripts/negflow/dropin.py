@@ -112,9 +112,10 @@ def mine_hard_negatives(
     `mine_hard_negatives` does, with the same arguments and the same columns for each `output_format`
     (anchor and positive columns keep the dataset's names), computed by the negflow workflow.
 
-    The run lives in `cache_folder` (a temporary folder, removed afterwards, when None): call again with the
-    same folder and only what a change touches reruns; a new `relative_margin` reruns the export alone, not
-    the embedding. `model` and `cross_encoder` may be hub ids, folders, or loaded models (saved once into
+    The run lives in `cache_folder` (when None, a temporary folder, removed afterwards unless the run
+    fails): call again with the same folder and only what a change touches reruns; a new `relative_margin`
+    reruns the export alone, not the embedding. With `verbose`, it shows the jobs as `negflow mine` does.
+    `model` and `cross_encoder` may be hub ids, folders, or loaded models (saved once into
     the cache under the hash of their files). Any negflow setting may be given as a keyword argument
     (`index="hnsw"`, `positive_doc_margin=None`, `seed=7`, ...); `name` names the dataset under
     `cache_folder/results/`, `cores` and `gpus` size the run.
@@ -184,8 +185,10 @@ def mine_hard_negatives(
             gpus=gpus,
         )
         if run.returncode != 0:
+            temporary = False  # its logs say why: the folder stays
             raise RuntimeError(
-                f"negflow run failed in {cache}:\n{(run.stdout or '')[-2000:]}{(run.stderr or '')[-4000:]}"
+                f"negflow run failed in {cache} (its logs/ say why):\n"
+                f"{(run.stdout or '')[-2000:]}{(run.stderr or '')[-4000:]}"
             )
         import datasets
         import pyarrow.parquet as pq

@@ -1,14 +1,16 @@
 """Progress a job shows beyond its log. A stage's bars are `ProgressBar`s: tqdm into the rule's log as before,
 and the bar's state also goes to the job's status file, `<log>.progress`, which the `negflow` command's
 display (`display`) reads while the job runs; at the end the file holds the job's counts or its one-line
-error. The file is small JSON, replaced atomically and at most every INTERVAL seconds, so a bar costs no
-more than before; without a log (a library call) nothing is written."""
+error, and no bar closing after that (a failed stage's, freed at exit) writes over it. The file is small
+JSON, replaced atomically and at most every INTERVAL seconds, so a bar costs no more than before; without a
+log (a library call) nothing is written, and a status that cannot be written never fails the job."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from numbers import Integral
 
 from tqdm import tqdm
 
@@ -20,6 +22,7 @@ SHOWN_COUNTS = ("records", "documents", "queries", "pairs", "candidates", "negat
 
 _status_path: str | None = None
 _last_write = float("-inf")
+_ended = False
 
 
 def status_path(log_path: str) -> str:
@@ -28,48 +31,68 @@ def status_path(log_path: str) -> str:
 
 def report_to(log_path: str | None) -> None:
     """Report this job's progress beside its log from now on (stage.run_stage calls it first)."""
-    global _status_path, _last_write
+    global _status_path, _last_write, _ended
     _status_path = None if log_path is None else status_path(log_path)
     _last_write = float("-inf")  # the first update reports
+    _ended = False
     _write({"state": "running"})
 
 
 def _write(state: dict) -> None:
-    if _status_path is None:
+    if _status_path is None or (_ended and state["state"] == "running"):
         return
     tmp = f"{_status_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f)
-    os.replace(tmp, _status_path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(tmp, _status_path)
+    except OSError:  # a full disk or a vanished log folder: the job's own outputs decide, not its status
+        pass
 
 
-def finished(counts: dict | None) -> None:
-    """The job ended well: its counts, those of SHOWN_COUNTS it has."""
-    shown = {key: counts[key] for key in SHOWN_COUNTS if isinstance((counts or {}).get(key), int)}
-    _write({"state": "done", "counts": shown})
+def _end(state: dict) -> None:
+    global _ended
+    _write(state)
+    _ended = True
+
+
+def finished(counts) -> None:
+    """The job ended well: of the counts its stage returned (a dict, or anything else), those SHOWN_COUNTS names."""
+    counts = counts if isinstance(counts, dict) else {}
+    number = {key: counts.get(key) for key in SHOWN_COUNTS}
+    shown = {key: int(n) for key, n in number.items() if isinstance(n, Integral) and not isinstance(n, bool)}
+    _end({"state": "done", "counts": shown})
 
 
 def failed(error: str) -> None:
-    _write({"state": "failed", "error": error})
+    _end({"state": "failed", "error": error})
 
 
-def read_status(log_path: str) -> dict | None:
-    """A job's status as it last wrote it, or None when there is none (yet)."""
+def read_status(log_path: str, since: float | None = None) -> dict | None:
+    """A job's status as it last wrote it, or None when there is none yet: none written, or (`since`, a
+    time.time()) only one older than that, an earlier run's."""
+    path = status_path(log_path)
     try:
-        with open(status_path(log_path), encoding="utf-8") as f:
+        if since is not None and os.stat(path).st_mtime < since:
+            return None
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):  # not written yet, or replaced while read on a filesystem without atomic renames
         return None
 
 
 class ProgressBar(tqdm):
-    """A tqdm bar into the rule's log whose state also goes to the job's status file."""
+    """A tqdm bar into the rule's log whose state also goes to the job's status file. Count with update():
+    iterating a tqdm keeps its count to itself until it redraws, so this bar refuses it."""
+
+    def __iter__(self):
+        raise TypeError("a ProgressBar counts with update(); iterating it would report its progress only at the end")
 
     def update(self, n=1):
         shown = super().update(n)
         global _last_write
         now = time.monotonic()
-        if _status_path is not None and now - _last_write >= INTERVAL:
+        if _status_path is not None and not self.disable and now - _last_write >= INTERVAL:
             _last_write = now
             self._report()
         return shown

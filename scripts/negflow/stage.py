@@ -34,11 +34,11 @@ def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> Non
     progress.report_to(log_path)
     if os.environ.get("SLURM_JOB_ID"):
         log.info("running as SLURM job %s on %s", os.environ["SLURM_JOB_ID"], os.uname().nodename)
-    if gpu_device is not None:
-        from negflow.devices import lease_device
-
-        lease_device(gpu_device)
     try:
+        if gpu_device is not None:
+            from negflow.devices import lease_device
+
+            lease_device(gpu_device)
         counts = stage(log)
     except (InputError, ConfigError) as e:
         log.error("%s", e)
@@ -46,7 +46,8 @@ def run_stage(log_path: str | None, stage, gpu_device: str | None = None) -> Non
         if not os.environ.get(progress.DISPLAY_ENV):  # else the negflow command's display shows it
             print(f"negflow error: {e}", file=sys.__stderr__)
         sys.exit(1)
-    except BaseException as e:  # the traceback goes to the log; the display shows its last line
-        progress.failed(f"{type(e).__name__}: {e}".splitlines()[0])
+    except BaseException as e:  # the traceback goes to the log; the display shows this line
+        message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        progress.failed(message.splitlines()[0])
         raise
     progress.finished(counts)
