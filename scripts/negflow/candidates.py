@@ -9,7 +9,7 @@ documents from outside its candidates.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 
 import numpy as np
@@ -97,8 +97,15 @@ class QueryCandidates:
     given_ids: list[str]
     given_cos: np.ndarray
     given_ce: np.ndarray | None
+    _scores: dict[str, QueryScores] = field(default_factory=dict, repr=False)
 
     def scores(self, score_name: str) -> QueryScores:
+        """What the filters read, built once per query: the audit selects from it once per strategy."""
+        if score_name not in self._scores:
+            self._scores[score_name] = self._build_scores(score_name)
+        return self._scores[score_name]
+
+    def _build_scores(self, score_name: str) -> QueryScores:
         ce = score_name == "ce"
         return QueryScores(
             scores=self.cand_ce if ce else self.cand_cos,

@@ -20,9 +20,8 @@ import yaml
 from negflow import layout
 from negflow.bundle import workflow_root
 from negflow.config import dataset_settings, did_you_mean, known_keys, load_schema, setting_defaults
-from negflow.dependencies import INDEX_SETTINGS, RULE_SETTINGS, rule_settings
+from negflow.dependencies import RULE_SETTINGS, first_rules
 from negflow.errors import ConfigError
-from negflow.layout import run_file
 
 DATA_OPTIONS = ("pairs", "corpus", "queries", "qrels")
 LAST_RUN = ".negflow/last-run.json"  # under --out: what `negflow report` rebuilds
@@ -72,14 +71,7 @@ def list_settings(spec: dict) -> str:
     """Every setting as its option, with type, default and what it does, grouped by the first rule (in
     pipeline order) whose output it changes; then the settings that change no result."""
     props = spec["$defs"]["dataset"].get("properties", {}) | spec["$defs"]["settings"]["properties"]
-    first_rule: dict[str, str] = {}
-    defaults = setting_defaults(spec) | {"corpus": "c", "queries": "q", "qrels": "r", "max_pairs": 1}
-    defaults["audit_holdout"] = True  # with max_pairs: every key that only some runs depend on
-    variants = [defaults | {"pairs": pairs, "index": index} for pairs in (None, "pairs") for index in INDEX_SETTINGS]
-    for rule in RULE_SETTINGS:
-        for settings in variants:
-            for key in rule_settings(rule, settings):
-                first_rule.setdefault(key, rule)
+    first_rule = first_rules(setting_defaults(spec))
     groups: dict[str, list[str]] = {rule: [] for rule in RULE_SETTINGS}
     for key in props:
         groups.setdefault(first_rule.get(key, ""), []).append(key)
@@ -273,13 +265,13 @@ def run_snakemake(command: list[str], show: str | None) -> subprocess.CompletedP
 
 def summary(out: Path, name: str) -> str:
     """One line: queries, negatives, queries short, and what each filter dropped."""
-    path = out / run_file(layout.export_negatives.report, name)
+    path = out / layout.run_file(layout.export_negatives.report, name)
     if not path.is_file():
         return f"{name}: no selection.json (the run did not reach export_negatives)"
     report = json.loads(path.read_text(encoding="utf-8"))
     counts = report["counts"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in report["dropped"].items() if v) or "nothing"
-    negatives = out / run_file(layout.export_negatives.negatives, name)
+    negatives = out / layout.run_file(layout.export_negatives.negatives, name)
     return (
         f"{name}: {counts['queries_written']:,} queries, {counts['negatives']:,} negatives, "
         f"{counts['queries_short']:,} queries short; dropped: {dropped} -> {negatives}"

@@ -114,6 +114,20 @@ def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
     return {key: settings[key] for key in keys}
 
 
+def first_rules(defaults: dict) -> dict[str, str]:
+    """Each setting some rule's output depends on, with the first such rule in pipeline order, over every
+    kind of run: BEIR or pairs data, each index, and the keys only some runs depend on (a max_pairs sample,
+    audit_holdout) switched on. `defaults`: every setting's value (the schema's defaults)."""
+    base = defaults | {"corpus": "c", "queries": "q", "qrels": "r", "max_pairs": 1, "audit_holdout": True}
+    runs = [base | {"pairs": pairs, "index": index} for pairs in (None, "pairs") for index in INDEX_SETTINGS]
+    first: dict[str, str] = {}
+    for rule in RULE_SETTINGS:
+        for settings in runs:
+            for key in rule_settings(rule, settings):
+                first.setdefault(key, rule)
+    return first
+
+
 def provenance_settings(settings: dict) -> dict[str, Any]:
     """Every setting that changes the negatives, as configured (a pairs dataset's reading settings first)."""
     rules = ("read_pairs", *PROVENANCE_RULES) if settings["pairs"] is not None else PROVENANCE_RULES

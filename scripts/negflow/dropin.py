@@ -12,7 +12,6 @@ from pathlib import Path
 
 from negflow import layout
 from negflow.cli import run_workflow
-from negflow.layout import run_file
 
 ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 DEFAULT_CANDIDATES = 100
@@ -175,7 +174,7 @@ def mine_hard_negatives(
             "ce_batch_size": batch_size,
         }
         block |= settings
-        target = run_file(layout.export_sentence_transformers.data, name, format=output_format)
+        target = layout.run_file(layout.export_sentence_transformers.data, name, format=output_format)
         run, _ = run_workflow(
             {"datasets": {name: block}},
             cache,
