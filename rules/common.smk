@@ -69,6 +69,8 @@ def all_outputs():
         files += rules.plot_report.output
         if settings["audit_qrels"] or settings["audit_holdout"]:
             files.append(rules.audit.output.report)
+        if settings["selection"] == "auto":
+            files.append(rules.plot_calibration.output.figure)
         targets += [path.format(dataset=name) for path in files]
         for fmt in settings["train_formats"]:
             exporter = (
@@ -173,9 +175,19 @@ def selection_inputs(wildcards):
     return inputs
 
 
+def export_inputs(wildcards):
+    """What selection reads, plus with `selection: auto` the calibration that picks its settings."""
+    inputs = selection_inputs(wildcards)
+    if DATASETS[wildcards.dataset]["selection"] == "auto":
+        inputs["calibration"] = of_dataset(
+            rules.calibrate_selection.output.calibration, wildcards
+        )
+    return inputs
+
+
 def audit_inputs(wildcards):
-    """Everything selection reads, plus the judgments the audit measures against."""
-    return selection_inputs(wildcards) | {
+    """What export reads, plus the judgments the audit measures against."""
+    return export_inputs(wildcards) | {
         "holdout": of_dataset(rules.prepare.output.holdout, wildcards),
         "judgments": of_dataset(rules.prepare_judgments.output.judgments, wildcards),
     }

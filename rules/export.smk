@@ -1,6 +1,6 @@
 rule export_negatives:
     input:
-        unpack(selection_inputs),
+        unpack(export_inputs),
         code=code_of("export_negatives"),
     output:
         negatives=layout.export_negatives.negatives,

@@ -39,3 +39,25 @@ rule plot_report:
         candidates=job_setting("candidates"),
     script:
         "../scripts/plot_report.py"
+
+
+rule plot_calibration:
+    input:
+        calibration=rules.calibrate_selection.output.calibration,
+        code=code_of("plot_calibration"),
+    output:
+        figure=report(
+            layout.plot_calibration.figure,
+            caption="../report/calibration.rst",
+            category="{dataset}",
+            labels={
+                "dataset": "{dataset}",
+                "figure": "false negatives against hardness",
+            },
+        ),
+    log:
+        "logs/plot_calibration/{dataset}.log",
+    conda:
+        "../envs/negflow.yaml"
+    script:
+        "../scripts/plot_calibration.py"

@@ -10,6 +10,7 @@ LAYERS = [
     {"store"},
     {"models", "devices"},
     {"read_pairs", "pair_shapes", "beir", "prepare", "judgments", "embed", "search", "score", "candidates", "export"}
+    | {"calibration"}
     | {"training", "report", "audit", "evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "dependencies", "hooks"},

@@ -246,3 +246,18 @@ def test_a_built_wheel_mines_a_pair_file_from_another_folder(tmp_path, pair_file
         elsewhere / "negflow-fx-pairs.yaml"
     ).is_file()
     assert "Nothing to be done" in plain_rerun(proc, elsewhere, fresh)
+
+
+def test_summary_names_the_setting_selection_auto_chose(tmp_path):
+    counts = {"queries_written": 40, "negatives": 300, "queries_short": 3}
+    report = {"counts": counts, "dropped": {"window": 12, "relative_margin": 0}}
+    path = tmp_path / "results/fx/selection.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(report))
+    fixed = cli.summary(tmp_path, "fx")
+    assert fixed == (
+        f"fx: 40 queries, 300 negatives, 3 queries short; dropped: window 12 -> {tmp_path}/results/fx/negatives.jsonl"
+    )
+    chose = "auto chose top relative_margin=None positive_doc_margin=0.3 range_min=30: estimated false negatives 6.5%"
+    path.write_text(json.dumps(report | {"calibration": {"summary": chose}}))
+    assert cli.summary(tmp_path, "fx") == fixed.replace("window 12 ->", f"window 12; selection {chose} ->")

@@ -118,6 +118,15 @@ def test_dropin_returns_the_columns_of_sentence_transformers_and_reruns_only_the
     print(
         f"first call {first:.1f} s (every stage), second call with a new relative_margin {second:.1f} s (export only)"
     )
+    auto = negflow.mine_hard_negatives(
+        dataset, model, output_format="n-tuple", selection="auto", fn_budget=0.1, **common, **NO_DOC_FILTERS
+    )
+    assert (cache / "results/dataset/embed/corpus/1-of-1.npy").stat().st_mtime_ns == embedded
+    calibration = json.loads((cache / "results/dataset/calibrate/calibration.json").read_text())
+    assert calibration["budget"] == 0.1
+    chosen = json.loads((cache / "results/dataset/selection.json").read_text())["calibration"]
+    assert chosen["reason"] == calibration["choice"]["reason"]
+    assert auto.column_names == ["question", "answer", "negative_1", "negative_2"]
 
 
 def test_dropin_rescores_with_a_loaded_cross_encoder(pairs, tiny_models, tmp_path):

@@ -27,6 +27,17 @@ def planned_jobs(proc) -> dict[str, int]:
     return {name: int(n) for name, n in (line.split() for line in match[1].strip().splitlines())}
 
 
+# What a selection change reruns in the fx run (five training files, the report and the audit).
+SELECTION_JOBS = {
+    "export_negatives": 1,
+    "export_flag": 1,
+    "export_sentence_transformers": 4,
+    "plot_report": 1,
+    "audit": 1,
+    "all": 1,
+}
+
+
 @pytest.fixture(scope="module")
 def fx_run(tmp_path_factory, dataset_block):
     """One complete run without a cross-encoder (a bare `snakemake` mines every configured dataset)."""
@@ -213,14 +224,7 @@ def test_reruns_touch_only_what_a_change_affects(fx_run, dataset_block):
         write_config(fx_run, {"fx": {**dataset_block, **changes}})
         return planned_jobs(snakemake(fx_run, "-n"))
 
-    selection = {
-        "export_negatives": 1,
-        "export_flag": 1,
-        "export_sentence_transformers": 4,
-        "plot_report": 1,
-        "audit": 1,
-        "all": 1,
-    }
+    selection = SELECTION_JOBS
     everything = {
         "prepare": 1,
         "prepare_judgments": 1,
@@ -236,6 +240,8 @@ def test_reruns_touch_only_what_a_change_affects(fx_run, dataset_block):
     assert plan(sampling="top") == selection
     assert plan(seed=7) == selection  # random sampling; not prepare (no hold-out) nor search (flat index)
     assert plan(num_negatives=2) == selection
+    assert plan(selection="auto") == {"calibrate_selection": 1, "plot_calibration": 1, **selection}
+    assert plan(fn_budget=0.2) == {}  # the budget of a fixed selection changes nothing
     assert plan(train_scores=True) == {"export_sentence_transformers": 4, "all": 1}
     assert plan(flag_layout="pair") == {"export_flag": 1, "all": 1}
     index = {"train_index": 1, "add_to_index": 1, "build_index": 1, "search": 1, "merge_candidates": 1}
@@ -269,6 +275,34 @@ def test_reruns_touch_only_what_a_change_affects(fx_run, dataset_block):
     shutil.copytree(dataset_block["embedding"], moved, dirs_exist_ok=True)
     assert plan(embedding=moved) == everything
     write_config(fx_run, {"fx": dataset_block})
+
+
+def test_selection_auto_calibrates_and_a_new_budget_reruns_only_calibration_and_exports(
+    fx_run, dataset_block, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(fx_run, run, symlinks=True)
+    block = {**dataset_block, "selection": "auto"}
+    write_config(run, {"fx": block})
+    snakemake(run)
+    calibration = json.loads((run / "results/fx/calibrate/calibration.json").read_text())
+    assert len(calibration["grid"]) == 180 and len(calibration["references"]) == 4
+    held = calibration["evidence"][0]
+    # The fixture has too few queries with two positives: auto keeps the configured selection and says so.
+    assert held["landed_among_candidates"] < held["minimum"]
+    assert calibration["choice"]["fallback"] and calibration["choice"]["reason"].startswith("thin evidence: ")
+    selection = json.loads((run / "results/fx/selection.json").read_text())
+    assert selection["calibration"]["reason"] == calibration["choice"]["reason"]
+    assert selection["calibration"]["summary"].startswith("auto kept the configured selection (thin evidence")
+    assert (run / "results/fx/report/calibration.png").stat().st_size > 10_000
+    sidecar = json.loads((run / "results/fx/train/flag.provenance.json").read_text())
+    assert sidecar["selection_chosen"]["reason"] == calibration["choice"]["reason"]
+    assert (sidecar["settings"]["selection"], sidecar["settings"]["fn_budget"]) == ("auto", 0.05)
+    with open(run / "results/fx/negatives.jsonl") as mined, open(fx_run / "results/fx/negatives.jsonl") as fixed:
+        assert mined.read() == fixed.read()  # the configured selection, as the fixed run made it
+
+    write_config(run, {"fx": {**block, "fn_budget": 0.2}})
+    assert planned_jobs(snakemake(run, "-n")) == {"calibrate_selection": 1, "plot_calibration": 1, **SELECTION_JOBS}
 
 
 def test_changing_ce_reruns_only_scoring_and_export(fx_run, dataset_block, tiny_models):

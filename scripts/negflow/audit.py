@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 
 import numpy as np
 
+from negflow.calibration import read_choice
 from negflow.candidates import Candidates
 from negflow.evaluate import CORPUS_CHUNK, evaluate_model
 from negflow.files import write_json
@@ -25,13 +26,15 @@ from negflow.store import load_table, read_manifest
 log = logging.getLogger("negflow")
 
 
-def anchor_strategies(configured: SelectionSettings, has_ce: bool) -> dict[str, SelectionSettings]:
-    """The configured selection plus what the tools negflow replaces do by default, with the same
-    number of negatives and seed. Exact-text duplicates of a positive go in all of them, as they do in
-    the originals."""
+def anchor_strategies(
+    configured: SelectionSettings, has_ce: bool, name: str = "negflow (configured)"
+) -> dict[str, SelectionSettings]:
+    """The selection export makes (under `name`) plus what the tools negflow replaces do by default, with
+    the same number of negatives and seed. Exact-text duplicates of a positive go in all of them, as they
+    do in the originals."""
     plain = replace(configured.without(*FILTERS), sampling="top", short_queries="keep")
     strategies = {
-        "negflow (configured)": configured,
+        name: configured,
         "sentence-transformers top": plain,
         "sentence-transformers / NV-Retriever relative_margin=0.05 top": replace(plain, relative_margin=0.05),
         "FlagEmbedding ranks 10-210 random": replace(plain, range_min=10, range_max=210, sampling="random"),
@@ -107,7 +110,9 @@ def audit(inputs: Mapping, settings: dict, batch: tuple[int, int | str], out_pat
         judged = read_holdout(inputs["holdout"])
         source = {"audit_holdout": f"{sum(map(len, judged.values()))} hidden positives of {len(judged)} queries"}
     candidates = Candidates.from_inputs(inputs, settings)
-    strategies = anchor_strategies(SelectionSettings.from_settings(settings), has_ce=candidates.has_ce)
+    selected, choice = read_choice(inputs, settings)
+    name = "negflow (configured)" if choice is None else "negflow (selection: auto)"
+    strategies = anchor_strategies(selected, has_ce=candidates.has_ce, name=name)
     relevant = relevant_docs(judged, settings["min_positive_score"])
     report = {
         "judgments": source,

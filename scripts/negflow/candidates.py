@@ -178,6 +178,10 @@ class Candidates:
         """The queries handed out: those with a positive."""
         return len(np.unique(self.p_query))
 
+    def positive_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of the queries handed out (ascending) and how many positives each has."""
+        return np.unique(self.p_query, return_counts=True)
+
     @classmethod
     def from_inputs(cls, inputs: Mapping, settings: dict) -> Candidates:
         """The candidates a selecting rule reads, from its inputs (`candidates`, `qrels`, the `corpus` and

@@ -272,9 +272,10 @@ def summary(out: Path, name: str) -> str:
     counts = report["counts"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in report["dropped"].items() if v) or "nothing"
     negatives = out / layout.run_file(layout.export_negatives.negatives, name)
+    chosen = f"; selection {report['calibration']['summary']}" if "calibration" in report else ""
     return (
         f"{name}: {counts['queries_written']:,} queries, {counts['negatives']:,} negatives, "
-        f"{counts['queries_short']:,} queries short; dropped: {dropped} -> {negatives}"
+        f"{counts['queries_short']:,} queries short; dropped: {dropped}{chosen} -> {negatives}"
     )
 
 

@@ -57,7 +57,8 @@ RULE_SETTINGS = {
     "search": ["candidates", "index", "device"],
     "prepare_ce_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_seq_len"],
     "score_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_model_kwargs", "ce_seq_len", "ce_dtype", "device"],
-    "export_negatives": ["selection_score", *SELECTION_KEYS],
+    "calibrate_selection": ["selection_score", *SELECTION_KEYS, "fn_budget"],
+    "export_negatives": ["selection", "selection_score", *SELECTION_KEYS],
     "export_flag": ["flag_layout"],
     "export_sentence_transformers": ["num_negatives", "train_scores", "st_layout"],
     "audit": [
@@ -67,6 +68,7 @@ RULE_SETTINGS = {
         *EMBEDDING_MODEL,
         "embedding_dtype",
         "device",
+        "selection",
         "selection_score",
         *SELECTION_KEYS,
     ],
@@ -92,7 +94,7 @@ INDEX_SETTINGS = {
     "ivfpq": ["ivf_nlist", "ivf_nprobe", "ivfpq_m", "seed"],
 }
 # The rules whose settings decide the negatives, as a provenance sidecar records them.
-PROVENANCE_RULES = ("prepare", "embed", "search", "score_pairs", "export_negatives")
+PROVENANCE_RULES = ("prepare", "embed", "search", "score_pairs", "calibrate_selection", "export_negatives")
 
 
 def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
         keys.append("seed")  # the seed draws the sample
     if settings["pairs"] is not None and rule in ("prepare", "prepare_judgments"):
         keys = [key for key in keys if key not in BEIR_TABLES]  # read_pairs' tables are these rules' inputs
-    if rule == "export_negatives" and settings["pairs"] is not None:
+    if rule in ("calibrate_selection", "export_negatives") and settings["pairs"] is not None:
         keys.append("given_negatives")
     return {key: settings[key] for key in keys}
 
@@ -129,8 +131,11 @@ def first_rules(defaults: dict) -> dict[str, str]:
 
 
 def provenance_settings(settings: dict) -> dict[str, Any]:
-    """Every setting that changes the negatives, as configured (a pairs dataset's reading settings first)."""
+    """Every setting that changes the negatives, as configured (a pairs dataset's reading settings first;
+    the calibration's only under `selection: auto`)."""
     rules = ("read_pairs", *PROVENANCE_RULES) if settings["pairs"] is not None else PROVENANCE_RULES
+    if settings["selection"] != "auto":
+        rules = tuple(rule for rule in rules if rule != "calibrate_selection")
     keys = [key for rule in rules for key in RULE_SETTINGS[rule]] + INDEX_SETTINGS[settings["index"]]
     return {key: settings[key] for key in dict.fromkeys(keys)}
 

@@ -116,7 +116,8 @@ def mine_hard_negatives(
     reruns the export alone, not the embedding. With `verbose`, it shows the jobs as `negflow mine` does.
     `model` and `cross_encoder` may be hub ids, folders, or loaded models (saved once into
     the cache under the hash of their files). Any negflow setting may be given as a keyword argument
-    (`index="hnsw"`, `positive_doc_margin=None`, `seed=7`, ...); `name` names the dataset under
+    (`index="hnsw"`, `positive_doc_margin=None`, `seed=7`, `selection="auto", fn_budget=0.05` to let the
+    run's own data choose the filters and sampler, ...); `name` names the dataset under
     `cache_folder/results/`, `cores` and `gpus` size the run.
 
     Where negflow differs, on purpose:

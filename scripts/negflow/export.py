@@ -41,9 +41,13 @@ def export_negatives(
     out_path: str,
     report_path: str,
     report_settings: dict,
+    calibration: dict | None = None,
 ) -> dict:
     """Select negatives for every query with positives; write one JSON line per kept query (positives
-    first, then negatives) and selection.json with drop counts and score distributions."""
+    first, then negatives) and selection.json with drop counts and score distributions (and, under
+    `selection: auto`, the calibration's choice)."""
+    if calibration is not None:
+        log.info("selection: %s", calibration["summary"])
     counts: Counter = Counter()
     names = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce", "negative_rank")
     dist = {name: array("d") for name in names}  # C doubles, not a Python float each
@@ -119,6 +123,8 @@ def export_negatives(
         "distributions": {name: quantiles(np.frombuffer(v)) for name, v in dist.items() if len(v)},
         "settings": report_settings,
     }
+    if calibration is not None:
+        report["calibration"] = calibration
     write_json(report_path, report)
     if warning := no_negatives_warning(report):
         log.warning("%s", warning)

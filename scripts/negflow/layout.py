@@ -39,6 +39,7 @@ compute_qrels_cosines = _results(cosines="search/qrels_cosine.parquet")
 prepare_ce_pairs = _results(pairs="score/ce_pairs")
 score_pairs = _results(scores="score/shards/{scatteritem}.parquet")
 merge_scores = _results(scores="score/pair_scores.parquet")
+calibrate_selection = _results(calibration="calibrate/calibration.json")
 export_negatives = _results(
     negatives="negatives.jsonl",
     report="selection.json",
@@ -52,6 +53,7 @@ plot_report = _results(
     ranks="report/ranks.png",
     examples="report/examples.html",
 )
+plot_calibration = _results(figure="report/calibration.png")
 audit = _results(report="audit.json")
 finetune = _results(report="finetune/report.json")
 

@@ -66,8 +66,9 @@ def negflow_version() -> str:
         return "unknown"
 
 
-def build_provenance(manifest_path: str, settings: dict) -> dict:
-    """The part shared by every export of a dataset: inputs, models, prompts, settings."""
+def build_provenance(manifest_path: str, settings: dict, calibration: dict | None = None) -> dict:
+    """The part shared by every export of a dataset: inputs, models, prompts, settings, and under
+    `selection: auto` the settings the calibration chose (`calibration.read_choice`)."""
     manifest = read_manifest(manifest_path)
     models = {"embedding": model_fingerprint(settings["embedding"], settings["embedding_revision"])}
     if settings.get("ce"):
@@ -83,6 +84,7 @@ def build_provenance(manifest_path: str, settings: dict) -> dict:
         "ce_seq_len": settings.get("ce_seq_len") if settings.get("ce") else None,
         "seed": settings["seed"],
         "settings": settings,
+        **({"selection_chosen": {k: calibration[k] for k in ("name", "settings", "reason")}} if calibration else {}),
     }
 
 

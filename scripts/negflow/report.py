@@ -184,6 +184,40 @@ def plot_ranks(ranks: np.ndarray, candidates: int, path: str | Path, dataset: st
     _save_figure(fig, path)
 
 
+def plot_calibration(calibration: dict, path: str | Path, dataset: str) -> None:
+    """selection: auto's picture: each grid setting's estimated false-negative share (with its 90% interval)
+    against its hardness, the budget as a line, the chosen setting marked, and the fixed strategies
+    (negflow's, sentence-transformers', FlagEmbedding's) on the same axes."""
+    fig, axes = _figure(1)
+    ax = axes[0][0]
+
+    def points(rows: dict) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        kept = [(n, r) for n, r in rows.items() if r["fn_share"] is not None and r["median_rank"] is not None]
+        x = np.array([r["median_rank"] for _, r in kept], dtype=np.float64)
+        y = np.array([r["fn_share"]["estimate"] for _, r in kept], dtype=np.float64)
+        hi = np.array([r["fn_share"]["interval"][1] for _, r in kept], dtype=np.float64)
+        return [n for n, _ in kept], x, y, hi
+
+    _, x, y, hi = points(calibration["grid"])
+    ax.errorbar(x, y, yerr=[np.zeros_like(y), np.maximum(hi - y, 0)], fmt="o", ms=3, color="0.6", alpha=0.6, lw=0.6)
+    ax.scatter([], [], s=9, color="0.6", label=f"grid settings ({len(x)})")
+    names, rx, ry, _ = points(calibration["references"])
+    for name, xi, yi, marker in zip(names, rx, ry, "sD^v", strict=False):
+        ax.scatter([xi], [yi], marker=marker, s=45, label=name, zorder=3)
+    ax.axhline(calibration["budget"], color="tab:red", ls="--", lw=1, label=f"budget {calibration['budget']:g}")
+    choice = calibration["choice"]
+    if not choice["fallback"]:
+        row = calibration["grid"][choice["name"]]
+        ax.scatter([row["median_rank"]], [row["fn_share"]["estimate"]], marker="*", s=220, color="tab:green")
+        ax.scatter([], [], marker="*", s=90, color="tab:green", label=f"chosen: {choice['name']}")
+    ax.set_xlabel("median retrieval rank of the negatives (lower = harder)")
+    ax.set_ylabel("estimated false-negative share")
+    verdict = "kept the configured selection" if choice["fallback"] else "auto's choice"
+    ax.set_title(f"{dataset}: false negatives against hardness ({verdict})")
+    ax.legend(fontsize=7)
+    _save_figure(fig, path)
+
+
 def _table(rows: list[tuple], header: tuple) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
@@ -223,8 +257,10 @@ def summary_html(selection: dict, documents: int, dataset: str) -> str:
     drops = list(selection["dropped"].items())
     n_cand = max(1, counts["candidates"])
     warning = no_negatives_warning(selection)
+    calibration = selection.get("calibration")
     return (
         (f'<p style="color:#a00"><b>Warning:</b> {html.escape(warning)}</p>' if warning else "")
+        + (f"<p><b>selection: auto</b> - {html.escape(calibration['summary'])}</p>" if calibration else "")
         + f"<h3>{html.escape(dataset)}: counts (selected on {html.escape(selection['selection_score'])})</h3>"
         + _table([(html.escape(k), f"{v:,}") for k, v in rows], ("what", "count"))
         + "<h3>candidates dropped, per filter (in the order they apply)</h3>"
@@ -303,3 +339,10 @@ def build_report(
     )
     write_html(out_examples, f"{dataset}: examples", body)
     return {"queries": scan.queries, "negatives": int(len(scores.negative_cosine)), "ranked_negatives": len(ranks)}
+
+
+def calibration_report(calibration_path: str, out_path: str, dataset: str) -> dict[str, int]:
+    """Rule plot_calibration: calibration.json drawn (`plot_calibration`)."""
+    calibration = json.loads(Path(calibration_path).read_text(encoding="utf-8"))
+    plot_calibration(calibration, out_path, dataset)
+    return {"settings": len(calibration["grid"]), "fallback": int(calibration["choice"]["fallback"])}

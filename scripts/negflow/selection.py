@@ -196,10 +196,18 @@ def sampling_order(query: QueryScores, candidates: np.ndarray, s: SelectionSetti
     return candidates[np.argsort(-keys, kind="stable")]
 
 
-def select_negatives(query: QueryScores, s: SelectionSettings, noise: np.ndarray) -> Selection:
+def filter_key(s: SelectionSettings) -> tuple:
+    """The settings `filter_mask` reads: selections that share it share their filtered candidates."""
+    return tuple(getattr(s, key) for keys in FILTERS.values() for key in keys)
+
+
+def select_negatives(
+    query: QueryScores, s: SelectionSettings, noise: np.ndarray, filtered: tuple | None = None
+) -> Selection:
     """Filter, order by the sampler, then take up to `num_negatives`, skipping a candidate whose cosine
-    to a negative already taken is above `dup_threshold`."""
-    keep, dropped = filter_mask(query, s)
+    to a negative already taken is above `dup_threshold`. `filtered`: `filter_mask(query, s)` when the
+    caller has it already."""
+    keep, dropped = filtered if filtered is not None else filter_mask(query, s)
     order = sampling_order(query, np.flatnonzero(keep), s, noise)
     chosen: list[int] = []
     near_duplicates = 0
@@ -212,7 +220,7 @@ def select_negatives(query: QueryScores, s: SelectionSettings, noise: np.ndarray
             continue
         chosen.append(i)
     if s.dup_threshold is not None:
-        dropped["duplicate_of_negative"] = near_duplicates
+        dropped = dropped | {"duplicate_of_negative": near_duplicates}
     return Selection(np.sort(np.array(chosen, dtype=np.int64)), dropped, int(keep.sum()))
 
 
