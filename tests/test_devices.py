@@ -6,11 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-from negflow.devices import lease_device, visible_gpus
+from negflow import devices
+from negflow.devices import acquire_gpu, lease_device, visible_gpus
+from negflow.errors import ConfigError
 
 HOLDER = """
 import logging, os, sys
@@ -128,3 +131,68 @@ def test_lease_narrows_cuda_visible_devices_in_process(monkeypatch, tmp_path):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     assert oct(os.stat(tmp_path).st_mode & 0o7777) == "0o1777"  # shared with other users' jobs, like /tmp
     release(holder)
+
+
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    """A lock folder of our own and a file of the victim's, with its content and mode."""
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    victim = tmp_path / "victim.bashrc"
+    victim.write_text("export PATH=$HOME/bin:$PATH\n")
+    victim.chmod(0o600)
+    return locks, victim
+
+
+def unchanged(victim: Path) -> bool:
+    return victim.read_text() == "export PATH=$HOME/bin:$PATH\n" and oct(victim.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_planted_symlink_lock_file_is_refused_and_its_target_untouched(tmp_path):
+    locks, victim = planted(tmp_path)
+    (locks / "gpu-0.lock").symlink_to(victim)
+    with pytest.raises(ConfigError) as refused:
+        acquire_gpu(["0"], str(locks))
+    assert str(refused.value) == (
+        f"{locks}/gpu-0.lock: the GPU lock file is a symbolic link, which negflow never makes; another user may "
+        "have planted it. Set NEGFLOW_GPU_LOCK_DIR to a folder of your own (on a shared node, one all your jobs "
+        "use) or remove it"
+    )
+    assert unchanged(victim)
+    (locks / "gpu-0.lock").unlink()
+    (locks / "gpu-0.lock").symlink_to(tmp_path / "missing")  # a dangling link is not created through either
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        acquire_gpu(["0"], str(locks))
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_hard_link_or_a_linked_lock_folder_is_refused(tmp_path):
+    locks, victim = planted(tmp_path)
+    os.link(victim, locks / "gpu-0.lock")
+    with pytest.raises(ConfigError, match="gpu-0.lock: the GPU lock file has 2 hard links"):
+        acquire_gpu(["0"], str(locks))
+    assert unchanged(victim)
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "linked").symlink_to(home)
+    with pytest.raises(ConfigError, match="linked: the GPU lock folder is a symbolic link or not a folder"):
+        acquire_gpu(["0"], str(tmp_path / "linked"))
+    assert list(home.iterdir()) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a folder another user's needs root")
+def test_another_users_lock_folder_is_used_only_as_negflow_makes_it(tmp_path):
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    os.chown(locks, 4242, 4242)
+    locks.chmod(0o755)
+    with pytest.raises(ConfigError, match="the GPU lock folder belongs to user 4242 with mode 755"):
+        acquire_gpu(["0"], str(locks))
+    locks.chmod(0o1777)  # what that user's negflow job made: shared, sticky
+    (locks / "gpu-0.lock").write_text("")
+    os.chown(locks / "gpu-0.lock", 4242, 4242)
+    (locks / "gpu-0.lock").chmod(0o644)
+    with pytest.raises(ConfigError, match="the GPU lock file belongs to user 4242 with mode 644"):
+        acquire_gpu(["0"], str(locks))
+    (locks / "gpu-0.lock").chmod(0o666)
+    assert acquire_gpu(["0"], str(locks)) == "0"
+    os.close(devices._held_locks.pop())

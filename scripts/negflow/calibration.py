@@ -169,9 +169,8 @@ def calibration_pool(query: QueryCandidates, hidden: int, score_name: str, seed:
         ce_scores=ce,
         positive_cos=positive_cos,
         positive_query_cos=ref_cos,
-        candidate_cos=emb @ emb.T,
         same_text=np.isin(hashes, query.pos_hashes[ref]),
-    )
+    )  # no candidate_cos: `landing` leaves near-duplicate skipping out, and pools are kept until the estimate
     features = pu_features(cos, positive_cos, ref_cos)
     return Pool(scores, held, features, candidate_noise(seed, query.query_row, rows))
 

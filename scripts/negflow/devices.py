@@ -6,18 +6,26 @@ device among those visible with an exclusive lock file, holds it for the life of
 kernel drops the lock when the process ends, SIGKILL included, so a crashed job never strands a GPU)
 and narrows CUDA_VISIBLE_DEVICES to it before anything touches CUDA. Under SLURM the job uses what
 SLURM assigned: SLURM has already narrowed CUDA_VISIBLE_DEVICES.
+
+The lock folder is shared by every user's jobs on a node, so what is in it is not trusted: a lock file is
+opened without following a symbolic link, and a folder or file that is not what negflow makes (a real
+folder, ours or the sticky world-writable one another user's job made; a plain file with one link) stops
+the job with one line, before it writes anything.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import fcntl
 import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
+
+from negflow.errors import ConfigError
 
 log = logging.getLogger("negflow")
 
@@ -70,16 +78,68 @@ def _nvidia_smi_gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
 
 
-def _try_lock(directory: str, gpu: str) -> int | None:
+def _refuse(path: str, what: str) -> ConfigError:
+    return ConfigError(
+        f"{path}: {what}, which negflow never makes; another user may have planted it. Set {LOCK_DIR_ENV} to a "
+        "folder of your own (on a shared node, one all your jobs use) or remove it"
+    )
+
+
+def open_lock_dir(directory: str) -> int:
+    """The lock folder, created if missing and opened without following a link (its files are then opened
+    relative to this descriptor, so the folder cannot be swapped for a link in between). It must be ours or
+    root's, or the sticky world-writable folder (mode 1777) another user's negflow job made; ours is made
+    that folder."""
+    os.makedirs(directory, exist_ok=True)
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _refuse(directory, "the GPU lock folder is a symbolic link or not a folder") from None
+        raise
+    st = os.fstat(fd)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == os.getuid():
+        os.fchmod(fd, 0o1777)  # shared by every user's jobs on this node, like /tmp
+    elif st.st_uid != 0 and mode != 0o1777:
+        os.close(fd)
+        raise _refuse(directory, f"the GPU lock folder belongs to user {st.st_uid} with mode {mode:o}")
+    return fd
+
+
+def _open_lock_file(folder: int, directory: str, name: str) -> int:
+    """A lock file of the folder (descriptor `folder`), created if missing, opened without following a link
+    and checked to be a plain file with one link, ours or another negflow job's (mode 666)."""
+    path = os.path.join(directory, name)
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _refuse(path, "the GPU lock file is a symbolic link") from None
+        raise
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "the GPU lock file is not a plain file"
+    elif st.st_nlink != 1:
+        problem = f"the GPU lock file has {st.st_nlink} hard links"
+    elif st.st_uid != os.getuid() and stat.S_IMODE(st.st_mode) != 0o666:
+        problem = f"the GPU lock file belongs to user {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}"
+    if problem:
+        os.close(fd)
+        raise _refuse(path, problem)
+    return fd
+
+
+def _try_lock(folder: int, directory: str, gpu: str) -> int | None:
     """An exclusive, non-blocking lock on the GPU's lock file; the open descriptor, or None if taken."""
-    path = os.path.join(directory, f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(folder, directory, f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
-    with contextlib.suppress(PermissionError):
+    if os.fstat(fd).st_uid == os.getuid():
         os.fchmod(fd, 0o666)  # other users' jobs must be able to lock it too
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
@@ -88,22 +148,23 @@ def _try_lock(directory: str, gpu: str) -> int | None:
 
 def acquire_gpu(gpus: list[str], directory: str, poll_seconds: float = 2.0) -> str:
     """Lock the first free GPU of `gpus`, waiting while all are taken; the lock lives until the process exits."""
-    os.makedirs(directory, exist_ok=True)
-    with contextlib.suppress(PermissionError):
-        os.chmod(directory, 0o1777)  # shared by every user's jobs on this node, like /tmp
+    folder = open_lock_dir(directory)
     waited = 0.0
-    while True:
-        for gpu in gpus:
-            fd = _try_lock(directory, gpu)
-            if fd is not None:
-                _held_locks.append(fd)
-                if waited:
-                    log.info("waited %.0f s for a free GPU", waited)
-                return gpu
-        if not waited:
-            log.info("all %d GPUs (%s) are leased by other jobs; waiting for one", len(gpus), ",".join(gpus))
-        time.sleep(poll_seconds)
-        waited += poll_seconds
+    try:
+        while True:
+            for gpu in gpus:
+                fd = _try_lock(folder, directory, gpu)
+                if fd is not None:
+                    _held_locks.append(fd)
+                    if waited:
+                        log.info("waited %.0f s for a free GPU", waited)
+                    return gpu
+            if not waited:
+                log.info("all %d GPUs (%s) are leased by other jobs; waiting for one", len(gpus), ",".join(gpus))
+            time.sleep(poll_seconds)
+            waited += poll_seconds
+    finally:
+        os.close(folder)
 
 
 def lease_device(device_setting: str) -> str | None:
