@@ -17,7 +17,7 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.-]+",
+    dataset=layout.DATASET_NAME,
     scatteritem=SHARD_PATTERN,
 
 

@@ -189,6 +189,8 @@ def test_beir_files_through_init_and_mine_config(tmp_path, fixture_data, tiny_mo
     assert int(summary.group(2)) == sum(r["doc_scores"].count(0.0) for r in records) > 0
     assert (tmp_path / "run/results/fxbeir/train/n-tuple.parquet").is_file()
     assert "Nothing to be done" in plain_rerun(proc, tmp_path)
+    record = json.loads((tmp_path / "run" / cli.LAST_RUN).read_text())
+    assert record == {"configfile": str(tmp_path / "fxbeir.yaml"), "datasets": ["fxbeir"]}
     report = negflow("report", "--out", "run", cwd=tmp_path)
     assert (tmp_path / "run/report.html").stat().st_size > 10_000 and "negflow: report" in report.stdout
 
@@ -261,3 +263,23 @@ def test_summary_names_the_setting_selection_auto_chose(tmp_path):
     chose = "auto chose top relative_margin=None positive_doc_margin=0.3 range_min=30: estimated false negatives 6.5%"
     path.write_text(json.dumps(report | {"calibration": {"summary": chose}}))
     assert cli.summary(tmp_path, "fx") == fixed.replace("window 12 ->", f"window 12; selection {chose} ->")
+
+
+def test_report_rebuilds_its_command_from_the_recorded_config_never_a_stored_command(tmp_path):
+    record = tmp_path / cli.LAST_RUN
+    record.parent.mkdir()
+    marker = tmp_path / "ran"
+    record.write_text(
+        json.dumps({"snakemake": ["touch", str(marker)], "datasets": ["fx"]})
+    )  # an older or planted record
+    with pytest.raises(cli.ConfigError, match="last-run.json: not a run record of this negflow"):
+        cli.last_run_config(tmp_path)
+    record.write_text(json.dumps({"configfile": str(tmp_path / "gone.yaml"), "snakemake": ["touch", str(marker)]}))
+    with pytest.raises(cli.ConfigError, match="its config file .*gone.yaml is gone"):
+        cli.last_run_config(tmp_path)
+    (tmp_path / "run.yaml").write_text("datasets: {}\n")
+    record.write_text(json.dumps({"configfile": str(tmp_path / "run.yaml"), "snakemake": ["touch", str(marker)]}))
+    assert cli.last_run_config(tmp_path) == tmp_path / "run.yaml"
+    assert not marker.exists()
+    with pytest.raises(cli.ConfigError, match="no negflow run in"):
+        cli.last_run_config(tmp_path / "elsewhere")

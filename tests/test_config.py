@@ -68,7 +68,18 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
         ({"datasets": {"a": {**DATA, "selection_score": "ce"}}}, "'ce' needs a cross-encoder"),
         ({"datasets": {"a": {**DATA, "embedding": "/no/such/model"}}}, "model folder '/no/such/model' does not"),
         ({"datasets": {"a": {**DATA, "ce": "./missing-ce"}}}, "datasets.a.ce: model folder './missing-ce'"),
-        ({"datasets": {"a b": DATA}}, "datasets.a b: dataset names may use"),
+        ({"datasets": {"a b": DATA}}, "datasets.a b: dataset names use letters, digits"),
+        ({"datasets": {".": DATA}}, "config: datasets..: dataset names use letters, digits, '_', '.', '-' only and do"),
+        ({"datasets": {"..": DATA}}, "datasets...: dataset names use letters, digits, '_', '.', '-' only and do not"),
+        (
+            {"datasets": {"a": {**DATA, "embedding_model_kwargs": {"trust_remote_code": True}}}},
+            "config: datasets.a.embedding_model_kwargs.trust_remote_code: running a model's own code is the "
+            "trust_remote_code setting's to allow",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "ce": "x/y", "ce_model_kwargs": {"trust_remote_code": 1}}}},
+            "ce_model_kwargs.trust",
+        ),
         ({"datasets": {"a": {**DATA, "ce_max": 0.1}}}, "config: datasets.a.ce_max: needs a cross-encoder"),
         ({"datasets": {"a": {**DATA, "range_min": 10, "range_max": 5}}}, "range_max (5) must be above range_min"),
         ({"datasets": {"a": {**DATA, "sampling": "best"}}}, "config: datasets.a.sampling: 'best' is not one of"),

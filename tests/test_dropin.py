@@ -157,3 +157,6 @@ def test_dropin_refuses_what_has_no_counterpart(pairs, tiny_models):
         negflow.mine_hard_negatives(dataset, str(tiny_models["embedder"]), include_positives=True)
     with pytest.raises(ValueError, match="Invalid output_format: quadruplet"):
         negflow.mine_hard_negatives(dataset, str(tiny_models["embedder"]), output_format="quadruplet")
+    for name in (".", "..", "../elsewhere"):
+        with pytest.raises(ValueError, match="name: dataset names use letters, digits"):
+            negflow.mine_hard_negatives(dataset, str(tiny_models["embedder"]), name=name, cache_folder=None)

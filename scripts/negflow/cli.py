@@ -24,7 +24,9 @@ from negflow.dependencies import RULE_SETTINGS, first_rules
 from negflow.errors import ConfigError
 
 DATA_OPTIONS = ("pairs", "corpus", "queries", "qrels")
-LAST_RUN = ".negflow/last-run.json"  # under --out: what `negflow report` rebuilds
+# Under --out: the run's config file and datasets, from which `negflow report` rebuilds its Snakemake
+# command (never a stored command line: a run folder may come from someone else).
+LAST_RUN = ".negflow/last-run.json"
 # the settings a starter config shows (commented, with the schema's default and description)
 STARTER_SETTINGS = (
     "ce",
@@ -127,7 +129,7 @@ def dataset_name(block: dict) -> str:
     ref = block.get("pairs") or block.get("corpus") or "dataset"
     path = Path(ref.split(":")[0])
     stem = path.parent.name if path.stem in {"corpus", "train", "data"} else path.name.split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "dataset"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).lstrip(".").strip("-") or "dataset"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +231,8 @@ def run_workflow(
         configfile.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     command = snakemake_command(out, configfile, **machine)
     (out / LAST_RUN).parent.mkdir(exist_ok=True)
-    (out / LAST_RUN).write_text(json.dumps({"snakemake": command, "datasets": names}, indent=1), encoding="utf-8")
+    record = {"configfile": str(configfile), "datasets": names}
+    (out / LAST_RUN).write_text(json.dumps(record, indent=1), encoding="utf-8")
     if show is not None:
         print(f"negflow: config {configfile}; plain Snakemake repeats the run:")
         print(f"  {shlex.join(['snakemake', *command[3:]])}", flush=True)
@@ -331,8 +334,8 @@ def starter_config(name: str, args: argparse.Namespace, spec: dict) -> str:
 
 def init(args: argparse.Namespace) -> int:
     path = Path(args.out) / f"{args.name}.yaml"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
-        raise ConfigError(f"dataset names may use letters, digits, '_', '.', '-' only (got '{args.name}')")
+    if not layout.is_dataset_name(args.name):
+        raise ConfigError(f"{layout.DATASET_NAME_RULE} (got '{args.name}')")
     if path.exists():
         raise ConfigError(f"{path} exists; remove it or pick another name")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,11 +344,26 @@ def init(args: argparse.Namespace) -> int:
     return 0
 
 
+def last_run_config(out: Path) -> Path:
+    """The config file of the last `negflow mine` in `out`, from its record (checked: a run folder may be
+    someone else's, and what it holds is data, never a command)."""
+    record_path = out / LAST_RUN
+    if not record_path.is_file():
+        raise ConfigError(f"no negflow run in {out} (run `negflow mine --out {out}` first)")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        configfile = Path(record["configfile"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{record_path}: not a run record of this negflow (run `negflow mine` again)") from None
+    if not configfile.is_file():
+        raise ConfigError(f"{record_path}: its config file {configfile} is gone (run `negflow mine` again)")
+    return configfile
+
+
 def report(args: argparse.Namespace) -> int:
+    """Snakemake's report of the last run in --out: this package's workflow on the run's config file."""
     out = Path(args.out).resolve()
-    if not (out / LAST_RUN).is_file():
-        raise ConfigError(f"no negflow run in {out} (run `negflow mine --out {args.out}` first)")
-    command = json.loads((out / LAST_RUN).read_text(encoding="utf-8"))["snakemake"]
+    command = snakemake_command(out, last_run_config(out))
     html = out / "report.html"
     status = subprocess.run([*command, f"--report={html}"]).returncode
     if status == 0:

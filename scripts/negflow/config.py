@@ -6,13 +6,13 @@ import copy
 import difflib
 import gzip
 import os
-import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from negflow.errors import ConfigError
+from negflow.layout import DATASET_NAME_RULE, is_dataset_name
 from negflow.refs import check_model_ref, is_hub_model, is_local_data, resolve_data_ref
 from negflow.selection import SelectionSettings
 
@@ -83,8 +83,8 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
     dataset_keys = known_keys(schema, "dataset")
     merged_all = {}
     for name, block in datasets.items():
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
-            raise ConfigError(f"config: datasets.{name}: dataset names may use letters, digits, '_', '.', '-' only")
+        if not is_dataset_name(name):
+            raise ConfigError(f"config: datasets.{name}: {DATASET_NAME_RULE}")
         if not isinstance(block, dict):
             raise ConfigError(f"config: datasets.{name}: must be a mapping with corpus, queries and qrels")
         merged = setting_defaults(schema) | top
@@ -145,6 +145,11 @@ def check_model_settings(merged: dict, where: str) -> None:
                 "local folder or package: model"
             )
         kwargs = merged[f"{kind}_model_kwargs"]
+        if "trust_remote_code" in kwargs:
+            raise ConfigError(
+                f"config: {where}.{kind}_model_kwargs.trust_remote_code: running a model's own code is the "
+                "trust_remote_code setting's to allow, not the model's keyword arguments'; set trust_remote_code"
+            )
         for key in ("torch_dtype", "dtype"):
             if key not in kwargs:
                 continue

@@ -139,6 +139,8 @@ def mine_hard_negatives(
     if output_format not in ST_FORMATS:
         raise ValueError(f"Invalid output_format: {output_format}. Must be one of {', '.join(ST_FORMATS)}.")
     del faiss_batch_size, use_faiss, use_multi_process  # performance knobs of the in-memory function
+    if not layout.is_dataset_name(name):
+        raise ValueError(f"name: {layout.DATASET_NAME_RULE} (got {name!r})")
     columns = dataset.column_names
     anchor = anchor_column_name if anchor_column_name in columns else columns[0]
     if positive_column_name not in columns and len(columns) < 2:

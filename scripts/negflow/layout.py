@@ -6,7 +6,17 @@ shard (`shards`), `{format}` a training format."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
+
+# A dataset's name is a folder under results/: letters, digits, '_', '.', '-', not starting with a dot (so
+# never '.', '..' or a hidden folder).
+DATASET_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+DATASET_NAME_RULE = "dataset names use letters, digits, '_', '.', '-' only and do not start with '.'"
+
+
+def is_dataset_name(name: object) -> bool:
+    return isinstance(name, str) and re.fullmatch(DATASET_NAME, name) is not None
 
 
 def _results(**paths: str) -> SimpleNamespace:
