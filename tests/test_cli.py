@@ -16,7 +16,7 @@ from conftest import REPO, read_jsonl
 
 from negflow import cli
 from negflow.bundle import copy_workflow
-from negflow.config import dataset_settings, load_schema
+from negflow.config import dataset_settings, load_schema, setting_schemas
 
 # what the tiny random-init models need (see conftest.dataset_block): fp32, no doc-doc filters
 TINY = ["--embedding-dtype", "fp32", "--relative-margin", "0", "--positive-doc-margin", "null"]
@@ -68,8 +68,8 @@ def test_argument_errors_name_the_option_before_any_run(capsys, tmp_path, pair_f
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing run
 
 
-def test_settings_are_read_as_yaml_values_and_names_from_the_data():
-    known = {"train_formats", "positive_doc_margin", "seed", "sampling"}
+def test_settings_are_read_by_their_schema_type_and_names_from_the_data():
+    props = setting_schemas(load_schema(REPO / "config/schema.yaml"), "dataset")
     settings, targets = cli.parse_settings(
         [
             "--train-formats",
@@ -78,10 +78,33 @@ def test_settings_are_read_as_yaml_values_and_names_from_the_data():
             "results/x/negatives.jsonl",
             "--seed",
             "7",
+            "--query-prompt",
+            "query: ",  # the E5 prefix: YAML refuses it
+            "--doc-prompt=#x",  # YAML reads a comment: null
+            "--query-prompt-name",
+            "null",
+            "--embedding-batch-tokens",
+            "4096",
+            "--ce-batch-tokens=auto",
+            "--sampling",
+            "on",  # YAML 1.1 reads a boolean; an enum of strings takes the text (and the schema refuses it)
+            "--max-pairs",
+            "[1",  # not YAML: left as text for the schema check to name
         ],
-        known,
+        props,
     )
-    assert settings == {"train_formats": ["n-tuple", "flag"], "positive_doc_margin": None, "seed": 7}
+    assert settings == {
+        "train_formats": ["n-tuple", "flag"],
+        "positive_doc_margin": None,
+        "seed": 7,
+        "query_prompt": "query: ",
+        "doc_prompt": "#x",
+        "query_prompt_name": None,
+        "embedding_batch_tokens": 4096,
+        "ce_batch_tokens": "auto",
+        "sampling": "on",
+        "max_pairs": "[1",
+    }
     assert targets == ["results/x/negatives.jsonl"]
     assert cli.dataset_name({"pairs": "/data/st/agnews.jsonl.gz"}) == "agnews"
     assert cli.dataset_name({"corpus": "/data/beir/scifact/corpus.jsonl"}) == "scifact"
@@ -283,3 +306,22 @@ def test_report_rebuilds_its_command_from_the_recorded_config_never_a_stored_com
     assert not marker.exists()
     with pytest.raises(cli.ConfigError, match="no negflow run in"):
         cli.last_run_config(tmp_path / "elsewhere")
+
+
+def test_every_path_option_is_read_from_where_the_command_was_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("pairs.jsonl", "judged.tsv", "eval.tsv"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "data").mkdir()
+    argv = ["mine", "--pairs", "pairs.jsonl", "--model", "org/model", "--out", "run"]
+    args, tokens = cli.build_parser().parse_known_args(argv)
+    props = setting_schemas(load_schema(REPO / "config/schema.yaml"), "dataset")
+    tokens += ["--audit-qrels", "judged.tsv", "--finetune-eval-qrels=eval.tsv", "--data-root", "data"]
+    tokens += ["--query-prompt", "data"]  # not a path setting, though a folder of that name exists
+    settings, _ = cli.parse_settings(tokens, props)
+    block = cli.mine_config(args, settings)["datasets"]["pairs"]
+    assert block["pairs"] == str(tmp_path / "pairs.jsonl")
+    assert block["audit_qrels"] == str(tmp_path / "judged.tsv")
+    assert block["finetune_eval_qrels"] == str(tmp_path / "eval.tsv")
+    assert block["data_root"] == str(tmp_path / "data")
+    assert (block["embedding"], block["query_prompt"]) == ("org/model", "data")  # a hub id and a text, as given

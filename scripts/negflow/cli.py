@@ -19,7 +19,7 @@ import yaml
 
 from negflow import layout
 from negflow.bundle import workflow_root
-from negflow.config import dataset_settings, did_you_mean, known_keys, load_schema, setting_defaults
+from negflow.config import dataset_settings, did_you_mean, load_schema, setting_defaults, setting_schemas
 from negflow.dependencies import RULE_SETTINGS, first_rules
 from negflow.errors import ConfigError
 
@@ -94,9 +94,26 @@ def list_settings(spec: dict) -> str:
     return "\n".join(lines[1:]) + "\n"
 
 
-def parse_settings(tokens: list[str], known: set[str]) -> tuple[dict, list[str]]:
-    """`--key value` / `--key=value` pairs (values read as YAML: numbers, true, null, [a, b]) and the other
-    tokens (Snakemake targets)."""
+def setting_value(prop: dict, text: str):
+    """A command-line value read by its setting's schema: a string setting (or an enum of strings) takes
+    the text as given (`"query: "`, `"#x"`), or `null` where none is allowed; any other is read as YAML
+    (numbers, true, null, [a, b], {k: v}), and what does not parse is left as text for the schema check
+    to name."""
+    types = prop.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    enum = prop.get("enum")
+    if "string" in types or (enum and all(isinstance(v, str) for v in enum if v is not None)):
+        return None if text == "null" and ("null" in types or (enum and None in enum)) else text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_settings(tokens: list[str], props: dict[str, dict]) -> tuple[dict, list[str]]:
+    """`--key value` / `--key=value` pairs, each value read by its setting's schema (`setting_value`), and
+    the other tokens (Snakemake targets)."""
+    known = set(props)
     settings, targets, i = {}, [], 0
     while i < len(tokens):
         token = tokens[i]
@@ -112,7 +129,7 @@ def parse_settings(tokens: list[str], known: set[str]) -> tuple[dict, list[str]]
             if i + 1 >= len(tokens):
                 raise ConfigError(f"{option(key)} needs a value")
             value, i = tokens[i + 1], i + 1
-        settings[key] = yaml.safe_load(value)
+        settings[key] = setting_value(props[key], value)
         i += 1
     return settings, targets
 
@@ -190,7 +207,8 @@ def mine_config(args: argparse.Namespace, settings: dict) -> dict:
     block["embedding"] = local_or_ref(args.model)
     if args.ce is not None:
         block["ce"] = local_or_ref(args.ce)
-    block |= settings
+    props = setting_schemas(schema(), "dataset")  # every path option is read from where the command was typed
+    block |= {k: local_or_ref(v) if props[k].get("x-path") and isinstance(v, str) else v for k, v in settings.items()}
     return {"datasets": {args.name or dataset_name(block): block}}
 
 
@@ -283,7 +301,7 @@ def summary(out: Path, name: str) -> str:
 
 
 def mine(args: argparse.Namespace, tokens: list[str], extra: list[str]) -> int:
-    settings, targets = parse_settings(tokens, known_keys(schema(), "dataset"))
+    settings, targets = parse_settings(tokens, setting_schemas(schema(), "dataset"))
     out = Path(args.out).resolve()
     configfile = None
     if args.config is not None:
@@ -308,7 +326,7 @@ def mine(args: argparse.Namespace, tokens: list[str], extra: list[str]) -> int:
 def starter_config(name: str, args: argparse.Namespace, spec: dict) -> str:
     """NAME.yaml: the data and model (given, or placeholders to fill in) and the settings users change
     first, commented out at their defaults with the schema's description."""
-    props = spec["$defs"]["settings"]["properties"] | spec["$defs"]["dataset"].get("properties", {})
+    props = setting_schemas(spec, "dataset")
     lines = [
         f"# negflow config for {name}. Mine with:  negflow mine --config {name}.yaml",
         "# Every key of config/schema.yaml may go in the dataset block; unknown keys are refused.",

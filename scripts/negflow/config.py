@@ -28,12 +28,18 @@ def setting_defaults(schema: dict) -> dict:
     return {key: copy.deepcopy(spec.get("default")) for key, spec in props.items()}
 
 
+def setting_schemas(schema: dict, *extra_defs: str) -> dict[str, dict]:
+    """The schema of every per-dataset setting, plus those of the schema's `extra_defs` (e.g. a dataset's
+    data keys), by key."""
+    props = dict(schema["$defs"]["settings"]["properties"])
+    for name in extra_defs:
+        props |= schema["$defs"][name].get("properties", {})
+    return props
+
+
 def known_keys(schema: dict, *extra_defs: str) -> set[str]:
     """Every per-dataset setting, plus the keys of the schema's `extra_defs` (e.g. a dataset's data keys)."""
-    keys = set(schema["$defs"]["settings"]["properties"])
-    for name in extra_defs:
-        keys |= set(schema["$defs"][name].get("properties", {}))
-    return keys
+    return set(setting_schemas(schema, *extra_defs))
 
 
 def did_you_mean(key: str, known: set[str], spell=str) -> str:
