@@ -5,6 +5,7 @@ test_beir.py and test_prepare.py). The cases that are only suspicious warn, coun
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -34,6 +35,20 @@ def _edit_jsonl(block, key, tmp_path, line_no, edit) -> tuple[dict, str]:
 def malformed_json(block, tmp_path, models):
     changed, path = _edit_jsonl(block, "corpus", tmp_path, 6, lambda d: json.dumps(d)[:-3])
     return changed, f"{path}:6: malformed JSON"
+
+
+def lone_surrogate(block, tmp_path, models):
+    changed, path = _edit_jsonl(
+        block, "corpus", tmp_path, 4, lambda d: json.dumps({**d, "text": "x"}).replace("x", "\\ud800")
+    )
+    return changed, f"{path}:4: a lone surrogate escape (\\uD800-\\uDFFF without its pair) is no text"
+
+
+def truncated_gzip_corpus(block, tmp_path, models):
+    data = gzip.compress(Path(block["corpus"]).read_bytes())
+    path = tmp_path / "corpus.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    return {"corpus": str(path)}, f"{path}: after line "
 
 
 def corpus_smaller_than_candidates(block, tmp_path, models):
@@ -91,6 +106,8 @@ def num_negatives_above_the_window(block, tmp_path, models):
 
 CASES = [
     malformed_json,
+    lone_surrogate,
+    truncated_gzip_corpus,
     corpus_smaller_than_candidates,
     model_folder_missing,
     model_folder_without_a_model,

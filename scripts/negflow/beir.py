@@ -6,32 +6,51 @@ user can fix the input before any model runs.
 
 from __future__ import annotations
 
-import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from isal import igzip, isal_zlib
 
 from negflow.errors import InputError
 from negflow.refs import is_local_data
 
+# What reading a truncated or corrupt .gz raises (ISA-L's own error is no OSError).
+READ_ERRORS = (OSError, EOFError, zlib.error, isal_zlib.error)
 
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+def open_binary(path: str):
+    """A local data file for reading bytes, inflated when it ends in .gz (ISA-L: twice as fast as zlib)."""
+    try:
+        return igzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+
+
+def read_error(path: str, after_line: int, error: Exception) -> InputError:
+    """The one line for a file that cannot be read on: a truncated or corrupt .gz, most often."""
+    what = "truncated or corrupt gzip data" if path.endswith(".gz") else "cannot read"
+    return InputError(f"{path}: after line {after_line}: {what} ({type(error).__name__}: {error})")
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) decoding each line on its own, so a bad byte names its line."""
-    try:
-        with _open_binary(path) as f:
-            for line_no, raw in enumerate(f, start=1):
-                try:
-                    yield line_no, raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (OSError, EOFError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
+    line_no = 0
+    with open_binary(path) as f:
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except READ_ERRORS as e:
+                raise read_error(path, line_no, e) from None
+            line_no += 1
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
@@ -44,6 +63,13 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if "\\ud" in line.lower():  # a \uD800-\uDFFF escape: JSON allows a lone one, UTF-8 cannot hold it
+            try:
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(
+                    f"{where}: a lone surrogate escape (\\uD800-\\uDFFF without its pair) is no text"
+                ) from None
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         yield where, obj

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import difflib
-import gzip
 import os
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from negflow.beir import READ_ERRORS, open_binary, read_error
 from negflow.errors import ConfigError
 from negflow.layout import DATASET_NAME_RULE, is_dataset_name
 from negflow.refs import check_model_ref, is_hub_model, is_local_data, resolve_data_ref
@@ -206,13 +206,16 @@ def check_corpus_size(ref: str, candidates: int, where: str) -> None:
 
         documents = pq.ParquetFile(ref).metadata.num_rows
     else:
-        opener = gzip.open if ref.endswith(".gz") else open
-        documents = 0
-        with opener(ref, "rb") as f:
-            for raw in f:
-                documents += bool(raw.strip())
-                if documents > candidates:
-                    break
+        documents = lines = 0
+        with open_binary(ref) as f:
+            try:
+                for raw in f:
+                    lines += 1
+                    documents += bool(raw.strip())
+                    if documents > candidates:
+                        break
+            except READ_ERRORS as e:
+                raise ConfigError(str(read_error(ref, lines, e))) from None
     if documents > candidates:
         return
     raise ConfigError(

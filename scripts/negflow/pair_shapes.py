@@ -20,9 +20,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from isal import igzip
 
-from negflow.beir import iter_records
+from negflow.beir import READ_ERRORS, iter_records, open_binary, read_error
 from negflow.errors import InputError
 from negflow.files import open_parquet
 from negflow.grades import GIVEN_NEGATIVE_POLICIES
@@ -32,6 +31,7 @@ from negflow.refs import split_ref
 SET_MODES = ("first", "all")
 CHUNK_RECORDS = 200_000  # table rows read at once
 BLOCK_BYTES = 1 << 21  # lines read and parsed at once (about 4,000 pair lines)
+MAX_LINE_BYTES = 64 << 20  # one record: far above any pair, far below a whole data set on one line
 
 SHAPES = {
     "pair": '["anchor", "positive"]',
@@ -93,15 +93,6 @@ def is_jsonl(path: str) -> bool:
     return path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
 
 
-def _open_binary(path: str):
-    try:
-        if path.endswith(".gz"):  # ISA-L inflates twice as fast as zlib
-            return igzip.open(path, "rb")
-        return open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-
-
 def _load_table_source(ref: str) -> tuple[str, pa.Table | pq.ParquetFile]:
     """A Parquet file, or a hub dataset (id or a local folder of one, e.g. a `hf download`) loaded with
     `datasets` into a memory-mapped Arrow table."""
@@ -138,8 +129,8 @@ def count_records(ref: str) -> int:
     """Non-blank lines of a JSONL file, rows of a table: what a seeded `max_pairs` sample draws from."""
     source, _ = split_ref(ref)
     if is_jsonl(source):
-        with _open_binary(source) as f:
-            return sum(sum(1 for raw in data.split(b"\n") if raw.strip()) for data in _line_blocks(f))
+        with open_binary(source) as f:
+            return sum(sum(1 for raw in data.split(b"\n") if raw.strip()) for data in _line_blocks(f, source))
     return _table_rows(_load_table_source(ref)[1])
 
 
@@ -271,8 +262,8 @@ def read_jsonl(path: str, builder: PairSink, set_mode: str, keep: np.ndarray | N
     ordinal = 0  # non-blank lines before this block: the index into `keep`
     line_no = 0
     progress = ProgressBar(desc=f"reading {os.path.basename(path)}", unit=" lines", mininterval=10, unit_scale=True)
-    with _open_binary(path) as f:
-        for data in _line_blocks(f):
+    with open_binary(path) as f:
+        for data in _line_blocks(f, path):
             lists = _block_lists(data) if shape in ("pair", "triplet") else None
             columns = None if lists is None else _list_columns(lists, 2 if shape == "pair" else 3)
             if columns is not None:
@@ -318,18 +309,35 @@ def read_jsonl(path: str, builder: PairSink, set_mode: str, keep: np.ndarray | N
     progress.close()
 
 
-def _line_blocks(f) -> Iterator[bytes]:
+def _line_blocks(f, path: str) -> Iterator[bytes]:
     """The lines of a binary file in blocks of about BLOCK_BYTES (whole lines, without the block's last
-    newline): one large read split in C costs far less than a readline per line."""
-    rest = b""
-    while data := f.read(BLOCK_BYTES):
-        data = rest + data
+    newline): one large read split in C costs far less than a readline per line. A line longer than a read
+    is gathered in pieces and joined once (linear however long), up to MAX_LINE_BYTES."""
+    pending: list[bytes] = []  # the pieces of a line that no read has ended yet
+    pending_bytes = lines = 0
+    while True:
+        try:
+            data = f.read(BLOCK_BYTES)
+        except READ_ERRORS as e:
+            raise read_error(path, lines, e) from None
+        if not data:
+            break
         end = data.rfind(b"\n") + 1
-        if end:
-            yield data[: end - 1]
-        rest = data[end:]
-    if rest:
-        yield rest
+        if not end:
+            pending.append(data)
+            pending_bytes += len(data)
+            if pending_bytes > MAX_LINE_BYTES:
+                raise InputError(
+                    f"{path}:{lines + 1}: a line over {MAX_LINE_BYTES >> 20} MiB; pair files are JSON Lines, one "
+                    "record a line (a file holding one JSON array is not)"
+                )
+            continue
+        block = b"".join([*pending, data[: end - 1]]) if pending else data[: end - 1]
+        lines += block.count(b"\n") + 1
+        yield block
+        pending, pending_bytes = ([data[end:]], len(data) - end) if end < len(data) else ([], 0)
+    if pending:
+        yield b"".join(pending)
 
 
 def _block_lists(data: bytes) -> list | None:

@@ -1,0 +1,81 @@
+"""Input that used to crash with a traceback or pass unnoticed: each is one line naming the file and line,
+and nothing is written (the end-to-end cases, through Snakemake, are in test_bad_input.py)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+import pytest
+from test_read_pairs import run
+
+from negflow import pair_shapes
+from negflow.beir import ReadStats, iter_corpus
+from negflow.errors import InputError
+
+
+def truncated_gzip(path, lines: list[bytes]) -> None:
+    data = gzip.compress(b"".join(lines))
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def corrupt_gzip(path, lines: list[bytes]) -> None:
+    data = bytearray(gzip.compress(b"".join(lines)))
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+PAIR_LINES = [b'["query %d", "passage number %d about something"]\n' % (i, i) for i in range(5000)]
+
+
+@pytest.mark.parametrize("damage", [truncated_gzip, corrupt_gzip])
+def test_a_damaged_gzip_pair_file_is_one_line(tmp_path, damage):
+    pairs = tmp_path / "pairs.jsonl.gz"
+    damage(pairs, PAIR_LINES)
+    with pytest.raises(InputError) as err:
+        run(tmp_path, "out", pairs)
+    message = str(err.value)
+    assert message.startswith(f"{pairs}: after line ") and ": truncated or corrupt gzip data (" in message
+    assert "\n" not in message
+    assert not any((tmp_path / "out").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("damage", [truncated_gzip, corrupt_gzip])
+def test_a_damaged_gzip_corpus_is_one_line(tmp_path, damage):
+    corpus = tmp_path / "corpus.jsonl.gz"
+    damage(corpus, [b'{"_id": "d%d", "text": "document %d"}\n' % (i, i) for i in range(20000)])
+    with pytest.raises(InputError) as err:
+        list(iter_corpus(str(corpus), ReadStats()))
+    message = str(err.value)
+    assert message.startswith(f"{corpus}") and "\n" not in message
+    if damage is truncated_gzip:  # a corrupt stream may inflate to garbage first: a malformed line, named
+        assert message.startswith(f"{corpus}: after line ") and "truncated or corrupt gzip data" in message
+
+
+def test_an_unpaired_surrogate_escape_is_one_line_naming_its_line(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "a", "text": "fine \\ud83d\\ude00"}\n{"_id": "b", "text": "bad \\ud800 here"}\n')
+    with pytest.raises(InputError) as err:
+        list(iter_corpus(str(corpus), ReadStats()))
+    assert str(err.value) == f"{corpus}:2: a lone surrogate escape (\\uD800-\\uDFFF without its pair) is no text"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('["q", "fine \\ud83d\\ude00"]\n["q2", "bad \\ud800"]\n')
+    with pytest.raises(InputError, match=rf"^{pairs}:2: malformed JSON \(no low surrogate in string"):
+        run(tmp_path, "out", pairs)
+
+
+def test_a_line_over_the_limit_is_refused_and_long_lines_are_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", 1 << 10)
+    monkeypatch.setattr(pair_shapes, "MAX_LINE_BYTES", 1 << 20)
+    lines = [b"a" * 5000, b"b", b"c" * (900 << 10), b"", b"d" * 3000]
+    blocks = list(pair_shapes._line_blocks(io.BytesIO(b"\n".join(lines) + b"\n"), "f.jsonl"))
+    assert b"\n".join(blocks).split(b"\n") == lines  # every line whole, across many reads
+
+    pairs = tmp_path / "array.json"  # one JSON array saved as .json: read as JSON Lines, it is one long line
+    pairs.write_text("[" + ", ".join(f'["query {i}", "passage {i}"]' for i in range(60000)) + "]\n")
+    with pytest.raises(InputError) as err:
+        run(tmp_path, "out", pairs)
+    assert str(err.value) == (
+        f"{pairs}:1: a line over 1 MiB; pair files are JSON Lines, one record a line (a file holding one JSON "
+        "array is not)"
+    )
