@@ -79,3 +79,51 @@ def test_a_line_over_the_limit_is_refused_and_long_lines_are_read_whole(tmp_path
         f"{pairs}:1: a line over 1 MiB; pair files are JSON Lines, one record a line (a file holding one JSON "
         "array is not)"
     )
+
+
+def test_an_empty_file_a_byte_order_mark_and_nul_bytes(tmp_path):
+    """Decided: an empty pair file (or one of blank lines) is an error; a UTF-8 byte-order mark opening a
+    file is dropped; a NUL byte is text when escaped (JSON's \\u0000) and malformed JSON when raw."""
+    for content in (b"", b"\n\n  \n"):
+        empty = tmp_path / "empty.jsonl"
+        empty.write_bytes(content)
+        with pytest.raises(InputError, match=rf"^{empty}: no pairs to read$"):
+            run(tmp_path, "empty", empty)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf["q", "p"]\n["q2", "p2"]\n')
+    _, result = run(tmp_path, "bom", bom)
+    assert (result["counts"]["records"], result["counts"]["queries"]) == (2, 2)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b'\xef\xbb\xbf{"_id": "a", "text": "first"}\n{"_id": "b", "text": "nul \\u0000 escaped"}\n')
+    assert list(iter_corpus(str(corpus), ReadStats())) == [("a", "first"), ("b", "nul \x00 escaped")]
+    corpus.write_bytes(b'{"_id": "a", "text": "first"}\n{"_id": "b", "text": "raw \x00 nul"}\n')
+    with pytest.raises(InputError, match=rf"^{corpus}:2: malformed JSON \(Invalid control character"):
+        list(iter_corpus(str(corpus), ReadStats()))
+    pairs = tmp_path / "nul.jsonl"
+    pairs.write_bytes(b'["q", "p"]\n["q2", "raw \x00 nul"]\n')
+    with pytest.raises(InputError, match=rf"^{pairs}:2: malformed JSON"):
+        run(tmp_path, "nul", pairs)
+
+
+def test_empty_sets_are_counted_and_one_column_is_never_both_anchor_and_positive(tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sets = tmp_path / "sets.jsonl"
+    sets.write_text('{"set": ["a", "b"]}\n{"set": []}\n{"set": ["c", "d", "e"]}\n')
+    with caplog.at_level("WARNING", logger="negflow"):
+        _, result = run(tmp_path, "sets", sets)
+    assert (result["counts"]["empty_sets"], result["counts"]["queries"]) == (1, 2)
+    assert "skipped: 1 empty sets" in caplog.text
+
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"q": ["q1"], "question": ["q1 again"], "negative": ["n1"]}), table)
+    with pytest.raises(InputError) as err:
+        run(tmp_path, "both", table, anchor_column="question")
+    assert str(err.value) == (
+        f"{table}: column 'question' would be both the anchor and the positive; set positive_column "
+        "(columns: ['q', 'question', 'negative'])"
+    )
+    out, result = run(tmp_path, "neg", table, anchor_column="q", positive_column="question")
+    assert result["counts"]["given_negatives_read"] == 1  # `negative` is read whatever the anchor is named
+

@@ -18,6 +18,7 @@ from negflow.refs import is_local_data
 
 # What reading a truncated or corrupt .gz raises (ISA-L's own error is no OSError).
 READ_ERRORS = (OSError, EOFError, zlib.error, isal_zlib.error)
+UTF8_BOM = b"\xef\xbb\xbf"  # a byte-order mark opening a file is dropped: editors on Windows write one
 
 
 def open_binary(path: str):
@@ -47,6 +48,8 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
             except READ_ERRORS as e:
                 raise read_error(path, line_no, e) from None
             line_no += 1
+            if line_no == 1:
+                raw = raw.removeprefix(UTF8_BOM)
             try:
                 yield line_no, raw.decode("utf-8")
             except UnicodeDecodeError as e:

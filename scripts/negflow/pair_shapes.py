@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negflow.beir import READ_ERRORS, iter_records, open_binary, read_error
+from negflow.beir import READ_ERRORS, UTF8_BOM, iter_records, open_binary, read_error
 from negflow.errors import InputError
 from negflow.files import open_parquet
 from negflow.grades import GIVEN_NEGATIVE_POLICIES
@@ -305,6 +305,8 @@ def read_jsonl(path: str, builder: PairSink, set_mode: str, keep: np.ndarray | N
                         f"{where}: a line of shape {SHAPES[this]} in a file whose line {first_line} set the shape "
                         f"{SHAPES[shape]}; a pair file keeps one shape"
                     )
+                if shape == "set" and not obj["set"]:
+                    counts["empty_sets"] += 1  # no text at all: nothing to add, but counted
                 builder.add_examples(line, line_examples(obj, shape, where, set_mode))
     progress.close()
 
@@ -312,14 +314,18 @@ def read_jsonl(path: str, builder: PairSink, set_mode: str, keep: np.ndarray | N
 def _line_blocks(f, path: str) -> Iterator[bytes]:
     """The lines of a binary file in blocks of about BLOCK_BYTES (whole lines, without the block's last
     newline): one large read split in C costs far less than a readline per line. A line longer than a read
-    is gathered in pieces and joined once (linear however long), up to MAX_LINE_BYTES."""
+    is gathered in pieces and joined once (linear however long), up to MAX_LINE_BYTES. A UTF-8 byte-order
+    mark opening the file is dropped (editors on Windows write one)."""
     pending: list[bytes] = []  # the pieces of a line that no read has ended yet
     pending_bytes = lines = 0
+    first = True
     while True:
         try:
             data = f.read(BLOCK_BYTES)
         except READ_ERRORS as e:
             raise read_error(path, lines, e) from None
+        if first:
+            data, first = data.removeprefix(UTF8_BOM), False
         if not data:
             break
         end = data.rfind(b"\n") + 1
@@ -372,7 +378,7 @@ def _list_columns(lists: list, n_items: int) -> list[list] | None:
 
 def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, str]:
     """The anchor, positive and (optional) negative columns: as configured, else anchor/positive/negative
-    when present, else the first two columns (as sentence-transformers does)."""
+    when present, else the first two columns (as sentence-transformers does). One column cannot be two."""
     names = schema.names
     chosen = {}
     for role, configured in (("anchor", s.anchor_column), ("positive", s.positive_column)):
@@ -390,8 +396,13 @@ def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, s
         if s.negative_column not in names:
             raise InputError(f"{where}: no column '{s.negative_column}' (negative_column); columns: {names}")
         chosen["negative"] = s.negative_column
-    elif "negative" in names and chosen["anchor"] == "anchor":
+    elif "negative" in names and "negative" not in (chosen["anchor"], chosen["positive"]):
         chosen["negative"] = "negative"
+    if chosen["anchor"] == chosen["positive"]:
+        raise InputError(
+            f"{where}: column '{chosen['anchor']}' would be both the anchor and the positive; set positive_column "
+            f"(columns: {names})"
+        )
     for role, column in chosen.items():
         kind = schema.field(column).type
         value = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else kind

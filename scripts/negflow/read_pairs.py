@@ -63,6 +63,7 @@ CHUNK_TEXTS = 500_000  # text occurrences numbered at once (the chunk's Python s
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "compression": "none"}
 # Counts of what was skipped, each worth a warning.
 SKIP_COUNTS = (
+    "empty_sets",
     "empty_anchors",
     "empty_positives",
     "positives_equal_to_anchor",
