@@ -39,7 +39,7 @@ def start_holder(lock_dir, visible="0,1"):
     )
 
 
-def leased(proc, timeout=30):
+def leased(proc, timeout=120):
     """The device id the holder printed, or None if it is still waiting after `timeout` seconds."""
     import selectors
 
@@ -48,6 +48,22 @@ def leased(proc, timeout=30):
         if not sel.select(timeout):
             return None
     return proc.stdout.readline().strip()
+
+
+def waiting(proc, timeout=120) -> str:
+    """Block until the holder logs that every device is taken (it is then waiting on the locks); its stderr
+    so far. An event, not a time window: a slow machine only makes it come later."""
+    import selectors
+
+    seen = ""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while "are leased by other jobs; waiting" not in seen:
+            assert sel.select(timeout), f"the holder never waited; its log: {seen}"
+            line = proc.stderr.readline()
+            assert line, f"the holder ended; its log: {seen}"
+            seen += line
+    return seen
 
 
 def release(proc):
@@ -77,12 +93,11 @@ def test_jobs_take_free_devices_in_order_wait_when_all_are_taken_and_inherit_rel
     second = start_holder(tmp_path)
     assert leased(second) == "1"
     third = start_holder(tmp_path)
-    assert leased(third, timeout=3) is None  # both devices taken: it waits
+    assert "all 2 GPUs (0,1) are leased by other jobs; waiting" in waiting(third)  # both devices taken
     release(first)
     assert leased(third) == "0"
     release(second)
     release(third)
-    assert "all 2 GPUs (0,1) are leased by other jobs; waiting" in third.stderr.read()
 
 
 @pytest.mark.slow
@@ -90,7 +105,7 @@ def test_a_killed_job_frees_its_device(tmp_path):
     holder = start_holder(tmp_path, visible="7")
     assert leased(holder) == "7"
     waiter = start_holder(tmp_path, visible="7")
-    assert leased(waiter, timeout=3) is None
+    waiting(waiter)
     holder.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel drops the lock with the process
     holder.wait(timeout=30)
     assert leased(waiter) == "7"

@@ -127,3 +127,41 @@ def test_empty_sets_are_counted_and_one_column_is_never_both_anchor_and_positive
     out, result = run(tmp_path, "neg", table, anchor_column="q", positive_column="question")
     assert result["counts"]["given_negatives_read"] == 1  # `negative` is read whatever the anchor is named
 
+
+def test_ids_are_pinned_known_answers_and_carried_ids_are_kept(tmp_path):
+    """XXH3-128 of the normalised text's UTF-8, pinned as constants (the empty string's is the XXH3
+    specification's own test vector), so a change of hash or normalisation fails here; ids the data carries
+    (Tevatron's query_id and docid) are kept as given."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from negflow.text_ids import text_hash
+
+    assert text_hash("") == "99aa06d3014798d86001c324468d497f"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps(["  Cafe\u0301 ", "hello world"]) + "\n" + json.dumps(["what is a hard negative?", "x"])
+    )
+    out, _ = run(tmp_path, "hashed", pairs)
+    queries = dict(zip(*pq.read_table(out.queries).to_pydict().values(), strict=True))
+    assert queries == {
+        "209ca0278414df3fb2af2d7750e7746a": "Caf\u00e9",  # NFC, trimmed
+        "6b0cba0b7ea60f0f8554ea1a9ec759f0": "what is a hard negative?",
+    }
+    assert pq.read_table(out.corpus)["_id"].to_pylist()[0] == "df8d09e93f874900a99b8775cc15b6c7"
+
+    tevatron = tmp_path / "tevatron.jsonl"
+    line = {
+        "query_id": "Q7",
+        "query": "q seven",
+        "positive_passages": [{"docid": "D9", "title": "T", "text": "nine"}],
+        "negative_passages": [{"docid": "D10", "title": "", "text": "ten"}],
+    }
+    tevatron.write_text(json.dumps(line) + "\n")
+    out, _ = run(tmp_path, "carried", tevatron)
+    assert pq.read_table(out.queries).to_pylist() == [{"_id": "Q7", "text": "q seven"}]
+    assert sorted(pq.read_table(out.corpus).to_pylist(), key=lambda r: r["_id"]) == [
+        {"_id": "D10", "text": "ten"},
+        {"_id": "D9", "text": "T nine"},
+    ]
