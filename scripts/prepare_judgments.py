@@ -1,4 +1,5 @@
-"""Rule prepare_judgments: the audit's and finetune's qrels, checked and stored beside the prepared corpus."""
+"""Rule prepare_judgments: the audit's and finetune's qrels, checked and stored beside the prepared corpus;
+the corpus checked to hold more documents than `candidates`."""
 
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,8 @@ def main(log):
     s = snakemake.params.settings
     qrels = {"audit": s["audit_qrels"], "finetune": s["finetune_eval_qrels"]}
     queries = snakemake.input.get("queries", s.get("queries"))  # else a hub id
-    counts = prepare_judgments(qrels, queries, snakemake.input.corpus_dir, snakemake.output.judgments)
+    corpus = snakemake.input.corpus_dir
+    counts = prepare_judgments(qrels, queries, corpus, snakemake.output.judgments, s["candidates"])
     return {"judgments": sum(counts.values())}
 
 

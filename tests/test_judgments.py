@@ -8,6 +8,7 @@ import pytest
 from negflow.errors import InputError
 from negflow.judgments import load_judgments, prepare_judgments, read_holdout, relevant_docs
 from negflow.prepare import prepare
+from negflow.store import load_table
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def test_judgments_are_stored_by_kind_with_their_query_texts(prepared, fixture_d
         str(fixture_data["queries"]),
         prepared / "corpus",
         out,
+        100,
     )
     assert counts == {"audit": 2, "finetune": len(lines) - 1}
     judged, texts = load_judgments(str(out), "audit")
@@ -40,11 +42,23 @@ def test_judgments_are_stored_by_kind_with_their_query_texts(prepared, fixture_d
 
 def test_no_judgments_configured_writes_an_empty_table(prepared, fixture_data, tmp_path):
     out = tmp_path / "judgments.parquet"
-    assert prepare_judgments({"audit": None, "finetune": None}, "not-read", prepared / "corpus", out) == {
+    assert prepare_judgments({"audit": None, "finetune": None}, "not-read", prepared / "corpus", out, 100) == {
         "audit": 0,
         "finetune": 0,
     }
     assert load_judgments(str(out), "audit") == ({}, {})
+
+
+def test_a_corpus_no_larger_than_candidates_stops_before_any_model_stage(prepared, tmp_path):
+    out = tmp_path / "judgments.parquet"
+    documents = len(load_table(str(prepared / "corpus"), ["id"]))
+    with pytest.raises(InputError) as err:
+        prepare_judgments({"audit": None, "finetune": None}, "not-read", prepared / "corpus", out, documents)
+    assert str(err.value) == (
+        f"{prepared / 'corpus'}: {documents} candidates per query asked for, but the prepared corpus holds only "
+        f"{documents} distinct documents; lower `candidates`"
+    )
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -61,7 +75,7 @@ def test_judgments_naming_unknown_ids_are_one_line_errors(prepared, fixture_data
     out = tmp_path / "judgments.parquet"
     with pytest.raises(InputError, match="^" + re.escape(f"{audit}: {message}")):
         prepare_judgments(
-            {"audit": str(audit), "finetune": None}, str(fixture_data["queries"]), prepared / "corpus", out
+            {"audit": str(audit), "finetune": None}, str(fixture_data["queries"]), prepared / "corpus", out, 100
         )
     assert not out.exists()
 

@@ -50,7 +50,7 @@ RULE_SETTINGS = {
         "min_positive_score",
         "audit_holdout",
     ],
-    "prepare_judgments": ["audit_qrels", "finetune_eval_qrels", "queries"],
+    "prepare_judgments": ["audit_qrels", "finetune_eval_qrels", "queries", "candidates"],
     "embed": [*EMBEDDING_MODEL, "embedding_dtype", "device"],
     "train_index": ["index"],
     "build_index": ["index"],

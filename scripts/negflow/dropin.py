@@ -12,6 +12,7 @@ from pathlib import Path
 
 from negflow import layout
 from negflow.cli import run_workflow
+from negflow.text_ids import normalise_all
 
 ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
 DEFAULT_CANDIDATES = 100
@@ -155,15 +156,16 @@ def mine_hard_negatives(
         pairs = dataset.select_columns([anchor, positive]).rename_columns({anchor: "anchor", positive: "positive"})
         pairs.to_parquet(str(inputs / f".{name}.pairs.parquet"))
         block = {"pairs": _keep_if_same(inputs / f".{name}.pairs.parquet", inputs / f"{name}.pairs.parquet")}
-        texts = set(pairs["positive"])
+        texts = set(normalise_all(list(pairs["positive"])))  # the documents as read_pairs will hold them
         if corpus is not None:
             tmp = inputs / f".{name}.corpus.jsonl"
             tmp.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in corpus), "utf-8")
             block["corpus"] = _keep_if_same(tmp, inputs / f"{name}.corpus.jsonl")
-            texts |= set(corpus)
+            texts |= set(normalise_all(list(corpus)))
         block["embedding"] = model_ref(model, "embedding", cache)
         block["ce"] = model_ref(cross_encoder, "ce", cache)
         wanted = max(range_max or DEFAULT_CANDIDATES, range_min + num_negatives)
+        texts.discard("")
         block["candidates"] = min(wanted, len(texts) - 1)  # the search needs a corpus larger than its candidates
         block |= {
             setting: arguments[name]

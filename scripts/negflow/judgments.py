@@ -47,11 +47,20 @@ JUDGMENTS_SCHEMA = pa.schema(
 )
 
 
-def prepare_judgments(qrels: dict[str, str | None], queries_ref: str, corpus_dir: str, out_path: str) -> dict[str, int]:
+def prepare_judgments(
+    qrels: dict[str, str | None], queries_ref: str, corpus_dir: str, out_path: str, candidates: int
+) -> dict[str, int]:
     """Check the audit's and finetune's qrels (`qrels`: kind -> qrels reference, None when not configured)
     against the prepared corpus and the queries, and write them with their queries' texts as one table:
-    a bad file stops the run right after prepare, not at the end. Returns the rows per kind."""
+    a bad file stops the run right after prepare, not at the end. Also checks, for every kind of input
+    (a pair file's corpus is only known now, and merged duplicates shrink any corpus), that the corpus
+    holds more documents than the `candidates` a query asks for. Returns the rows per kind."""
     doc_ids = set(load_table(corpus_dir, ["id"])["id"].to_pylist())
+    if len(doc_ids) <= candidates:
+        raise InputError(
+            f"{corpus_dir}: {candidates} candidates per query asked for, but the prepared corpus holds only "
+            f"{len(doc_ids)} distinct documents; lower `candidates`"
+        )
     texts = dict(iter_queries(queries_ref, ReadStats())) if any(qrels.values()) else {}
     rows = []
     counts = {}
