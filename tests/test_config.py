@@ -91,6 +91,14 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
         ),
         ({"datasets": {"a": {**DATA, "ce_revision": "main"}}}, "config: datasets.a.ce_revision: needs a cross-encoder"),
         (
+            {"datasets": {"a": {"pairs": "p.jsonl", "pairs_revision": "main"}}},
+            "config: datasets.a.pairs_revision: 'main' pins a hub pair dataset, but pairs is 'p.jsonl', a local file",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "pairs_revision": "v1"}}},
+            "datasets.a.pairs_revision: 'v1' pins a hub pair dataset, but pairs is not set",
+        ),
+        (
             {"datasets": {"a": {**DATA, "ce_model_kwargs": {"a": 1}}}},
             "datasets.a.ce_model_kwargs: needs a cross-encoder",
         ),

@@ -44,7 +44,8 @@ def test_rule_settings_add_what_only_some_runs_depend_on():
     ]
     assert "given_negatives" in rule_settings("export_negatives", settings | {"pairs": "p.jsonl"})
     recorded = provenance_settings(settings | {"pairs": "p.jsonl", "index": "ivf"})
-    assert list(recorded)[:2] == ["pairs", "corpus"] and list(recorded)[-2:] == ["ivf_nlist", "ivf_nprobe"]
+    assert list(recorded)[:3] == ["pairs", "pairs_revision", "corpus"]
+    assert list(recorded)[-2:] == ["ivf_nlist", "ivf_nprobe"]
     model_options = ["trust_remote_code", "query_prompt_name", "doc_prompt_name", "truncate_dim"]
     model_options += [f"{kind}_{option}" for kind in ("embedding", "ce") for option in ("revision", "model_kwargs")]
     assert set(model_options) <= set(recorded)

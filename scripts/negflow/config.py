@@ -108,6 +108,11 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
         check_model_ref(merged["embedding"], f"datasets.{name}.embedding", "embedding")
         if merged["ce"] is not None:
             check_model_ref(merged["ce"], f"datasets.{name}.ce", "ce")
+        if merged["pairs_revision"] is not None and (merged["pairs"] is None or is_local_data(merged["pairs"])):
+            raise ConfigError(
+                f"config: datasets.{name}.pairs_revision: '{merged['pairs_revision']}' pins a hub pair dataset, but "
+                f"pairs is {'not set' if merged['pairs'] is None else repr(merged['pairs']) + ', a local file'}"
+            )
         if merged["pairs"] is None:
             check_corpus_size(merged["corpus"], merged["candidates"], f"datasets.{name}.candidates")
         elif merged["min_positive_score"] != 1:

@@ -27,6 +27,7 @@ EMBEDDING_MODEL = [  # what decides the embedding model's vectors, for the rules
 RULE_SETTINGS = {
     "read_pairs": [
         "pairs",
+        "pairs_revision",
         "corpus",
         "set_mode",
         "given_negatives",

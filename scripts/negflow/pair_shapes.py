@@ -7,6 +7,7 @@ anything it refuses.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import Counter
@@ -26,7 +27,9 @@ from negflow.errors import InputError
 from negflow.files import open_parquet
 from negflow.grades import GIVEN_NEGATIVE_POLICIES
 from negflow.progress import ProgressBar
-from negflow.refs import split_ref
+from negflow.refs import is_local_data, split_ref
+
+log = logging.getLogger("negflow")
 
 SET_MODES = ("first", "all")
 CHUNK_RECORDS = 200_000  # table rows read at once
@@ -57,6 +60,7 @@ class PairSettings:
     anchor_column: str | None = None
     positive_column: str | None = None
     negative_column: str | None = None
+    pairs_revision: str | None = None
 
     @classmethod
     def from_settings(cls, settings: dict) -> PairSettings:
@@ -93,9 +97,9 @@ def is_jsonl(path: str) -> bool:
     return path.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
 
 
-def _load_table_source(ref: str) -> tuple[str, pa.Table | pq.ParquetFile]:
-    """A Parquet file, or a hub dataset (id or a local folder of one, e.g. a `hf download`) loaded with
-    `datasets` into a memory-mapped Arrow table."""
+def _load_table_source(ref: str, revision: str | None = None) -> tuple[str, pa.Table | pq.ParquetFile]:
+    """A Parquet file, or a hub dataset (id or a local folder of one, e.g. a `hf download`; a hub id at
+    `revision`) loaded with `datasets` into a memory-mapped Arrow table."""
     source, split = split_ref(ref)
     if source.endswith(".parquet"):
         if not os.path.isfile(source):
@@ -103,8 +107,16 @@ def _load_table_source(ref: str) -> tuple[str, pa.Table | pq.ParquetFile]:
         return source, open_parquet(source)
     import datasets
 
+    hub = not is_local_data(source)
+    if hub and not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)):
+        log.warning(
+            "hub pair dataset %s at %s, a floating reference: another copy may give other pairs; pin it with "
+            "pairs_revision: <commit>",
+            source,
+            revision or "main",
+        )
     try:
-        dataset = datasets.load_dataset(source, split=split or "train")
+        dataset = datasets.load_dataset(source, split=split or "train", **({"revision": revision} if hub else {}))
     except Exception as e:  # the hub raises many types; the user needs one line
         raise InputError(f"hub dataset {ref}: cannot load ({type(e).__name__}: {e})") from None
     return f"{source}[{split or 'train'}]", dataset.data.table
@@ -125,13 +137,13 @@ def _table_rows(table) -> int:
     return table.metadata.num_rows if isinstance(table, pq.ParquetFile) else table.num_rows
 
 
-def count_records(ref: str) -> int:
+def count_records(ref: str, revision: str | None = None) -> int:
     """Non-blank lines of a JSONL file, rows of a table: what a seeded `max_pairs` sample draws from."""
     source, _ = split_ref(ref)
     if is_jsonl(source):
         with open_binary(source) as f:
             return sum(sum(1 for raw in data.split(b"\n") if raw.strip()) for data in _line_blocks(f, source))
-    return _table_rows(_load_table_source(ref)[1])
+    return _table_rows(_load_table_source(ref, revision)[1])
 
 
 def sample_mask(total: int, max_pairs: int | None, seed: int) -> np.ndarray | None:
@@ -417,7 +429,7 @@ def table_columns(schema: pa.Schema, s: PairSettings, where: str) -> dict[str, s
 def read_table(ref: str, builder: PairSink, s: PairSettings, keep: np.ndarray | None, counts: Counter) -> None:
     """Feed every row of a Parquet file or hub dataset (of the sample, when `keep` is given) to the builder.
     A null cell counts as empty."""
-    where, table = _load_table_source(ref)
+    where, table = _load_table_source(ref, s.pairs_revision)
     columns = table_columns(_table_schema(table), s, where)
     counts["shape:table"] = 1
     row = 0

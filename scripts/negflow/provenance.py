@@ -24,9 +24,10 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(ref: str) -> dict:
+def data_fingerprint(ref: str, revision: str | None = None) -> dict:
     """A local input file with its size and hash; a local folder of a hub dataset with those of each file in
-    it; a hub dataset id as given (its revision is the hub's)."""
+    it; a hub dataset id with its configured `revision` and, when it is cached here, the commit that resolves
+    to."""
     if is_local_data(ref) and os.path.isfile(ref):
         return {"path": os.path.abspath(ref), "bytes": os.path.getsize(ref), "sha256": file_sha256(ref)}
     if is_local_data(ref) and os.path.isdir(ref):
@@ -35,7 +36,15 @@ def data_fingerprint(ref: str) -> dict:
             "path": os.path.abspath(ref),
             "files": {str(p.relative_to(ref)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files},
         }
-    return {"hub_id": ref}
+    info = {"hub_id": ref, "configured_revision": revision}
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(ref, repo_type="dataset", revision=revision, local_files_only=True)
+    except Exception:  # not cached here: the reference is all we can record
+        return info
+    match = re.search(r"/snapshots/([0-9a-f]{40})", folder)
+    return info | {"revision": match[1] if match else None}
 
 
 def model_fingerprint(ref: str, revision: str | None = None) -> dict:

@@ -378,7 +378,7 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
     source, _ = split_ref(pairs)
     keep = total = None
     if settings.max_pairs is not None:
-        total = count_records(pairs)
+        total = count_records(pairs, settings.pairs_revision)
         keep = sample_mask(total, settings.max_pairs, settings.seed)
         log.info(
             "max_pairs %d: %s of %d records (seed %d)",
@@ -431,7 +431,7 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
     if skipped:
         log.warning("skipped: %s", ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in skipped.items()))
     manifest = {
-        "inputs": _input_fingerprints(pairs, corpus),
+        "inputs": _input_fingerprints(pairs, corpus, settings.pairs_revision),
         "shape": SHAPES[shape],
         "settings": asdict(settings),
         "sample": None if keep is None else {"records": total, "kept": int(keep.sum()), "seed": settings.seed},
@@ -441,10 +441,10 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
     return result
 
 
-def _input_fingerprints(pairs: str, corpus: str | None) -> dict:
+def _input_fingerprints(pairs: str, corpus: str | None, revision: str | None) -> dict:
     from negflow.provenance import data_fingerprint
 
-    inputs = {"pairs": data_fingerprint(split_ref(pairs)[0])}
+    inputs = {"pairs": data_fingerprint(split_ref(pairs)[0], revision)}
     if corpus:
         inputs["corpus"] = data_fingerprint(corpus)
     return inputs
