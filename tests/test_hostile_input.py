@@ -165,3 +165,21 @@ def test_ids_are_pinned_known_answers_and_carried_ids_are_kept(tmp_path):
         {"_id": "D10", "text": "ten"},
         {"_id": "D9", "text": "T nine"},
     ]
+
+
+def test_corpus_ids_merged_by_equal_texts_are_counted_and_mapped(tmp_path, caplog):
+    import json
+
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [("D1", "shared text"), ("D2", "other"), ("D3", "shared text"), ("D4", " shared text "), ("D1", "x")]
+    corpus.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in docs[:4]))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('["q", "other"]\n')
+    with caplog.at_level("WARNING", logger="negflow"):
+        out, result = run(tmp_path, "merged", pairs, corpus)
+    assert result["counts"]["document_ids_merged"] == 2
+    assert "2 document ids name a text an earlier document already has" in caplog.text
+    rows = {r["doc_id"]: r["merged_ids"] for r in pq.read_table(out.doc_hashes).to_pylist()}
+    assert rows == {"D1": ["D3", "D4"], "D2": []}

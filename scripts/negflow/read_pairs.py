@@ -126,6 +126,8 @@ class RoleTable:
         self.sources: list[np.ndarray] = []
         self.lines: list[np.ndarray] = []
         self.carried: list[tuple[np.ndarray, pa.Array]] = []  # (text numbers, ids) of rows with a carried id
+        # ids carried by later appearances of a text already named: (text number, id), merged into its row
+        self.later_ids: list[tuple[int, str]] = []
 
     def add(self, numbers: np.ndarray, occurrences: np.ndarray, texts, lines, source: int, carried: dict):
         """Write the texts among `numbers` (the role's occurrences in a chunk, in order) not written yet."""
@@ -133,6 +135,12 @@ class RoleTable:
             self.written = np.r_[self.written, np.zeros(self.index.size - len(self.written), dtype=bool)]
         unique, first = np.unique(numbers, return_index=True)
         first = np.sort(first[~self.written[unique]])  # each new text at its first appearance, in order
+        if carried:  # an id carried by a text that is not new here names a text that already has one
+            later = np.ones(len(numbers), dtype=bool)
+            later[first] = False
+            at = np.flatnonzero(later)
+            at = at[np.isin(occurrences[at], np.fromiter(carried, np.int64, len(carried)))]
+            self.later_ids += [(int(numbers[i]), carried[int(occurrences[i])]) for i in at.tolist()]
         if not len(first):
             return
         numbers, occurrences = numbers[first], occurrences[first]
@@ -186,6 +194,19 @@ class RoleTable:
             )
         self.position = np.full(self.index.size, -1, dtype=np.int64)
         self.position[numbers] = np.arange(len(numbers))
+
+    def merged_ids(self) -> dict[int, list[str]]:
+        """By text number, the ids later appearances carried for a text named otherwise (its first id or its
+        content hash): the ids merged into one row because their texts are the same."""
+        if not self.later_ids:
+            return {}
+        numbers = np.array([n for n, _ in self.later_ids], dtype=np.int64)
+        final = self.ids_of(numbers).to_pylist()
+        merged: dict[int, list[str]] = {}
+        for (number, carried), kept in zip(self.later_ids, final, strict=True):
+            if carried != kept and carried not in merged.setdefault(number, []):
+                merged[number].append(carried)
+        return {n: ids for n, ids in merged.items() if ids}
 
     def source_line(self, number: int, source_paths: dict[int, str]) -> str:
         row = self.row_of[number]
@@ -427,6 +448,15 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
         c["given_negatives_kept"],
         c["own_text_excluded"],
     )
+    for role in ("document", "query"):
+        if c[f"{role}_ids_merged"]:
+            log.warning(
+                "%d %s ids name a text an earlier %s already has: merged into its row (doc_hashes.parquet "
+                "merged_ids lists them; query_lines.parquet, the lines of each query)",
+                c[f"{role}_ids_merged"],
+                role,
+                role,
+            )
     skipped = {k: c[k] for k in SKIP_COUNTS if c[k]}
     if skipped:
         log.warning("skipped: %s", ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in skipped.items()))
@@ -439,6 +469,18 @@ def read_pairs(pairs: str, corpus: str | None, settings: PairSettings, out: Pair
     }
     write_json(out.manifest, manifest, ensure_ascii=False)
     return result
+
+
+def _ids_by_row(ids: dict[int, list[str]], row_of: np.ndarray, rows: int) -> pa.Array:
+    """A list of ids for each of `rows` table rows (`ids` by text number, mostly none), built from offsets:
+    no Python object for the rows without."""
+    numbers = np.fromiter(ids, np.int64, len(ids))
+    order = np.argsort(row_of[numbers], kind="stable")
+    sizes = np.zeros(rows, dtype=np.int32)
+    sizes[row_of[numbers]] = [len(ids[n]) for n in numbers.tolist()]
+    offsets = np.r_[0, np.cumsum(sizes)].astype(np.int32)
+    values = pa.array([i for n in numbers[order].tolist() for i in ids[n]], pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def _input_fingerprints(pairs: str, corpus: str | None, revision: str | None) -> dict:
@@ -498,6 +540,9 @@ def _write_qrels_and_id_map(
         pq.write_table(qrels, tmp, **PARQUET_OPTIONS)
     del qrels
 
+    merged = docs.merged_ids()
+    counts["document_ids_merged"] = sum(map(len, merged.values()))
+    counts["query_ids_merged"] = sum(map(len, queries.merged_ids().values()))
     with atomic_output(out.doc_hashes) as tmp:
         rows = docs.rows[0]
         hashes = index.hex_ids(rows)
@@ -506,6 +551,7 @@ def _write_qrels_and_id_map(
             "text_hash": hashes,
             "first_source": pa.DictionaryArray.from_arrays(pa.array(docs.sources[0]), ["pairs", "corpus"]),
             "first_line": pa.array(docs.lines[0]),
+            "merged_ids": _ids_by_row(merged, docs.row_of, len(rows)),
         }
         pq.write_table(pa.table(table), tmp, **{**PARQUET_OPTIONS, "use_dictionary": ["first_source"]})
     lines = joined(builder.query_lines, np.int64).reshape(-1, 2)  # (query, line) in reading order
@@ -537,6 +583,6 @@ def _write_qrels_and_id_map(
         - counts["examples_without_positive"]
         - len(queries.rows[0]),
     }
-    for key in ("corpus_read", "given_negatives_read", *SKIP_COUNTS):
+    for key in ("corpus_read", "given_negatives_read", "document_ids_merged", "query_ids_merged", *SKIP_COUNTS):
         result_counts[key] = int(counts[key])
     return {"counts": result_counts}
