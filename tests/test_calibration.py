@@ -211,3 +211,13 @@ def test_read_choice_applies_the_calibration_only_under_auto(tmp_path):
     assert picked == chosen_settings(result, CONFIGURED)
     assert choice["name"] == result["choice"]["name"] and choice["summary"] == describe(result)
     assert read_choice({}, settings | {"selection": "fixed"}) == (CONFIGURED, None)
+
+
+def test_the_grid_keeps_the_configured_window_and_any_seed():
+    data = SyntheticCandidates(queries=40, labeled=2, unlabeled=2)
+    result = calibrate(data, replace(CONFIGURED, range_max=20, seed=-3), budget=0.05)
+    assert len(result["grid"]) == 120  # no grid point starts at rank 30, past range_max 20
+    assert all(
+        row["settings"]["range_min"] < 20 and row["settings"]["range_max"] == 20 for row in result["grid"].values()
+    )
+    assert all(row["median_rank"] <= 20 for row in result["grid"].values() if row["median_rank"] is not None)

@@ -140,11 +140,12 @@ def test_lease_narrows_cuda_visible_devices_in_process(monkeypatch, tmp_path):
     monkeypatch.setenv("NEGFLOW_GPU_LOCK_DIR", str(tmp_path))
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    mode = os.stat(tmp_path).st_mode
     holder = start_holder(tmp_path, visible="4")
     assert leased(holder) == "4"
     assert lease_device("cuda") == "5"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
-    assert oct(os.stat(tmp_path).st_mode & 0o7777) == "0o1777"  # shared with other users' jobs, like /tmp
+    assert os.stat(tmp_path).st_mode == mode  # a folder of one's own keeps its mode
     release(holder)
 
 
@@ -199,9 +200,13 @@ def test_another_users_lock_folder_is_used_only_as_negflow_makes_it(tmp_path):
     locks = tmp_path / "locks"
     locks.mkdir()
     os.chown(locks, 4242, 4242)
-    locks.chmod(0o755)
-    with pytest.raises(ConfigError, match="the GPU lock folder belongs to user 4242 with mode 755"):
+    locks.chmod(0o777)  # anyone may swap its files: refused
+    with pytest.raises(ConfigError, match="the GPU lock folder belongs to user 4242 with mode 777"):
         acquire_gpu(["0"], str(locks))
+    locks.chmod(0o2775)  # a group's folder, e.g. a lab's: fine
+    assert acquire_gpu(["0"], str(locks)) == "0"
+    os.close(devices._held_locks.pop())
+    os.unlink(locks / "gpu-0.lock")
     locks.chmod(0o1777)  # what that user's negflow job made: shared, sticky
     (locks / "gpu-0.lock").write_text("")
     os.chown(locks / "gpu-0.lock", 4242, 4242)

@@ -70,6 +70,11 @@ def test_a_line_over_the_limit_is_refused_and_long_lines_are_read_whole(tmp_path
     lines = [b"a" * 5000, b"b", b"c" * (900 << 10), b"", b"d" * 3000]
     blocks = list(pair_shapes._line_blocks(io.BytesIO(b"\n".join(lines) + b"\n"), "f.jsonl"))
     assert b"\n".join(blocks).split(b"\n") == lines  # every line whole, across many reads
+    for size in (1, 2, 3, 4, 7):  # a byte-order mark is dropped whatever the read size
+        monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", size)
+        data = io.BytesIO(b"\xef\xbb\xbf[1]\n[22]\n[333]")
+        assert b"\n".join(pair_shapes._line_blocks(data, "f.jsonl")) == b"[1]\n[22]\n[333]"
+    monkeypatch.setattr(pair_shapes, "BLOCK_BYTES", 1 << 10)
 
     pairs = tmp_path / "array.json"  # one JSON array saved as .json: read as JSON Lines, it is one long line
     pairs.write_text("[" + ", ".join(f'["query {i}", "passage {i}"]' for i in range(60000)) + "]\n")
@@ -183,3 +188,6 @@ def test_corpus_ids_merged_by_equal_texts_are_counted_and_mapped(tmp_path, caplo
     assert "2 document ids name a text an earlier document already has" in caplog.text
     rows = {r["doc_id"]: r["merged_ids"] for r in pq.read_table(out.doc_hashes).to_pylist()}
     assert rows == {"D1": ["D3", "D4"], "D2": []}
+    corpus.write_text(corpus.read_text() + json.dumps({"_id": "D2", "text": "shared text"}) + "\n")
+    with pytest.raises(InputError, match="^document id 'D2' names 2 different texts$"):
+        run(tmp_path, "clash", pairs, corpus)  # D2 first named "other"

@@ -27,6 +27,8 @@ def open_binary(path: str):
         return igzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
+    except OSError as e:  # a folder, no permission
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def read_error(path: str, after_line: int, error: Exception) -> InputError:

@@ -10,7 +10,8 @@ Evidence (each gives, per setting, an estimate with a 90% bootstrap interval ove
   many there are; their number comes from positive-unlabeled learning (Elkan and Noto, 2008): a logistic
   model tells the held-out positives from the candidates on three features (score relative to the weakest
   positive, closeness to a positive relative to the query's, log rank), `c` is its mean output on the
-  held-out positives, and a candidate is a positive with odds (1 - c) / c x g / (1 - g). Summed, that is
+  held-out positives, and a candidate is a positive with probability min(1, (1 - c) / c x g / (1 - g));
+  the bootstrap resamples c with the queries. Summed, that is
   the count of unlabeled positives among the candidates. Assumptions: the held-out positives are like the
   unlabeled ones (selected completely at random), and the multi-positive queries are like the others.
   Where positives and negatives overlap in these features, c is underestimated and so the count is
@@ -70,11 +71,13 @@ SEED_STREAM = 0x5EED  # keeps the hold-out draw apart from the sampler's noise
 
 
 def grid_settings(configured: SelectionSettings) -> dict[str, SelectionSettings]:
-    """Every grid point as full settings (the configured ones with the grid's keys replaced), by name."""
+    """Every grid point as full settings (the configured ones with the grid's keys replaced), by name; a
+    point whose range_min is not below the configured range_max is left out."""
     out = {}
     for values in itertools.product(*GRID.values()):
         point = dict(zip(GRID, values, strict=True))
-        out[setting_name(point)] = replace(configured, **point)
+        if configured.range_max is None or point["range_min"] < configured.range_max:
+            out[setting_name(point)] = replace(configured, **point)
     return out
 
 
@@ -123,6 +126,7 @@ class Pool:
     list keeps its length), the scores the filters read with the other positives as the positives, and the
     PU features of every pool member."""
 
+    query_row: int
     scores: QueryScores
     held_out: int | None  # index of the held-out positive in the pool; None when it ranks below every candidate
     features: np.ndarray
@@ -172,7 +176,7 @@ def calibration_pool(query: QueryCandidates, hidden: int, score_name: str, seed:
         same_text=np.isin(hashes, query.pos_hashes[ref]),
     )  # no candidate_cos: `landing` leaves near-duplicate skipping out, and pools are kept until the estimate
     features = pu_features(cos, positive_cos, ref_cos)
-    return Pool(scores, held, features, candidate_noise(seed, query.query_row, rows))
+    return Pool(query.query_row, scores, held, features, candidate_noise(seed, query.query_row, rows))
 
 
 def landing(pool: Pool, s: SelectionSettings, k: int, seed: int, keep: np.ndarray | None = None) -> tuple[float, int]:
@@ -194,7 +198,7 @@ def landing(pool: Pool, s: SelectionSettings, k: int, seed: int, keep: np.ndarra
         return min(1.0, k / len(survivors)), others
     positive = float(np.min(pool.scores.positive_scores))
     log_w = -s.simans_a * (np.asarray(pool.scores.scores, dtype=np.float64)[survivors] - positive - s.simans_b) ** 2
-    u = np.random.default_rng([seed, h, len(survivors)]).random((SIMANS_DRAWS, len(survivors)))
+    u = np.random.default_rng([seed % 2**64, pool.query_row, h]).random((SIMANS_DRAWS, len(survivors)))
     keys = log_w[None, :] - np.log(-np.log(u))
     at = int(np.searchsorted(survivors, h))
     return float(np.mean((keys > keys[:, [at]]).sum(axis=1) < k)), others
@@ -214,20 +218,19 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, steps: int = 30) -> np.ndarray:
     return w
 
 
-def positive_odds(x: np.ndarray, labeled: np.ndarray) -> tuple[np.ndarray, float]:
-    """Elkan and Noto's PU posterior: for each unlabeled row, the probability that it is a positive, and the
-    label frequency c (the mean classifier output on the labeled rows)."""
+def labeled_odds(x: np.ndarray, labeled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier of Elkan and Noto's PU learning, labeled rows against the others: its output g on each
+    row as the odds g / (1 - g), and g itself. With c the mean of g on the labeled rows (the label
+    frequency), an unlabeled row is a positive with probability min(1, (1 - c) / c * odds)."""
     w = logistic_fit(x, labeled.astype(np.float64))
     g = 1.0 / (1.0 + np.exp(-np.clip(np.c_[np.ones(len(x)), x] @ w, -30, 30)))
-    c = float(g[labeled].mean())
-    odds = (1 - c) / c * g / np.maximum(1 - g, 1e-12)
-    return np.clip(odds, 0.0, 1.0), c
+    return g / np.maximum(1 - g, 1e-12), g
 
 
 def resamples(n: int, seed: int) -> np.ndarray:
     """Query weights of the estimate itself (first row, all ones) and of BOOTSTRAP resamples of n queries
     (how often each query is drawn), the same for every setting."""
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed % 2**64, 7])
     weights = np.zeros((BOOTSTRAP + 1, n))
     weights[0] = 1.0
     np.add.at(weights, (np.repeat(np.arange(1, BOOTSTRAP + 1), n), rng.integers(0, n, BOOTSTRAP * n)), 1.0)
@@ -258,13 +261,20 @@ def held_out_estimates(
     labeled = np.concatenate(
         [np.arange(len(p.features)) == (p.held_out if p.held_out is not None else -1) for p in pools]
     )
-    odds, c = positive_odds(x, labeled)
+    odds, g = labeled_odds(x, labeled)
     odds[labeled] = 0.0
-    bounds = np.cumsum([0] + [len(p.features) for p in pools])
-    unlabeled = np.array([odds[a:b].sum() for a, b in itertools.pairwise(bounds)])
+    starts = np.cumsum([0] + [len(p.features) for p in pools])[:-1]
     in_pool = np.array([p.held_out is not None for p in pools], dtype=np.float64)
+    g_held = np.zeros(len(pools))
+    g_held[in_pool > 0] = g[labeled]  # one labeled row per query whose held-out positive landed
     weights = resamples(len(pools), seed)
-    evidence |= {"label_frequency": round(c, 4), "unlabeled_positives": round(float(unlabeled.sum()), 1)}
+    # The label frequency c of each row of weights (resampling the held-out positives it is the mean over),
+    # and from it every query's count of unlabeled positives: a (resamples + 1) x queries table, so that
+    # the uncertainty of c reaches the interval.
+    c = (weights @ (g_held * in_pool)) / np.maximum(weights @ in_pool, 1.0)
+    scale = (1 - c) / np.maximum(c, 1e-12)
+    unlabeled = np.stack([np.add.reduceat(np.minimum(1.0, s * odds), starts) for s in scale])
+    evidence |= {"label_frequency": round(float(c[0]), 4), "unlabeled_positives": round(float(unlabeled[0].sum()), 1)}
     estimates = {}
     chance = {name: np.zeros(len(pools)) for name in settings}
     others = {name: np.zeros(len(pools)) for name in settings}
@@ -280,9 +290,10 @@ def held_out_estimates(
         # positive was; summed over the queries whose held-out positive is among the candidates and scaled
         # to all of them by their unlabeled positives; half a landing is added, so that no landing seen is
         # not read as none possible. Over the negatives selected. One value per row of query weights.
-        u_landed = weights @ (unlabeled * in_pool)
-        landings = weights @ (unlabeled * chance[name] * in_pool) + 0.5 * u_landed / np.maximum(weights @ in_pool, 1.0)
-        expected = landings * (weights @ unlabeled) / np.maximum(u_landed, 1e-12)
+        u_landed = (weights * unlabeled * in_pool).sum(axis=1)
+        landings = (weights * unlabeled * (chance[name] * in_pool)).sum(axis=1)
+        landings += 0.5 * u_landed / np.maximum(weights @ in_pool, 1.0)
+        expected = landings * (weights * unlabeled).sum(axis=1) / np.maximum(u_landed, 1e-12)
         shares = np.where(u_landed > 0, np.minimum(1.0, expected / np.maximum(weights @ others[name], 1.0)), 1.0)
         estimates[name] = with_interval(shares)
     return evidence, estimates
@@ -377,7 +388,8 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
                 if key not in masks:
                     masks[key] = filter_mask(scores, s)
                 chosen[name].append(select_negatives(scores, replace(s, num_negatives=k), noise, masks[key]).chosen)
-            kept.append(Sampled(query.cand_ranks, query.cand_ce))
+            # copies: the arrays are views into the whole block of queries read from the candidate files
+            kept.append(Sampled(query.cand_ranks.copy(), None if query.cand_ce is None else query.cand_ce.copy()))
             kept_k.append(k)
     bar.close()
     log.info(

@@ -146,7 +146,7 @@ def dataset_name(block: dict) -> str:
     ref = block.get("pairs") or block.get("corpus") or "dataset"
     path = Path(ref.split(":")[0])
     stem = path.parent.name if path.stem in {"corpus", "train", "data"} else path.name.split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).lstrip(".").strip("-") or "dataset"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).lstrip(".-").rstrip("-") or "dataset"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,8 +58,10 @@ RULE_SETTINGS = {
     "search": ["candidates", "index", "device"],
     "prepare_ce_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_seq_len"],
     "score_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_model_kwargs", "ce_seq_len", "ce_dtype", "device"],
-    "calibrate_selection": ["selection_score", *SELECTION_KEYS, "fn_budget"],
     "export_negatives": ["selection", "selection_score", *SELECTION_KEYS],
+    # after export_negatives, though it runs before: `negflow settings` then lists the selection settings
+    # under the rule every run has (first_rules takes the first rule naming a setting)
+    "calibrate_selection": ["selection_score", *SELECTION_KEYS, "fn_budget"],
     "export_flag": ["flag_layout"],
     "export_sentence_transformers": ["num_negatives", "train_scores", "st_layout"],
     "audit": [

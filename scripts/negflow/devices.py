@@ -87,9 +87,10 @@ def _refuse(path: str, what: str) -> ConfigError:
 
 def open_lock_dir(directory: str) -> int:
     """The lock folder, created if missing and opened without following a link (its files are then opened
-    relative to this descriptor, so the folder cannot be swapped for a link in between). It must be ours or
-    root's, or the sticky world-writable folder (mode 1777) another user's negflow job made; ours is made
-    that folder."""
+    relative to this descriptor, so the folder cannot be swapped for a link in between). Another user's
+    folder that anyone may write in must be sticky (mode 1777, as negflow makes the default one, shared by
+    every user's jobs on a node); a group's folder (e.g. 2775) is fine. The default folder, when ours, is
+    made that sticky shared one; a folder of one's own (NEGFLOW_GPU_LOCK_DIR) keeps its mode."""
     os.makedirs(directory, exist_ok=True)
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -100,8 +101,9 @@ def open_lock_dir(directory: str) -> int:
     st = os.fstat(fd)
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid == os.getuid():
-        os.fchmod(fd, 0o1777)  # shared by every user's jobs on this node, like /tmp
-    elif st.st_uid != 0 and mode != 0o1777:
+        if directory == DEFAULT_LOCK_DIR:
+            os.fchmod(fd, 0o1777)  # shared by every user's jobs on this node, like /tmp
+    elif st.st_uid != 0 and mode & 0o002 and not mode & stat.S_ISVTX:
         os.close(fd)
         raise _refuse(directory, f"the GPU lock folder belongs to user {st.st_uid} with mode {mode:o}")
     return fd
@@ -111,12 +113,22 @@ def _open_lock_file(folder: int, directory: str, name: str) -> int:
     """A lock file of the folder (descriptor `folder`), created if missing, opened without following a link
     and checked to be a plain file with one link, ours or another negflow job's (mode 666)."""
     path = os.path.join(directory, name)
-    try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise _refuse(path, "the GPU lock file is a symbolic link") from None
-        raise
+
+    def open_it(flags: int) -> int:
+        try:
+            return os.open(name, flags | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=folder)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise _refuse(path, "the GPU lock file is a symbolic link") from None
+            raise
+
+    try:  # an existing file is opened without O_CREAT: with fs.protected_regular, O_CREAT on another
+        fd = open_it(0)  # user's file in a sticky folder is refused
+    except FileNotFoundError:
+        try:
+            fd = open_it(os.O_CREAT | os.O_EXCL)
+        except FileExistsError:  # another job made it in between
+            fd = open_it(0)
     st = os.fstat(fd)
     problem = None
     if not stat.S_ISREG(st.st_mode):

@@ -328,16 +328,17 @@ def _line_blocks(f, path: str) -> Iterator[bytes]:
     newline): one large read split in C costs far less than a readline per line. A line longer than a read
     is gathered in pieces and joined once (linear however long), up to MAX_LINE_BYTES. A UTF-8 byte-order
     mark opening the file is dropped (editors on Windows write one)."""
-    pending: list[bytes] = []  # the pieces of a line that no read has ended yet
-    pending_bytes = lines = 0
-    first = True
+    try:
+        head = f.read(len(UTF8_BOM))
+    except READ_ERRORS as e:
+        raise read_error(path, 0, e) from None
+    pending = [head] if head and head != UTF8_BOM else []  # the pieces of a line no read has ended yet
+    pending_bytes, lines = sum(map(len, pending)), 0
     while True:
         try:
             data = f.read(BLOCK_BYTES)
         except READ_ERRORS as e:
             raise read_error(path, lines, e) from None
-        if first:
-            data, first = data.removeprefix(UTF8_BOM), False
         if not data:
             break
         end = data.rfind(b"\n") + 1

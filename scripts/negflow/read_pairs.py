@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 
 from negflow.errors import InputError
 from negflow.files import atomic_output, write_json
@@ -126,21 +127,32 @@ class RoleTable:
         self.sources: list[np.ndarray] = []
         self.lines: list[np.ndarray] = []
         self.carried: list[tuple[np.ndarray, pa.Array]] = []  # (text numbers, ids) of rows with a carried id
-        # ids carried by later appearances of a text already named: (text number, id), merged into its row
+        # ids carried by later appearances of a text that differ from its first one: (text number, id),
+        # merged into its row; id_key holds each written text's first carried id as XXH3-64 (0: none), so
+        # that a later appearance carrying the same id costs no memory
         self.later_ids: list[tuple[int, str]] = []
+        self.id_key = np.zeros(0, dtype=np.uint64)
 
     def add(self, numbers: np.ndarray, occurrences: np.ndarray, texts, lines, source: int, carried: dict):
         """Write the texts among `numbers` (the role's occurrences in a chunk, in order) not written yet."""
         if len(self.written) < self.index.size:
-            self.written = np.r_[self.written, np.zeros(self.index.size - len(self.written), dtype=bool)]
+            grow = self.index.size - len(self.written)
+            self.written = np.r_[self.written, np.zeros(grow, dtype=bool)]
+            self.id_key = np.r_[self.id_key, np.zeros(grow, dtype=np.uint64)]
         unique, first = np.unique(numbers, return_index=True)
         first = np.sort(first[~self.written[unique]])  # each new text at its first appearance, in order
-        if carried:  # an id carried by a text that is not new here names a text that already has one
+        if carried:
+            for i in first.tolist():
+                if (given_id := carried.get(int(occurrences[i]))) is not None:
+                    self.id_key[numbers[i]] = xxhash.xxh3_64_intdigest(given_id.encode()) | 1
             later = np.ones(len(numbers), dtype=bool)
             later[first] = False
             at = np.flatnonzero(later)
             at = at[np.isin(occurrences[at], np.fromiter(carried, np.int64, len(carried)))]
-            self.later_ids += [(int(numbers[i]), carried[int(occurrences[i])]) for i in at.tolist()]
+            for i in at.tolist():  # an id on a text named already: merged unless it is that same id
+                given_id = carried[int(occurrences[i])]
+                if xxhash.xxh3_64_intdigest(given_id.encode()) | 1 != self.id_key[numbers[i]]:
+                    self.later_ids.append((int(numbers[i]), given_id))
         if not len(first):
             return
         numbers, occurrences = numbers[first], occurrences[first]
@@ -206,7 +218,14 @@ class RoleTable:
         for (number, carried), kept in zip(self.later_ids, final, strict=True):
             if carried != kept and carried not in merged.setdefault(number, []):
                 merged[number].append(carried)
-        return {n: ids for n, ids in merged.items() if ids}
+        merged = {n: ids for n, ids in merged.items() if ids}
+        if self.ids is not None and merged:  # an id that first named another text names two texts
+            named = pa.array([i for ids in merged.values() for i in ids], pa.string())
+            clash = pc.is_in(named, value_set=self.ids)
+            if pc.any(clash).as_py():
+                bad = named.filter(clash)[0].as_py()
+                raise InputError(f"{self.what} id {bad!r} names 2 different texts")
+        return merged
 
     def source_line(self, number: int, source_paths: dict[int, str]) -> str:
         row = self.row_of[number]
