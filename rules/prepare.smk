@@ -24,7 +24,8 @@ rule prepare:
 rule prepare_judgments:
     """The audit's and finetune's qrels checked against the prepared corpus and stored with their queries'
     texts, and the corpus checked against `candidates`; embed waits for it (as ancient, so a new file reruns
-    no embedding), so a bad file or a corpus too small stops the run before any model stage."""
+    no embedding), so a bad file or a corpus too small stops the run before any model stage.
+    """
     input:
         unpack(judgment_inputs),
         code=code_of("prepare_judgments"),
