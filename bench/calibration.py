@@ -15,7 +15,8 @@ auto's choice and the fixed default are replayed on the second run's candidates:
 positives among their negatives. (Calibration cannot run on the holdout run itself: it leaves no query
 with two positives.) With --finetune also: negatives exported from the first run's candidates with auto's
 choice and with the fixed default, and all-MiniLM-L6-v2 fine-tuned on each (the finetune rule's training:
-one epoch, MultipleNegativesRankingLoss, 3 negatives a row, seed 42), nDCG@10 on SciFact `test`.
+one epoch, MultipleNegativesRankingLoss, 3 negatives a row, seed 42), nDCG@10 on SciFact `test`; and
+sentence-transformers' `relative_margin=0.05` (top) on the same candidates as the baseline to beat.
 
 Usage: python bench/calibration.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench-calibration]
        [--scifact [--finetune]]
@@ -265,8 +266,15 @@ def finetune_compare(datasets_dir: Path, workdir: Path) -> None:
     candidates = run_candidates(workdir, "scifact", block)
     cal = calibrate(candidates, default, 0.05)
     rows = []
-    for name, settings in (("auto fn_budget=0.05", chosen_settings(cal, default)), ("negflow fixed default", default)):
-        path = workdir / f"negatives-{name.split()[0]}.jsonl"
+    strategies = {
+        "auto fn_budget=0.05": chosen_settings(cal, default),
+        "negflow fixed default": default,
+        "sentence-transformers relative_margin=0.05": anchor_strategies(default, has_ce=False)[
+            "sentence-transformers / NV-Retriever relative_margin=0.05 top"
+        ],
+    }
+    for name, settings in strategies.items():
+        path = workdir / f"negatives-{name.split()[0]}.jsonl"  # auto, negflow, sentence-transformers
         export_negatives(candidates, settings, str(path), str(path) + ".selection.json", {})
         metrics = finetune_ndcg(workdir, "scifact", path, block, data / "qrels" / "test.tsv")
         rows.append((name, metrics))

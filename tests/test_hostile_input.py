@@ -191,3 +191,22 @@ def test_corpus_ids_merged_by_equal_texts_are_counted_and_mapped(tmp_path, caplo
     corpus.write_text(corpus.read_text() + json.dumps({"_id": "D2", "text": "shared text"}) + "\n")
     with pytest.raises(InputError, match="^document id 'D2' names 2 different texts$"):
         run(tmp_path, "clash", pairs, corpus)  # D2 first named "other"
+
+
+def test_a_hub_pair_dataset_is_pinned_or_warned_and_its_revision_recorded(caplog):
+    """Offline here: the hub load fails (one line), after the floating reference was logged; the
+    fingerprint of an uncached hub dataset records the configured revision."""
+    from negflow.provenance import data_fingerprint
+
+    with (
+        caplog.at_level("WARNING", logger="negflow"),
+        pytest.raises(InputError, match="^hub dataset org/pairs: cannot"),
+    ):
+        pair_shapes._load_table_source("org/pairs", "main")
+    assert "hub pair dataset org/pairs at main, a floating reference" in caplog.text
+    caplog.clear()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    with caplog.at_level("WARNING", logger="negflow"), pytest.raises(InputError):
+        pair_shapes._load_table_source("org/pairs", commit)
+    assert "floating reference" not in caplog.text
+    assert data_fingerprint("org/pairs", commit) == {"hub_id": "org/pairs", "configured_revision": commit}
