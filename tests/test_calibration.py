@@ -171,7 +171,7 @@ def test_landing_chance_by_sampler():
     data = SyntheticCandidates(queries=1, labeled=2, unlabeled=0)
     from negflow.calibration import calibration_pool
 
-    pool = calibration_pool(data.queries[0], 0, "cosine", 42)
+    pool = calibration_pool(data.queries[0], 0, "cosine")
     assert pool.held_out == 0  # above every candidate
     plain = replace(CONFIGURED, relative_margin=None, positive_doc_margin=None)
     assert landing(pool, replace(plain, sampling="top"), 8, 42) == (1.0, 8)

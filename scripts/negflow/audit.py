@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 
@@ -20,30 +20,10 @@ from negflow.evaluate import CORPUS_CHUNK, evaluate_model
 from negflow.files import write_json
 from negflow.judgments import load_judgments, read_holdout, relevant_docs
 from negflow.progress import ProgressBar
-from negflow.selection import FILTERS, SelectionSettings
+from negflow.selection import SelectionSettings, anchor_strategies
 from negflow.store import load_table, read_manifest
 
 log = logging.getLogger("negflow")
-
-
-def anchor_strategies(
-    configured: SelectionSettings, has_ce: bool, name: str = "negflow (configured)"
-) -> dict[str, SelectionSettings]:
-    """The selection export makes (under `name`) plus what the tools negflow replaces do by default, with
-    the same number of negatives and seed. Exact-text duplicates of a positive go in all of them, as they
-    do in the originals."""
-    plain = replace(configured.without(*FILTERS), sampling="top", short_queries="keep")
-    strategies = {
-        name: configured,
-        "sentence-transformers top": plain,
-        "sentence-transformers / NV-Retriever relative_margin=0.05 top": replace(plain, relative_margin=0.05),
-        "FlagEmbedding ranks 10-210 random": replace(plain, range_min=10, range_max=210, sampling="random"),
-        "SimANS a=50 b=-0.1": replace(plain, sampling="simans", simans_a=50.0, simans_b=-0.1),
-    }
-    if has_ce:
-        strategies["RocketQA ce_max=0.1 top"] = replace(plain, ce_max=0.1)
-        strategies["negminer CE margin 0.05 + dup 0.95 top"] = replace(plain, absolute_margin=0.05, dup_threshold=0.95)
-    return strategies
 
 
 def audit_selection(

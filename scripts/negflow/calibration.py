@@ -42,9 +42,12 @@ from negflow.candidates import Candidates, QueryCandidates
 from negflow.files import write_json
 from negflow.progress import ProgressBar
 from negflow.selection import (
-    FILTERS,
+    FLAG_WINDOW,
+    ST_MARGIN,
+    ST_TOP,
     QueryScores,
     SelectionSettings,
+    anchor_strategies,
     candidate_noise,
     filter_key,
     filter_mask,
@@ -68,6 +71,7 @@ BOOTSTRAP = 200
 INTERVAL = (5.0, 95.0)  # percentiles of the bootstrap: a 90% interval, its top the one compared to the budget
 SIMANS_DRAWS = 128
 SEED_STREAM = 0x5EED  # keeps the hold-out draw apart from the sampler's noise
+CONFIGURED = "negflow fixed (configured)"  # the reference that is the configured selection
 
 
 def grid_settings(configured: SelectionSettings) -> dict[str, SelectionSettings]:
@@ -88,13 +92,8 @@ def setting_name(point: dict) -> str:
 
 def reference_settings(configured: SelectionSettings) -> dict[str, SelectionSettings]:
     """The fixed strategies placed beside the grid: the configured selection and the anchors' defaults."""
-    plain = replace(configured.without(*FILTERS), sampling="top", short_queries="keep")
-    return {
-        "negflow fixed (configured)": configured,
-        "sentence-transformers top": plain,
-        "sentence-transformers relative_margin=0.05": replace(plain, relative_margin=0.05),
-        "FlagEmbedding ranks 10-210 random": replace(plain, range_min=10, range_max=210, sampling="random"),
-    }
+    anchors = anchor_strategies(configured, has_ce=False, name=CONFIGURED)
+    return {name: anchors[name] for name in (CONFIGURED, ST_TOP, ST_MARGIN, FLAG_WINDOW)}
 
 
 def held_out_positive(seed: int, query_row: int, pos_rows: np.ndarray) -> int:
@@ -130,7 +129,6 @@ class Pool:
     scores: QueryScores
     held_out: int | None  # index of the held-out positive in the pool; None when it ranks below every candidate
     features: np.ndarray
-    noise: np.ndarray
 
 
 def pu_features(cos: np.ndarray, positive_cos: np.ndarray, positive_query_cos: np.ndarray) -> np.ndarray:
@@ -142,7 +140,7 @@ def pu_features(cos: np.ndarray, positive_cos: np.ndarray, positive_query_cos: n
     ]
 
 
-def calibration_pool(query: QueryCandidates, hidden: int, score_name: str, seed: int) -> Pool:
+def calibration_pool(query: QueryCandidates, hidden: int, score_name: str) -> Pool:
     """The query's candidates with positive `hidden` moved among them and the others kept as positives."""
     ref = np.arange(len(query.pos_rows)) != hidden
     n = len(query.cand_rows)
@@ -176,7 +174,7 @@ def calibration_pool(query: QueryCandidates, hidden: int, score_name: str, seed:
         same_text=np.isin(hashes, query.pos_hashes[ref]),
     )  # no candidate_cos: `landing` leaves near-duplicate skipping out, and pools are kept until the estimate
     features = pu_features(cos, positive_cos, ref_cos)
-    return Pool(query.query_row, scores, held, features, candidate_noise(seed, query.query_row, rows))
+    return Pool(query.query_row, scores, held, features)
 
 
 def landing(pool: Pool, s: SelectionSettings, k: int, seed: int, keep: np.ndarray | None = None) -> tuple[float, int]:
@@ -377,7 +375,7 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
         k = max(0, configured.num_negatives - len(query.given_rows))
         if query.query_row in multi_set and len(query.cand_rows):
             hidden = held_out_positive(seed, query.query_row, query.pos_rows)
-            pools.append(calibration_pool(query, hidden, candidates.score_name, seed))
+            pools.append(calibration_pool(query, hidden, candidates.score_name))
             pool_k.append(k)
         if query.query_row in sampled_set:
             scores = query.scores(candidates.score_name)

@@ -108,6 +108,11 @@ def _cycle_collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _id_key(carried_id: str) -> int:
+    """A carried id as a nonzero 64-bit key (0 stands for none), to compare ids without keeping them."""
+    return xxhash.xxh3_64_intdigest(carried_id.encode()) | 1
+
+
 class RoleTable:
     """The texts of one role (queries or documents) written to their Parquet table the first time a text
     appears in that role, with its id: the id its first appearance carried, else its content hash."""
@@ -141,17 +146,18 @@ class RoleTable:
             self.id_key = np.r_[self.id_key, np.zeros(grow, dtype=np.uint64)]
         unique, first = np.unique(numbers, return_index=True)
         first = np.sort(first[~self.written[unique]])  # each new text at its first appearance, in order
+        named = [carried.get(o) for o in occurrences[first].tolist()] if carried else []  # their carried ids
         if carried:
-            for i in first.tolist():
-                if (given_id := carried.get(int(occurrences[i]))) is not None:
-                    self.id_key[numbers[i]] = xxhash.xxh3_64_intdigest(given_id.encode()) | 1
+            for number, given_id in zip(numbers[first].tolist(), named, strict=True):
+                if given_id is not None:
+                    self.id_key[number] = _id_key(given_id)
             later = np.ones(len(numbers), dtype=bool)
             later[first] = False
             at = np.flatnonzero(later)
             at = at[np.isin(occurrences[at], np.fromiter(carried, np.int64, len(carried)))]
             for i in at.tolist():  # an id on a text named already: merged unless it is that same id
                 given_id = carried[int(occurrences[i])]
-                if xxhash.xxh3_64_intdigest(given_id.encode()) | 1 != self.id_key[numbers[i]]:
+                if _id_key(given_id) != self.id_key[numbers[i]]:
                     self.later_ids.append((int(numbers[i]), given_id))
         if not len(first):
             return
@@ -166,7 +172,6 @@ class RoleTable:
             np.cumsum(np.fromiter(map(len, map(str.encode, chosen)), np.int64, len(chosen)), out=offsets[1:])
         written = pa.LargeStringArray.from_buffers(len(chosen), pa.py_buffer(offsets), pa.py_buffer(data.getbuffer()))
         ids = self.index.hex_ids(numbers)  # the texts are valid UTF-8 already: no per-text conversion above
-        named = [carried.get(o) for o in occurrences.tolist()] if carried else []
         if any(n is not None for n in named):
             given = pa.array(named, pa.string())
             ids = pc.coalesce(given, ids)

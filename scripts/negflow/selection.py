@@ -75,6 +75,33 @@ class SelectionSettings:
 SELECTION_KEYS = [f.name for f in fields(SelectionSettings)]
 
 
+# The strategies of the tools negflow replaces that the audit replays and the calibration places beside its
+# grid (the ones every run can replay; with a cross-encoder, anchor_strategies adds two more).
+ST_TOP = "sentence-transformers top"
+ST_MARGIN = "sentence-transformers / NV-Retriever relative_margin=0.05 top"
+FLAG_WINDOW = "FlagEmbedding ranks 10-210 random"
+
+
+def anchor_strategies(
+    configured: SelectionSettings, has_ce: bool, name: str = "negflow (configured)"
+) -> dict[str, SelectionSettings]:
+    """The selection export makes (under `name`) plus what the tools negflow replaces do by default, with
+    the same number of negatives and seed. Exact-text duplicates of a positive go in all of them, as they
+    do in the originals."""
+    plain = replace(configured.without(*FILTERS), sampling="top", short_queries="keep")
+    strategies = {
+        name: configured,
+        ST_TOP: plain,
+        ST_MARGIN: replace(plain, relative_margin=0.05),
+        FLAG_WINDOW: replace(plain, range_min=10, range_max=210, sampling="random"),
+        "SimANS a=50 b=-0.1": replace(plain, sampling="simans", simans_a=50.0, simans_b=-0.1),
+    }
+    if has_ce:
+        strategies["RocketQA ce_max=0.1 top"] = replace(plain, ce_max=0.1)
+        strategies["negminer CE margin 0.05 + dup 0.95 top"] = replace(plain, absolute_margin=0.05, dup_threshold=0.95)
+    return strategies
+
+
 def lists_given_negatives(settings: dict) -> bool:
     """Whether selection lists a dataset's given negatives before the mined ones: a pairs dataset read with
     given_negatives: keep (a rule's settings carry that key only for a pairs dataset)."""
