@@ -15,11 +15,14 @@ import pytest
 from negflow.calibration import (
     MIN_LANDED,
     calibrate,
+    choose,
     chosen_settings,
     describe,
+    grid_settings,
     held_out_positive,
     landing,
     read_choice,
+    strictest,
 )
 from negflow.candidates import QueryCandidates
 from negflow.selection import SelectionSettings
@@ -148,6 +151,40 @@ def test_thin_evidence_keeps_the_configured_selection_and_says_why():
     )
     assert chosen_settings(result, CONFIGURED) == CONFIGURED
     assert describe(result).startswith("auto kept the configured selection (thin evidence")
+
+
+def test_a_budget_below_what_the_evidence_shows_takes_the_strictest_setting():
+    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=10)
+    result = calibrate(data, CONFIGURED, budget=0.001)
+    choice = result["choice"]
+    assert choice["name"] == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=30"
+    assert not choice["fallback"] and not choice["within_budget"]
+    lowest = min(row["fn_share"]["interval"][1] for row in result["grid"].values())
+    assert choice["reason"] == (
+        f"no setting's upper bound is within 0.001 (the lowest is {lowest:.3f}): took the strictest setting"
+    )
+    assert describe(result).startswith("no setting shown within the budget; auto chose random ")
+    assert data.measured_share(chosen_settings(result, CONFIGURED))[0] == 0.0
+    # A configured range_max keeps the strictest window inside it.
+    grid = grid_settings(replace(CONFIGURED, range_max=20))
+    assert strictest(grid) == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=10"
+
+
+def test_when_the_strictest_setting_selects_nothing_the_lowest_upper_bound_is_taken():
+    def row(upper, rank):
+        return {"fn_share": {"estimate": upper / 2, "interval": [0.0, upper]}, "median_rank": rank, "short_queries": 0}
+
+    rows = {"strict": row(0.3, None), "a": row(0.2, 50.0), "b": row(0.1, 70.0)}
+    assert choose(rows, 0.05, "strict") == (
+        "b",
+        False,
+        "no setting's upper bound is within 0.05 (the lowest is 0.100): took that one (the strictest selects nothing)",
+    )
+    assert choose(rows, 0.25, "strict") == (
+        "a",
+        True,
+        "the hardest of 2 settings whose estimate's upper bound is within 0.25",
+    )
 
 
 def test_cross_encoder_probabilities_are_evidence_of_their_own():

@@ -23,6 +23,10 @@ Evidence (each gives, per setting, an estimate with a 90% bootstrap interval ove
 With both, a setting's estimate is the one with the higher upper bound. With fewer than MIN_LANDED held-out
 positives among the candidates and no usable cross-encoder, the configured selection is kept and the
 reason recorded.
+When no setting's upper bound is within the budget, the budget lies below what the evidence can resolve
+(few queries cannot show a small share), so the estimates cannot rank the settings there either; the
+choice is then the strictest grid point, by construction the one that keeps the fewest candidates near
+the positives (`strictest`), and that is recorded.
 
 Hardness: the median retrieval rank of the selected negatives (lower is harder) on a seeded sample of
 queries, with every positive visible as in the export; ties go to fewer short queries.
@@ -339,19 +343,32 @@ def _round(estimate: dict | None) -> dict | None:
     return {"estimate": round(estimate["estimate"], 4), "interval": [round(lo, 4), round(hi, 4)]}
 
 
-def choose(rows: dict[str, dict], budget: float) -> tuple[str | None, str]:
+def strictest(grid: dict[str, SelectionSettings]) -> str:
+    """The grid point that, by construction, keeps the fewest candidates near the positives: the largest
+    margins, the deepest window the configured range_max allows, sampled at random (over the same
+    survivors, deeper on average than top or SimANS)."""
+    point = {key: values[-1] for key, values in GRID.items() if key not in ("sampling", "range_min")}
+    return setting_name(point | {"sampling": "random", "range_min": max(s.range_min for s in grid.values())})
+
+
+def choose(rows: dict[str, dict], budget: float, safest: str) -> tuple[str | None, bool, str]:
     """The hardest setting (lowest median rank, then fewest short queries) whose estimate's upper bound is
-    within the budget; else the one with the lowest upper bound, with the reason."""
+    within the budget; whether one is; and why. When none is, the budget lies below what the evidence can
+    show, so its estimates cannot rank the settings either: `safest` (the strictest grid point), or, when
+    it selects nothing, the setting with the lowest upper bound."""
     estimated = {n: r for n, r in rows.items() if r["fn_share"] is not None and r["median_rank"] is not None}
     if not estimated:
-        return None, "no setting selected any negative"
+        return None, False, "no setting selected any negative"
     within = [n for n, r in estimated.items() if r["fn_share"]["interval"][1] <= budget]
     if within:
         best = min(within, key=lambda n: (estimated[n]["median_rank"], estimated[n]["short_queries"], n))
-        return best, f"the hardest of {len(within)} settings whose estimate's upper bound is within {budget:g}"
-    best = min(estimated, key=lambda n: (estimated[n]["fn_share"]["interval"][1], estimated[n]["median_rank"], n))
-    upper = estimated[best]["fn_share"]["interval"][1]
-    return best, f"no setting's upper bound is within {budget:g}: the lowest ({upper:.3f})"
+        return best, True, f"the hardest of {len(within)} settings whose estimate's upper bound is within {budget:g}"
+    lowest = min(estimated, key=lambda n: (estimated[n]["fn_share"]["interval"][1], estimated[n]["median_rank"], n))
+    upper = estimated[lowest]["fn_share"]["interval"][1]
+    reason = f"no setting's upper bound is within {budget:g} (the lowest is {upper:.3f})"
+    if safest in estimated:
+        return safest, False, reason + ": took the strictest setting"
+    return lowest, False, reason + ": took that one (the strictest selects nothing)"
 
 
 def calibrate(candidates: Candidates, configured: SelectionSettings, budget: float) -> dict:
@@ -410,8 +427,9 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
             "cross_encoder": _round(ce.get(name)),
             **hard[name],
         }
+    within = False
     if held or ce:
-        name, reason = choose({n: rows[n] for n in grid}, budget)
+        name, within, reason = choose({n: rows[n] for n in grid}, budget, strictest(grid))
     else:
         name, reason = (
             None,
@@ -433,6 +451,7 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
             "name": name,
             "settings": rows[name]["settings"] if name else None,
             "fallback": name is None,
+            "within_budget": within,
             "reason": reason,
         },
     }
@@ -454,8 +473,9 @@ def describe(calibration: dict) -> str:
         return f"auto kept the configured selection ({choice['reason']})"
     row = calibration["grid"][choice["name"]]
     lo, hi = row["fn_share"]["interval"]
+    shown = "" if choice["within_budget"] else "no setting shown within the budget; "
     return (
-        f"auto chose {choice['name']}: estimated false negatives {100 * row['fn_share']['estimate']:.1f}% "
+        f"{shown}auto chose {choice['name']}: estimated false negatives {100 * row['fn_share']['estimate']:.1f}% "
         f"(90% interval {100 * lo:.1f}-{100 * hi:.1f}%, budget {100 * calibration['budget']:.1f}%), "
         f"median rank {row['median_rank']}"
     )

@@ -212,7 +212,10 @@ def plot_calibration(calibration: dict, path: str | Path, dataset: str) -> None:
         ax.scatter([], [], marker="*", s=90, color="tab:green", label=f"chosen: {choice['name']}")
     ax.set_xlabel("median retrieval rank of the negatives (lower = harder)")
     ax.set_ylabel("estimated false-negative share")
-    verdict = "kept the configured selection" if choice["fallback"] else "auto's choice"
+    if choice["fallback"]:
+        verdict = "kept the configured selection"
+    else:
+        verdict = "auto's choice" if choice["within_budget"] else "none shown within the budget: the strictest"
     ax.set_title(f"{dataset}: false negatives against hardness ({verdict})")
     ax.legend(fontsize=7)
     _save_figure(fig, path)
