@@ -66,8 +66,11 @@ def write_corpus(root: Path, docs: int, rng: np.random.Generator) -> None:
     unit_rows(rng, docs, root / "corpus-1-of-1.npy")
 
 
-def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generator) -> None:
-    """Candidates (query order, rank order), qrels with one positive each, and CE scores of every pair."""
+def write_queries(
+    folder: Path, queries: int, docs: int, rng: np.random.Generator, two_positives_every: int | None = None
+) -> None:
+    """Candidates (query order, rank order), qrels with one positive each (two for every
+    `two_positives_every`-th query), and CE scores of every pair."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -104,14 +107,22 @@ def write_queries(folder: Path, queries: int, docs: int, rng: np.random.Generato
             ce = rng.uniform(0, 1, len(pairs)).astype(np.float32)
             ce[np.isin(pairs[:, 0] * docs + pairs[:, 1], q * docs + positive[q])] = 0.99
             scores.write_table(pa.table([pairs[:, 0].astype(np.int32), pairs[:, 1], ce], schema=SCORES_SCHEMA))
+    query_rows, doc_rows = np.arange(queries), positive
+    if two_positives_every:
+        second = np.arange(0, queries, two_positives_every)
+        query_rows = np.r_[query_rows, second]
+        doc_rows = np.r_[doc_rows, (positive[second] + 1) % docs]  # no CE score: a cosine-selected run only
+        order = np.argsort(query_rows, kind="stable")
+        query_rows, doc_rows = query_rows[order], doc_rows[order]
+    n = len(query_rows)
     qrels = {
-        "query_id": pa.array([f"q{i}" for i in range(queries)]),
-        "doc_id": pa.array([f"d{i}" for i in positive.tolist()]),
-        "query_row": pa.array(np.arange(queries), pa.int32()),
-        "doc_row": pa.array(positive, pa.int64()),
-        "score": pa.array(np.ones(queries), pa.int32()),
-        "positive": pa.array(np.ones(queries, bool)),
-        "cosine": pa.array(np.full(queries, 0.9, np.float32)),
+        "query_id": pa.array([f"q{i}" for i in query_rows.tolist()]),
+        "doc_id": pa.array([f"d{i}" for i in doc_rows.tolist()]),
+        "query_row": pa.array(query_rows, pa.int32()),
+        "doc_row": pa.array(doc_rows, pa.int64()),
+        "score": pa.array(np.ones(n), pa.int32()),
+        "positive": pa.array(np.ones(n, bool)),
+        "cosine": pa.array(rng.uniform(0.75, 0.95, n).astype(np.float32)),
     }
     pq.write_table(pa.table(qrels), folder / "qrels.parquet")
 

@@ -85,6 +85,9 @@ class SyntheticCandidates:
     def __iter__(self):
         return iter(self.queries)
 
+    def iterate(self, only: np.ndarray):
+        return (q for q in self.queries if q.query_row in set(only.tolist()))
+
     def __len__(self) -> int:
         return len(self.queries)
 

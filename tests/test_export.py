@@ -100,5 +100,24 @@ def test_export_reads_candidates_and_scores_in_query_blocks(staged, tmp_path, mo
         list(SortedRows(str(tmp_path / "reversed.parquet"), "query_row", ["query_row"]).below(10**9))
 
 
+def test_iterate_hands_out_only_the_queries_asked_for(staged, monkeypatch):
+    """Calibration reads its sampled queries only: the same queries, field for field, as the full reading
+    gives them, across query blocks and file batches."""
+    from negflow.files import SortedRows
+
+    out, paths = staged
+    monkeypatch.setattr(Candidates, "QUERY_BLOCK", 2)
+    monkeypatch.setattr(SortedRows.__init__, "__defaults__", (5,))
+    full = {q.query_row: q for q in staged_candidates(out, paths)}
+    only = np.array(sorted(full)[1::3])
+    picked = list(staged_candidates(out, paths).iterate(only))
+    assert [q.query_row for q in picked] == only.tolist() and len(only) >= 3
+    for q in picked:
+        whole = full[q.query_row]
+        assert q.cand_ids == whole.cand_ids and q.pos_ids == whole.pos_ids and q.query_id == whole.query_id
+        for name in ("cand_rows", "cand_cos", "cand_ce", "cand_emb", "pos_emb", "pos_ce", "cand_hashes"):
+            np.testing.assert_array_equal(getattr(q, name), getattr(whole, name))
+
+
 def test_group_bounds():
     assert list(group_bounds(np.array([0, 0, 2, 5, 5, 5]))) == [(0, 0, 2), (2, 2, 3), (5, 3, 6)]

@@ -372,7 +372,7 @@ def choose(rows: dict[str, dict], budget: float, safest: str) -> tuple[str | Non
 
 
 def calibrate(candidates: Candidates, configured: SelectionSettings, budget: float) -> dict:
-    """Calibrate on `candidates` (it reads their iteration, `positive_counts` and `score_name`) for the
+    """Calibrate on `candidates` (it reads their `iterate`, `positive_counts` and `score_name`) for the
     configured settings and a budget. Returns what calibration.json holds: the evidence and its size, every
     grid setting and reference with its estimate, interval, hardness and short queries, and the choice (or
     the fallback and why)."""
@@ -386,8 +386,9 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
     multi_set, sampled_set = set(multi.tolist()), set(sampled.tolist())
     pools, pool_k, kept, kept_k = [], [], [], []
     chosen: dict[str, list[np.ndarray]] = {name: [] for name in every}
-    bar = ProgressBar(total=len(candidates), desc="calibrate", unit=" queries", mininterval=5)
-    for query in candidates:
+    wanted = np.union1d(multi, sampled)
+    bar = ProgressBar(total=len(wanted), desc="calibrate", unit=" queries", mininterval=5)
+    for query in candidates.iterate(wanted):
         bar.update()
         k = max(0, configured.num_negatives - len(query.given_rows))
         if query.query_row in multi_set and len(query.cand_rows):

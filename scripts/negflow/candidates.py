@@ -198,6 +198,11 @@ class Candidates:
         )
 
     def __iter__(self) -> Iterator[QueryCandidates]:
+        return self.iterate()
+
+    def iterate(self, only: np.ndarray | None = None) -> Iterator[QueryCandidates]:
+        """The queries in row order; `only`: just these query rows. The files are still read front to back,
+        but the embeddings, hashes and ids of the queries left out are never gathered (the costly part)."""
         candidates = SortedRows(self.candidates_path, "query_row", ["query_row", "doc_row", "doc_id", "rank", "cosine"])
         scores = (
             SortedRows(self.scores_path, "query_row", ["query_row", "doc_row", "ce_score"]) if self.has_ce else None
@@ -208,7 +213,7 @@ class Candidates:
             stop = block[-1][0] + 1
             m = candidates.below(stop)
             m_query, m_doc_row, m_rank, m_cos = (m[c].to_numpy() for c in ("query_row", "doc_row", "rank", "cosine"))
-            m_doc_id = m["doc_id"].to_pylist()
+            m_doc_id = m["doc_id"]
             m_bounds = {q: (a, b) for q, a, b in group_bounds(m_query)}
             ce = None
             if scores is not None:
@@ -216,7 +221,10 @@ class Candidates:
                 ce = PairScores(
                     t["query_row"].to_numpy(), t["doc_row"].to_numpy(), t["ce_score"].to_numpy(), len(self.corpus)
                 )
-            for q, a, b in block:
+            wanted = np.ones(len(block), bool) if only is None else np.isin([q for q, _, _ in block], only)
+            for (q, a, b), want in zip(block, wanted.tolist(), strict=True):
+                if not want:
+                    continue
                 ma, mb = m_bounds.get(q, (0, 0))
                 ga, gb = np.searchsorted(self.g_query, [q, q + 1])
                 pos_rows = self.p_doc_row[a:b]
@@ -231,7 +239,7 @@ class Candidates:
                     pos_cos=self.p_cos[a:b].astype(np.float64),
                     pos_ce=ce.get(q, pos_rows) if ce else None,
                     cand_rows=cand_rows,
-                    cand_ids=m_doc_id[ma:mb],
+                    cand_ids=m_doc_id[ma:mb].to_pylist(),
                     cand_ranks=m_rank[ma:mb],
                     cand_cos=m_cos[ma:mb].astype(np.float64),
                     cand_ce=ce.get(q, cand_rows) if ce else None,
