@@ -474,7 +474,7 @@ def describe(calibration: dict) -> str:
         return f"auto kept the configured selection ({choice['reason']})"
     row = calibration["grid"][choice["name"]]
     lo, hi = row["fn_share"]["interval"]
-    shown = "" if choice["within_budget"] else "no setting shown within the budget; "
+    shown = "" if choice.get("within_budget", True) else "no setting shown within the budget; "  # older files lack it
     return (
         f"{shown}auto chose {choice['name']}: estimated false negatives {100 * row['fn_share']['estimate']:.1f}% "
         f"(90% interval {100 * lo:.1f}-{100 * hi:.1f}%, budget {100 * calibration['budget']:.1f}%), "

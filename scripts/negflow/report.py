@@ -215,7 +215,9 @@ def plot_calibration(calibration: dict, path: str | Path, dataset: str) -> None:
     if choice["fallback"]:
         verdict = "kept the configured selection"
     else:
-        verdict = "auto's choice" if choice["within_budget"] else "none shown within the budget: the strictest"
+        verdict = (
+            "auto's choice" if choice.get("within_budget", True) else "none shown within the budget: the strictest"
+        )
     ax.set_title(f"{dataset}: false negatives against hardness ({verdict})")
     ax.legend(fontsize=7)
     _save_figure(fig, path)
