@@ -122,7 +122,7 @@ def write_queries(
         "doc_row": pa.array(doc_rows, pa.int64()),
         "score": pa.array(np.ones(n), pa.int32()),
         "positive": pa.array(np.ones(n, bool)),
-        "cosine": pa.array(rng.uniform(0.75, 0.95, n).astype(np.float32)),
+        "cosine": pa.array(rng.uniform(0.75, 0.95, n) if two_positives_every else np.full(n, 0.9), pa.float32()),
     }
     pq.write_table(pa.table(qrels), folder / "qrels.parquet")
 

@@ -167,10 +167,32 @@ def test_a_budget_below_what_the_evidence_shows_takes_the_strictest_setting():
         f"no setting's upper bound is within 0.001 (the lowest is {lowest:.3f}): took the strictest setting"
     )
     assert describe(result).startswith("no setting shown within the budget; auto chose random ")
+    del result["choice"]["within_budget"]  # a file written before it was recorded reads the same
+    assert describe(result).startswith("no setting shown within the budget; auto chose random ")
     assert data.measured_share(chosen_settings(result, CONFIGURED))[0] == 0.0
-    # A configured range_max keeps the strictest window inside it.
-    grid = grid_settings(replace(CONFIGURED, range_max=20))
-    assert strictest(grid) == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=10"
+    # A configured range_max keeps the strictest window inside it, with room for the negatives.
+    for range_max in (20, 35):  # 35 - 30 < 8 negatives
+        strict = strictest(replace(CONFIGURED, range_max=range_max))
+        assert strict == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=10"
+        assert strict in grid_settings(replace(CONFIGURED, range_max=range_max))
+    assert (
+        strictest(replace(CONFIGURED, range_max=9)) == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=0"
+    )
+
+
+def test_only_the_sampled_queries_are_read(monkeypatch):
+    import negflow.calibration as calibration
+
+    monkeypatch.setattr(calibration, "MAX_CALIBRATION_QUERIES", 10)
+    monkeypatch.setattr(calibration, "MAX_HARDNESS_QUERIES", 5)
+    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=0)
+    read = []
+    iterate = data.iterate
+    monkeypatch.setattr(data, "iterate", lambda only: (read.extend(only.tolist()), iterate(only))[1])
+    result = calibrate(data, CONFIGURED, budget=0.05)
+    assert result["evidence"][0]["queries"] == 10
+    assert result["grid"]["top relative_margin=None positive_doc_margin=None range_min=0"]["negatives"] == 5 * 8
+    assert 10 <= len(read) <= 15 and read == sorted(set(read))
 
 
 def test_when_the_strictest_setting_selects_nothing_the_lowest_upper_bound_is_taken():

@@ -343,12 +343,14 @@ def _round(estimate: dict | None) -> dict | None:
     return {"estimate": round(estimate["estimate"], 4), "interval": [round(lo, 4), round(hi, 4)]}
 
 
-def strictest(grid: dict[str, SelectionSettings]) -> str:
+def strictest(configured: SelectionSettings) -> str:
     """The grid point that, by construction, keeps the fewest candidates near the positives: the largest
-    margins, the deepest window the configured range_max allows, sampled at random (over the same
-    survivors, deeper on average than top or SimANS)."""
-    point = {key: values[-1] for key, values in GRID.items() if key not in ("sampling", "range_min")}
-    return setting_name(point | {"sampling": "random", "range_min": max(s.range_min for s in grid.values())})
+    margins, sampled at random (over the same survivors, deeper on average than top or SimANS), from the
+    deepest rank whose window (before a configured range_max) still holds num_negatives."""
+    end, k = configured.range_max, configured.num_negatives
+    starts = [r for r in GRID["range_min"] if end is None or end - r >= k]
+    point = {key: max(v for v in GRID[key] if v is not None) for key in ("relative_margin", "positive_doc_margin")}
+    return setting_name(point | {"sampling": "random", "range_min": max(starts, default=0)})
 
 
 def choose(rows: dict[str, dict], budget: float, safest: str) -> tuple[str | None, bool, str]:
@@ -430,7 +432,7 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
         }
     within = False
     if held or ce:
-        name, within, reason = choose({n: rows[n] for n in grid}, budget, strictest(grid))
+        name, within, reason = choose({n: rows[n] for n in grid}, budget, strictest(configured))
     else:
         name, reason = (
             None,
@@ -467,6 +469,15 @@ def chosen_settings(calibration: dict, configured: SelectionSettings) -> Selecti
     return replace(configured, **choice["settings"])
 
 
+def within_budget(calibration: dict) -> bool:
+    """Whether the choice's upper bound is within the budget (recorded; read from the row in files written
+    before it was)."""
+    choice = calibration["choice"]
+    if "within_budget" in choice:
+        return choice["within_budget"]
+    return calibration["grid"][choice["name"]]["fn_share"]["interval"][1] <= calibration["budget"]
+
+
 def describe(calibration: dict) -> str:
     """One line for logs and the command's summary: the choice, its estimate and the budget."""
     choice = calibration["choice"]
@@ -474,7 +485,7 @@ def describe(calibration: dict) -> str:
         return f"auto kept the configured selection ({choice['reason']})"
     row = calibration["grid"][choice["name"]]
     lo, hi = row["fn_share"]["interval"]
-    shown = "" if choice.get("within_budget", True) else "no setting shown within the budget; "  # older files lack it
+    shown = "" if within_budget(calibration) else "no setting shown within the budget; "
     return (
         f"{shown}auto chose {choice['name']}: estimated false negatives {100 * row['fn_share']['estimate']:.1f}% "
         f"(90% interval {100 * lo:.1f}-{100 * hi:.1f}%, budget {100 * calibration['budget']:.1f}%), "

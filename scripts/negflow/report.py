@@ -215,9 +215,9 @@ def plot_calibration(calibration: dict, path: str | Path, dataset: str) -> None:
     if choice["fallback"]:
         verdict = "kept the configured selection"
     else:
-        verdict = (
-            "auto's choice" if choice.get("within_budget", True) else "none shown within the budget: the strictest"
-        )
+        from negflow.calibration import within_budget
+
+        verdict = "auto's choice" if within_budget(calibration) else "auto's choice, none shown within the budget"
     ax.set_title(f"{dataset}: false negatives against hardness ({verdict})")
     ax.legend(fontsize=7)
     _save_figure(fig, path)
