@@ -16,8 +16,6 @@ Usage: python bench/calibration_scale.py [--docs 300000] [--queries 100000 30000
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,45 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from export_memory import write_corpus, write_queries  # noqa: E402
-
-STAGE = """
-import json, resource, sys, time
-sys.path.insert(0, {scripts!r})
-from negflow.calibration import calibrate
-from negflow.candidates import Candidates
-from negflow.export import export_negatives
-from negflow.selection import SelectionSettings
-d = {folder!r}
-start = time.perf_counter()
-inputs = dict(
-    candidates=d + "/candidates.parquet", qrels=d + "/qrels.parquet", corpus=[{corpus!r}],
-    queries=[d + "/queries-1-of-1.npy"], corpus_dir={corpus_dir!r},
-)
-candidates = Candidates.from_inputs(inputs, {{"selection_score": "auto"}})
-if {stage!r} == "calibrate":
-    result = calibrate(candidates, SelectionSettings(), 0.05)
-    summary = {{"evidence": result["evidence"][0], "choice": result["choice"]["name"]}}
-else:
-    summary = export_negatives(candidates, SelectionSettings(), d + "/negatives.jsonl", d + "/selection.json", {{}})
-    summary = summary["counts"]
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "summary": summary}}))
-"""
-
-
-def run_stage(stage: str, folder: Path, root: Path) -> dict:
-    code = STAGE.format(
-        scripts=str(REPO / "scripts"),
-        folder=str(folder),
-        corpus=str(root / "corpus-1-of-1.npy"),
-        corpus_dir=str(root / "corpus"),
-        stage=stage,
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"{stage} on {folder} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from export_memory import run_stage, write_corpus, write_queries  # noqa: E402
 
 
 def main() -> None:
@@ -85,8 +45,8 @@ def main() -> None:
             start = time.perf_counter()
             write_queries(folder, n, args.docs, np.random.default_rng(n), two_positives_every=10)
             print(f"wrote {n:,} queries x 100 candidates in {time.perf_counter() - start:.0f} s", flush=True)
-        export = run_stage("export", folder, root)
-        calibrate = run_stage("calibrate", folder, root)
+        export = run_stage("export", folder, root, scores=False)
+        calibrate = run_stage("calibrate", folder, root, scores=False)
         rows.append((n, export, calibrate))
         print(f"{n:,} queries: calibration evidence {calibrate['summary']['evidence']}", flush=True)
     print(f"\ncorpus {args.docs:,} passages x 384; 100 candidates a query, a tenth with two positives; cosine")

@@ -27,9 +27,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 DIM = 384
 CANDIDATES = 100
 
-EXPORT = """
+STAGE = """
 import json, resource, sys, time
 sys.path.insert(0, {scripts!r})
+from negflow.calibration import calibrate
 from negflow.candidates import Candidates
 from negflow.export import export_negatives
 from negflow.selection import SelectionSettings
@@ -37,13 +38,37 @@ d = {folder!r}
 start = time.perf_counter()
 inputs = dict(
     candidates=d + "/candidates.parquet", qrels=d + "/qrels.parquet", corpus=[{corpus!r}],
-    queries=[d + "/queries-1-of-1.npy"], corpus_dir={corpus_dir!r}, scores=d + "/pair_scores.parquet",
+    queries=[d + "/queries-1-of-1.npy"], corpus_dir={corpus_dir!r},
 )
+if {scores!r}:
+    inputs["scores"] = d + "/pair_scores.parquet"
 candidates = Candidates.from_inputs(inputs, {{"selection_score": "auto"}})
-report = export_negatives(candidates, SelectionSettings(), d + "/negatives.jsonl", d + "/selection.json", {{}})
+if {stage!r} == "calibrate":
+    result = calibrate(candidates, SelectionSettings(), 0.05)
+    summary = {{"evidence": result["evidence"][0], "choice": result["choice"]["name"]}}
+else:
+    report = export_negatives(candidates, SelectionSettings(), d + "/negatives.jsonl", d + "/selection.json", {{}})
+    summary = report["counts"]
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "counts": report["counts"]}}))
+print(json.dumps({{"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "summary": summary}}))
 """
+
+
+def run_stage(stage: str, folder: Path, root: Path, scores: bool) -> dict:
+    """`export` (export_negatives, the default selection) or `calibrate` (fn_budget 0.05) on the synthetic
+    files of `folder` in a child process (with CE scores or not): its seconds, peak RSS and summary."""
+    code = STAGE.format(
+        scripts=str(REPO / "scripts"),
+        folder=str(folder),
+        corpus=str(root / "corpus-1-of-1.npy"),
+        corpus_dir=str(root / "corpus"),
+        scores=scores,
+        stage=stage,
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{stage} on {folder} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def unit_rows(rng: np.random.Generator, n: int, path: Path) -> None:
@@ -145,20 +170,11 @@ def main() -> None:
             start = time.perf_counter()
             write_queries(folder, n, args.docs, np.random.default_rng(n))
             print(f"wrote {n:,} queries x {CANDIDATES} candidates in {time.perf_counter() - start:.0f} s")
-        code = EXPORT.format(
-            scripts=str(REPO / "scripts"),
-            folder=str(folder),
-            corpus=str(root / "corpus-1-of-1.npy"),
-            corpus_dir=str(root / "corpus"),
-        )
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if done.returncode:
-            sys.exit(f"export on {n:,} queries failed:\n{done.stderr[-3000:]}")
-        results[n] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[n] = run_stage("export", folder, root, scores=True)
     print(f"\ncorpus {args.docs:,} passages x {DIM}; {CANDIDATES} candidates and 1 positive per query; CE scores")
     print(f"{'queries':>10s} {'seconds':>8s} {'queries/s':>10s} {'peak RSS MB':>12s} {'negatives':>10s}")
     for n, r in results.items():
-        rate, negatives = n / r["seconds"], r["counts"]["negatives"]
+        rate, negatives = n / r["seconds"], r["summary"]["negatives"]
         print(f"{n:10,d} {r['seconds']:8.1f} {rate:10,.0f} {r['peak_mb']:12,.0f} {negatives:10,d}")
     if len(results) > 1:
         small, large = min(results), max(results)

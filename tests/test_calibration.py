@@ -86,7 +86,8 @@ class SyntheticCandidates:
         return iter(self.queries)
 
     def iterate(self, only: np.ndarray):
-        return (q for q in self.queries if q.query_row in set(only.tolist()))
+        wanted = set(only.tolist())
+        return (q for q in self.queries if q.query_row in wanted)
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -112,6 +112,7 @@ def test_iterate_hands_out_only_the_queries_asked_for(staged, monkeypatch):
     only = np.array(sorted(full)[1::3])
     picked = list(staged_candidates(out, paths).iterate(only))
     assert [q.query_row for q in picked] == only.tolist() and len(only) >= 3
+    assert list(staged_candidates(out, paths).iterate(np.zeros(0, np.int64))) == []
     for q in picked:
         whole = full[q.query_row]
         assert q.cand_ids == whole.cand_ids and q.pos_ids == whole.pos_ids and q.query_id == whole.query_id

@@ -208,23 +208,25 @@ class Candidates:
             SortedRows(self.scores_path, "query_row", ["query_row", "doc_row", "ce_score"]) if self.has_ce else None
         )
         queries = list(group_bounds(self.p_query))
+        wanted = None if only is None else set(np.asarray(only).tolist())
         for start in range(0, len(queries), self.QUERY_BLOCK):
             block = queries[start : start + self.QUERY_BLOCK]
             stop = block[-1][0] + 1
             m = candidates.below(stop)
+            t = scores.below(stop) if scores is not None else None
+            if wanted is not None:  # the block's rows of the wanted queries alone, before anything is gathered
+                block = [bounds for bounds in block if bounds[0] in wanted]
+                rows = [q for q, _, _ in block]
+                m, t = (x if x is None else x.filter(np.isin(x["query_row"].to_numpy(), rows)) for x in (m, t))
             m_query, m_doc_row, m_rank, m_cos = (m[c].to_numpy() for c in ("query_row", "doc_row", "rank", "cosine"))
-            m_doc_id = m["doc_id"]
+            m_doc_id = m["doc_id"].to_pylist()
             m_bounds = {q: (a, b) for q, a, b in group_bounds(m_query)}
             ce = None
-            if scores is not None:
-                t = scores.below(stop)
+            if t is not None:
                 ce = PairScores(
                     t["query_row"].to_numpy(), t["doc_row"].to_numpy(), t["ce_score"].to_numpy(), len(self.corpus)
                 )
-            wanted = np.ones(len(block), bool) if only is None else np.isin([q for q, _, _ in block], only)
-            for (q, a, b), want in zip(block, wanted.tolist(), strict=True):
-                if not want:
-                    continue
+            for q, a, b in block:
                 ma, mb = m_bounds.get(q, (0, 0))
                 ga, gb = np.searchsorted(self.g_query, [q, q + 1])
                 pos_rows = self.p_doc_row[a:b]
@@ -239,7 +241,7 @@ class Candidates:
                     pos_cos=self.p_cos[a:b].astype(np.float64),
                     pos_ce=ce.get(q, pos_rows) if ce else None,
                     cand_rows=cand_rows,
-                    cand_ids=m_doc_id[ma:mb].to_pylist(),
+                    cand_ids=m_doc_id[ma:mb],
                     cand_ranks=m_rank[ma:mb],
                     cand_cos=m_cos[ma:mb].astype(np.float64),
                     cand_ce=ce.get(q, cand_rows) if ce else None,
