@@ -114,13 +114,12 @@ def test_batches_from_arrow_buffers_are_padded_as_the_tokenizer_pads(tiny_models
         )
 
 
-@pytest.mark.parametrize("kind", ["embed", "score"])
-def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind, caplog):
-    """A forward pass over more than 300 padded tokens raises torch's CUDA OOM error: the stage halves the
-    batch until it fits and returns what an unconstrained run returns; one row that does not fit re-raises."""
+def staged_model(staged, tiny_models, kind: str):
+    """The tiny embedder (kind embed) or cross-encoder (score), its staged token rows and extras, and the
+    output key run_model reads."""
     import torch
 
-    from negflow.models import load_cross_encoder, load_embedding_model, run_model
+    from negflow.models import load_cross_encoder, load_embedding_model
     from negflow.store import load_extras, load_tokens
 
     out, _ = staged
@@ -128,15 +127,54 @@ def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind,
         "embed": (out / "corpus", load_embedding_model, "sentence_embedding"),
         "score": (out / "pairs", load_cross_encoder, "scores"),
     }[kind]
-    rows, extras = load_tokens(folder), load_extras(folder)
     model = loader(str(tiny_models["embedder" if kind == "embed" else "ce"]), torch.device("cpu"), 64)
-    cpu, limits = torch.device("cpu"), BatchLimits(512, 4096)
+    return model, load_tokens(folder), load_extras(folder), key
+
+
+def run_outputs(model, rows, extras, key: str, kind: str, limits: BatchLimits) -> np.ndarray:
+    """run_model's output for every row of `rows`, in row order."""
+    import torch
+
+    from negflow.models import run_model
+
+    result = np.zeros((rows.num_rows, 1 if kind == "score" else model.get_embedding_dimension()), np.float32)
+    for idx, values in run_model(model, rows, extras, key, limits, torch.device("cpu"), None, kind):
+        result[idx] = values.reshape(len(idx), -1)
+    return result
+
+
+@pytest.mark.parametrize("kind", ["embed", "score"])
+def test_a_model_left_in_training_mode_runs_with_dropout_off(staged, tiny_models, kind):
+    """SentenceTransformerTrainer.train leaves its model in training mode (the finetune rule evaluates that
+    model): run_model's output is then the eval-mode output, the same on every call, not dropout noise."""
+    import torch
+
+    model, rows, extras, key = staged_model(staged, tiny_models, kind)
 
     def collect():
-        result = np.zeros((rows.num_rows, 1 if kind == "score" else model.get_embedding_dimension()), np.float32)
-        for idx, values in run_model(model, rows, extras, key, limits, cpu, None, kind):
-            result[idx] = values.reshape(len(idx), -1)
-        return result
+        return run_outputs(model, rows, extras, key, kind, BatchLimits(64))
+
+    expected = collect()
+    model.train()
+    torch.manual_seed(1)
+    first = collect()
+    torch.manual_seed(2)
+    np.testing.assert_array_equal(collect(), first)
+    np.testing.assert_allclose(first, expected, atol=1e-6)
+    assert not model.training
+
+
+@pytest.mark.parametrize("kind", ["embed", "score"])
+def test_out_of_memory_halves_the_batch_and_continues(staged, tiny_models, kind, caplog):
+    """A forward pass over more than 300 padded tokens raises torch's CUDA OOM error: the stage halves the
+    batch until it fits and returns what an unconstrained run returns; one row that does not fit re-raises."""
+    import torch
+
+    model, rows, extras, key = staged_model(staged, tiny_models, kind)
+    limits = BatchLimits(512, 4096)
+
+    def collect():
+        return run_outputs(model, rows, extras, key, kind, limits)
 
     expected = collect()
     real_forward, seen = model.forward, []

@@ -372,7 +372,10 @@ def run_model(
     bf16 casts the weights (same range as fp32, and on the CPU a fifth faster than autocast, which re-casts
     them every batch); fp16 runs under autocast, which keeps overflow-prone ops such as LayerNorm in fp32.
     A batch that runs out of GPU memory is retried as two: the rest of the rows are re-batched with half
-    that batch's padded tokens (and rows), logged, down to one row per batch."""
+    that batch's padded tokens (and rows), logged, down to one row per batch.
+    The model runs in eval mode (dropout off), as sentence-transformers' encode runs it: the model that
+    SentenceTransformerTrainer.train leaves behind is still in training mode."""
+    model.eval()
     if dtype == torch.bfloat16:
         model.to(dtype)
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=dtype == torch.float16)
