@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from negflow.calibration import within_budget
 from negflow.files import SortedRows, atomic_output, open_parquet
 from negflow.negatives import NegativesRecord, read_negatives
 from negflow.selection import no_negatives_warning
@@ -215,8 +216,6 @@ def plot_calibration(calibration: dict, path: str | Path, dataset: str) -> None:
     if choice["fallback"]:
         verdict = "kept the configured selection"
     else:
-        from negflow.calibration import within_budget
-
         verdict = "auto's choice" if within_budget(calibration) else "auto's choice, none shown within the budget"
     ax.set_title(f"{dataset}: false negatives against hardness ({verdict})")
     ax.legend(fontsize=7)
