@@ -1,4 +1,5 @@
-"""selection: auto on synthetic candidates whose false negatives are known."""
+"""selection: auto against synthetic candidates whose false negatives are known (tests/synthetic.py: positives
+and negatives overlap, near-duplicates fire)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import OverlapCandidates
 
+import negflow.calibration as calibration
 from negflow.calibration import (
     MIN_LANDED,
     calibrate,
@@ -19,174 +22,209 @@ from negflow.calibration import (
     chosen_settings,
     describe,
     grid_settings,
-    held_out_positive,
-    landing,
+    held_out_positives,
+    out_of_fold,
     read_choice,
-    strictest,
 )
-from negflow.candidates import QueryCandidates
 from negflow.selection import SelectionSettings
 
-DIM = 64
-CANDIDATES = 100
 NEGATIVES = 8
-
-
-class SyntheticCandidates:
-    """Queries built from known labels: each has `labeled` positives the miner sees and `unlabeled`
-    positives hidden among its candidates (the false negatives), scored in the band [0.76, 0.80] like the
-    labeled ones, above every true negative (cosines in [0.2, 0.7])."""
-
-    score_name = "cosine"
-
-    def __init__(self, queries: int, labeled: int, unlabeled: int, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.queries: list[QueryCandidates] = []
-        self.false_negatives: dict[int, set[int]] = {}
-        doc = 0
-        for q in range(queries):
-            pos_cos = rng.uniform(0.76, 0.80, labeled)
-            cos = np.sort(np.r_[rng.uniform(0.76, 0.80, unlabeled), rng.uniform(0.2, 0.7, CANDIDATES - unlabeled)])[
-                ::-1
-            ]
-            is_fn = np.zeros(CANDIDATES, dtype=bool)
-            is_fn[:unlabeled] = True  # the band sits above every negative
-            rows = np.arange(doc, doc + CANDIDATES)
-            pos_rows = np.arange(doc + CANDIDATES, doc + CANDIDATES + labeled)
-            doc += CANDIDATES + labeled
-            self.false_negatives[q] = set(rows[is_fn].tolist())
-            emb = rng.normal(size=(CANDIDATES + labeled, DIM))
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            self.queries.append(
-                QueryCandidates(
-                    query_row=q,
-                    query_id=f"q{q}",
-                    pos_rows=pos_rows,
-                    pos_ids=[f"d{r}" for r in pos_rows],
-                    pos_grades=np.ones(labeled),
-                    pos_cos=pos_cos,
-                    pos_ce=None,
-                    cand_rows=rows,
-                    cand_ids=[f"d{r}" for r in rows],
-                    cand_ranks=np.arange(1, CANDIDATES + 1),
-                    cand_cos=cos,
-                    cand_ce=None,
-                    cand_emb=emb[:CANDIDATES],
-                    pos_emb=emb[CANDIDATES:],
-                    cand_hashes=rows.astype(np.int64),
-                    pos_hashes=pos_rows.astype(np.int64),
-                    given_rows=np.zeros(0, dtype=np.int64),
-                    given_ids=[],
-                    given_cos=np.zeros(0),
-                    given_ce=None,
-                )
-            )
-
-    def __iter__(self):
-        return iter(self.queries)
-
-    def iterate(self, only: np.ndarray):
-        wanted = set(only.tolist())
-        return (q for q in self.queries if q.query_row in wanted)
-
-    def __len__(self) -> int:
-        return len(self.queries)
-
-    def positive_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.arange(len(self.queries)), np.array([len(q.pos_rows) for q in self.queries])
-
-    def measured_share(self, s: SelectionSettings) -> tuple[float, float]:
-        """The true false-negative share of a selection with every labeled positive visible, and its
-        median rank."""
-        from negflow.selection import candidate_noise, select_negatives
-
-        false, total, ranks = 0, 0, []
-        for q in self.queries:
-            chosen = select_negatives(q.scores("cosine"), s, candidate_noise(s.seed, q.query_row, q.cand_rows)).chosen
-            false += sum(int(r) in self.false_negatives[q.query_row] for r in q.cand_rows[chosen])
-            total += len(chosen)
-            ranks += q.cand_ranks[chosen].tolist()
-        return false / total, float(np.median(ranks))
-
-
 CONFIGURED = SelectionSettings(num_negatives=NEGATIVES)
+SMALL_GRID = {
+    "sampling": ("top", "random"),
+    "relative_margin": (None, 0.05),
+    "positive_doc_margin": (None, 0.1),
+    "range_min": (0, 10),
+}
 
 
-def test_auto_excludes_the_band_where_false_negatives_sit():
-    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=10)
-    result = calibrate(data, CONFIGURED, budget=0.05)
+@pytest.fixture
+def small_grid(monkeypatch):
+    """16 grid settings instead of 180: the same code, a tenth of the selections to replay."""
+    monkeypatch.setattr(calibration, "GRID", SMALL_GRID)
+
+
+def two_shown(rng, q):
+    return 2
+
+
+def errors(data: OverlapCandidates, result: dict) -> list[tuple[float, bool, float]]:
+    """Per grid setting: estimate minus measured share, whether the interval holds the measured share, and the
+    interval's width."""
+    out = []
+    for name, s in grid_settings(CONFIGURED).items():
+        row = result["grid"][name]
+        measured, _ = data.measured(s)
+        if row["fn_share"] is not None and measured is not None:
+            lo, hi = row["fn_share"]["interval"]
+            out.append((row["fn_share"]["estimate"] - measured, lo <= measured <= hi, hi - lo))
+    return out
+
+
+@pytest.mark.slow  # 50 calibrations
+def test_the_estimate_tracks_the_truth_over_fifty_seeded_draws(small_grid):
+    rows, choices = [], []
+    for seed in range(50):
+        data = OverlapCandidates(80, (3, 30), two_shown, seed=seed)
+        result = calibrate(data, CONFIGURED, budget=0.05)
+        rows += errors(data, result)
+        name = result["choice"]["name"]
+        choices.append(
+            (result["grid"][name]["fn_share"]["estimate"], data.measured(grid_settings(CONFIGURED)[name])[0])
+        )
+    err = np.array([e for e, _, _ in rows])
+    coverage = np.mean([c for _, c, _ in rows])
+    # Measured at this commit: median |error| 1.4 points, coverage 64% (short of the nominal 90%: the count
+    # of unlabeled positives comes out low, see the README), the choice's |error| median 0.9 points, at most
+    # 3.5, its measured share at most 6.6% at the budget of 5%.
+    assert np.median(np.abs(err)) <= 0.02
+    assert 0.55 <= coverage <= 0.98
+    assert np.median([abs(e - m) for e, m in choices]) <= 0.02
+    assert max(m for _, m in choices) <= 0.05 + 0.03
+
+
+def test_evidence_from_a_minority_of_queries_is_applied_to_all(small_grid):
+    minority = OverlapCandidates(700, (3, 30), lambda rng, q: 2 if rng.random() < 0.05 else 1, seed=3)
+    _, counts = minority.positive_counts()
+    assert 0.03 < np.mean(counts >= 2) < 0.07
+    result = calibrate(minority, CONFIGURED, budget=0.05)
     held = result["evidence"][0]
-    assert held["landed_among_candidates"] == 60
-    # Ten unlabeled positives per query among the candidates, counted from where the held-out ones land.
-    assert held["unlabeled_positives"] == pytest.approx(600, rel=0.15)
-    unfiltered = result["grid"]["top relative_margin=None positive_doc_margin=None range_min=0"]
-    assert unfiltered["fn_share"]["estimate"] > 0.8  # its 8 picks are all in the band
-    assert data.measured_share(replace(CONFIGURED, sampling="top", relative_margin=None))[0] == 1.0
-
-    choice = result["choice"]
-    assert not choice["fallback"]
-    picked = chosen_settings(result, CONFIGURED)
-    share, median_rank = data.measured_share(picked)
-    assert share == 0.0  # the band is excluded
-    assert picked.sampling == "top"
-    assert median_rank == 14.5  # the first 8 true negatives (ranks 11-18): nothing harder is clean
-    assert result["grid"][choice["name"]]["fn_share"]["interval"][1] <= 0.05
-    assert "auto chose top" in describe(result)
+    assert held["landed_among_candidates"] >= MIN_LANDED and held["queries"] == np.sum(counts >= 2)
+    err = np.array([e for e, _, _ in errors(minority, result)])
+    assert np.median(np.abs(err)) <= 0.03  # measured: 2.2 points (the count comes out low here too)
+    measured, rank = minority.measured(chosen_settings(result, CONFIGURED))
+    assert measured <= 0.05 + 0.03
+    assert abs(result["grid"][result["choice"]["name"]]["fn_share"]["estimate"] - measured) <= 0.03
 
 
-def test_auto_takes_the_hardest_setting_when_there_are_no_false_negatives():
-    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=0)
+def test_the_label_frequency_is_estimated_on_rows_the_model_did_not_see():
+    """Review item 1: c was the mean of g over the rows g was fitted on."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    labeled = rng.random(600) < 0.2
+    fold = np.arange(600) % calibration.FOLDS
+    g = out_of_fold(x, labeled, fold)
+    flipped = labeled.copy()
+    flipped[fold == 0] = ~flipped[fold == 0]  # other labels in fold 0 leave fold 0's outputs as they were
+    assert np.array_equal(out_of_fold(x, flipped, fold)[fold == 0], g[fold == 0])
+    assert not np.array_equal(out_of_fold(x, flipped, fold)[fold == 1], g[fold == 1])
+
+
+def test_the_interval_refits_the_classifier_on_every_resample(small_grid, monkeypatch):
+    """Review item 2: the bootstrap resampled c but kept one classifier."""
+    fits = []
+    fit = calibration.logistic_fit
+    monkeypatch.setattr(calibration, "logistic_fit", lambda *a, **k: (fits.append(k), fit(*a, **k))[1])
+    monkeypatch.setattr(calibration, "BOOTSTRAP", 20)
+    data = OverlapCandidates(60, (3, 30), two_shown, seed=1)
     result = calibrate(data, CONFIGURED, budget=0.05)
-    assert result["evidence"][0]["unlabeled_positives"] < 1
-    picked = chosen_settings(result, CONFIGURED)
-    hardest = min(row["median_rank"] for row in result["grid"].values())
-    assert result["grid"][result["choice"]["name"]]["median_rank"] == hardest == 4.5
-    assert (picked.sampling, picked.range_min) == ("top", 0)
+    refits = [k for k in fits if "start" in k]
+    assert len(refits) == 20 and len({k["weight"].tobytes() for k in refits}) == 20  # a fit per resample
+    assert len(fits) == 20 + 2 * (calibration.FOLDS + 1)  # and, twice (`fit_pu`), one per fold and a full one
+    widths = [r["fn_share"]["interval"][1] - r["fn_share"]["interval"][0] for r in result["grid"].values()]
+    assert min(widths) > 0
 
 
-def test_thin_evidence_keeps_the_configured_selection_and_says_why():
-    data = SyntheticCandidates(queries=MIN_LANDED - 5, labeled=2, unlabeled=3)
+def test_risk_and_hardness_follow_exports_picks_near_duplicates_included(small_grid):
+    """Review items 3 and 4: `landing` left near-duplicate skipping out, and counted a selected held-out
+    positive among the k negatives. The estimate now averages over export's own picks."""
+    data = OverlapCandidates(60, (3, 30), two_shown, seed=2)
     result = calibrate(data, CONFIGURED, budget=0.05)
+    skipped = 0
+    for name, s in grid_settings(CONFIGURED).items():
+        row = result["grid"][name]
+        _, median_rank = data.measured(s)
+        assert row["median_rank"] == median_rank
+        assert row["negatives"] == pytest.approx(row["held_out_made_of"]["negatives_per_query"] * len(data), abs=0.5)
+        _, rank_without = data.measured(replace(s, dup_threshold=None))
+        skipped += rank_without != median_rank
+    assert skipped > 0  # near-duplicates fired: skipping them moved the picks of some settings
+
+
+def test_no_setting_carries_a_floor_of_its_own(small_grid):
+    """Review item 5: half a landing over each setting's own negatives was added to every estimate, so the
+    strict settings (fewer negatives) paid the most. Now an estimate is its parts and nothing else: unlabeled
+    positives per query, times the chance one is selected, over the negatives per query."""
+    data = OverlapCandidates(80, (3, 30), two_shown, seed=2)
+    for row in calibrate(data, CONFIGURED, budget=0.05)["grid"].values():
+        parts = row["held_out_made_of"]
+        product = parts["unlabeled_positives_per_query"] * parts["chance_selected"] / parts["negatives_per_query"]
+        assert row["held_out"]["estimate"] == pytest.approx(product, rel=0.02, abs=2e-4)
+
+    nothing_hidden = OverlapCandidates(80, (2, 2), two_shown, seed=4)  # every relevant document shown
+    result = calibrate(nothing_hidden, CONFIGURED, budget=0.02)
+    filtered = [
+        r for r in result["grid"].values() if r["settings"]["positive_doc_margin"] or r["settings"]["range_min"]
+    ]
+    assert max(r["fn_share"]["interval"][1] for r in filtered) <= 0.025
+    within = [r for r in result["grid"].values() if r["fn_share"]["interval"][1] <= 0.02]
+    assert result["choice"]["within_budget"]
+    assert result["grid"][result["choice"]["name"]]["median_rank"] == min(r["median_rank"] for r in within)
+
+
+def test_a_budget_below_what_the_evidence_resolves_takes_the_lowest_upper_bound_and_says_so():
+    def row(upper, rank):
+        return {"fn_share": {"estimate": upper / 2, "interval": [0.0, upper]}, "median_rank": rank, "short_queries": 0}
+
+    rows = {"strict": row(0.3, None), "a": row(0.2, 50.0), "b": row(0.1, 70.0)}
+    assert choose(rows, 0.05) == (
+        "b",
+        False,
+        "the budget 0.05 is below what the evidence resolves: no setting's upper bound is within it; took the "
+        "lowest upper bound (0.100)",
+    )
+    assert choose(rows, 0.25) == ("a", True, "the hardest of 2 settings whose estimate's upper bound is within 0.25")
+
+
+def test_thin_evidence_keeps_the_configured_selection_and_says_why(small_grid):
+    data = OverlapCandidates(6, (3, 30), two_shown, seed=5)
+    result = calibrate(data, CONFIGURED, budget=0.05)
+    landed = result["evidence"][0]["landed_among_candidates"]
+    assert landed < MIN_LANDED
     choice = result["choice"]
     assert choice["fallback"] and choice["name"] is None
     assert choice["reason"] == (
-        f"thin evidence: {MIN_LANDED - 5} held-out positives landed among the candidates (at least {MIN_LANDED} "
-        "needed) and no cross-encoder probabilities; kept the configured selection"
+        f"thin evidence: {landed} held-out positives landed among the candidates (at least {MIN_LANDED} needed) "
+        "and no cross-encoder; kept the configured selection"
     )
     assert chosen_settings(result, CONFIGURED) == CONFIGURED
     assert describe(result).startswith("auto kept the configured selection (thin evidence")
 
 
-def test_a_budget_below_what_the_evidence_shows_takes_the_strictest_setting():
-    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=10)
-    result = calibrate(data, CONFIGURED, budget=0.001)
-    choice = result["choice"]
-    assert choice["name"] == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=30"
-    assert not choice["fallback"] and not choice["within_budget"]
-    lowest = min(row["fn_share"]["interval"][1] for row in result["grid"].values())
-    assert choice["reason"] == (
-        f"no setting's upper bound is within 0.001 (the lowest is {lowest:.3f}): took the strictest setting"
-    )
-    assert describe(result).startswith("no setting shown within the budget; auto chose random ")
-    del result["choice"]["within_budget"]  # a file written before it was recorded reads the same
-    assert describe(result).startswith("no setting shown within the budget; auto chose random ")
-    assert data.measured_share(chosen_settings(result, CONFIGURED))[0] == 0.0
-    # A configured range_max keeps the strictest window inside it, with room for the negatives.
-    for range_max in (20, 35):  # 35 - 30 < 8 negatives
-        strict = strictest(replace(CONFIGURED, range_max=range_max))
-        assert strict == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=10"
-        assert strict in grid_settings(replace(CONFIGURED, range_max=range_max))
+def with_ce(data: OverlapCandidates, relevant: float, other: float) -> OverlapCandidates:
+    for q in data.queries:
+        fn = np.isin(q.cand_rows, list(data.false_negatives[q.query_row]))
+        q.cand_ce, q.pos_ce = np.where(fn, relevant, other), np.full(len(q.pos_rows), relevant)
+    return data
+
+
+def test_cross_encoder_probabilities_count_once_the_held_out_positives_show_them_calibrated(small_grid):
+    calibrated = with_ce(OverlapCandidates(40, (3, 30), two_shown, seed=6), 1.0, 0.0)
+    result = calibrate(calibrated, CONFIGURED, budget=0.05)
+    ce = result["evidence"][1]
+    assert ce["kind"] == "cross-encoder probabilities" and "unused" not in ce
+    assert ce["check"]["held_out_mean"] == ce["check"]["calibrated_would_give"] == 1.0
+    for name, s in grid_settings(CONFIGURED).items():  # exact: the mean score of export's picks is the truth
+        assert result["grid"][name]["cross_encoder"]["estimate"] == pytest.approx(calibrated.measured(s)[0], abs=1e-4)
+
+    overconfident = with_ce(OverlapCandidates(40, (3, 30), two_shown, seed=6), 0.6, 0.3)
+    ce = calibrate(overconfident, CONFIGURED, budget=0.05)["evidence"][1]
+    assert ce["unused"].startswith("not calibrated on the held-out positives: their mean probability 0.600")
+    logits = with_ce(OverlapCandidates(40, (3, 30), two_shown, seed=6), 3.0, -3.0)
+    assert calibrate(logits, CONFIGURED, budget=0.05)["evidence"][1]["unused"].startswith("scores outside [0, 1]")
+    unchecked = with_ce(OverlapCandidates(20, (1, 1), two_shown, seed=6), 1.0, 0.0)  # one positive: no pool
+    result = calibrate(unchecked, CONFIGURED, budget=0.05)
+    assert result["evidence"][1]["unused"].startswith("no held-out positive among the candidates")
     assert (
-        strictest(replace(CONFIGURED, range_max=9)) == "random relative_margin=0.1 positive_doc_margin=0.3 range_min=0"
+        result["choice"]["fallback"]
+        and "cross-encoder scores unused (no held-out positive" in result["choice"]["reason"]
     )
 
 
-def test_only_the_sampled_queries_are_read(monkeypatch):
-    import negflow.calibration as calibration
-
+def test_only_the_sampled_queries_are_read(small_grid, monkeypatch):
     monkeypatch.setattr(calibration, "MAX_CALIBRATION_QUERIES", 10)
-    monkeypatch.setattr(calibration, "MAX_HARDNESS_QUERIES", 5)
-    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=0)
+    monkeypatch.setattr(calibration, "MAX_SAMPLED_QUERIES", 5)
+    data = OverlapCandidates(60, (3, 30), two_shown, seed=7)
     read = []
     iterate = data.iterate
     monkeypatch.setattr(data, "iterate", lambda only: (read.extend(only.tolist()), iterate(only))[1])
@@ -196,62 +234,15 @@ def test_only_the_sampled_queries_are_read(monkeypatch):
     assert 10 <= len(read) <= 15 and read == sorted(set(read))
 
 
-def test_when_the_strictest_setting_selects_nothing_the_lowest_upper_bound_is_taken():
-    def row(upper, rank):
-        return {"fn_share": {"estimate": upper / 2, "interval": [0.0, upper]}, "median_rank": rank, "short_queries": 0}
-
-    rows = {"strict": row(0.3, None), "a": row(0.2, 50.0), "b": row(0.1, 70.0)}
-    assert choose(rows, 0.05, "strict") == (
-        "b",
-        False,
-        "no setting's upper bound is within 0.05 (the lowest is 0.100): took that one (the strictest selects nothing)",
-    )
-    assert choose(rows, 0.25, "strict") == (
-        "a",
-        True,
-        "the hardest of 2 settings whose estimate's upper bound is within 0.25",
-    )
-
-
-def test_cross_encoder_probabilities_are_evidence_of_their_own():
-    data = SyntheticCandidates(queries=10, labeled=1, unlabeled=4)  # no held-out evidence at all
-    for q in data.queries:
-        q.cand_ce = np.where(np.isin(q.cand_rows, list(data.false_negatives[q.query_row])), 0.95, 0.02)
-    result = calibrate(data, CONFIGURED, budget=0.05)
-    assert [e["kind"] for e in result["evidence"]] == ["held-out positives", "cross-encoder probabilities"]
-    unfiltered = result["grid"]["top relative_margin=None positive_doc_margin=None range_min=0"]
-    assert unfiltered["cross_encoder"]["estimate"] == pytest.approx((4 * 0.95 + 4 * 0.02) / 8)
-    assert data.measured_share(chosen_settings(result, CONFIGURED))[0] == 0.0
-
-    for q in data.queries:
-        q.cand_ce = q.cand_ce * 10 - 5  # logits: not a probability
-    result = calibrate(data, CONFIGURED, budget=0.05)
-    assert result["evidence"][1]["unused"].startswith("scores outside [0, 1]")
-    assert result["choice"]["fallback"]
-
-
-def test_landing_chance_by_sampler():
-    data = SyntheticCandidates(queries=1, labeled=2, unlabeled=0)
-    from negflow.calibration import calibration_pool
-
-    pool = calibration_pool(data.queries[0], 0, "cosine")
-    assert pool.held_out == 0  # above every candidate
-    plain = replace(CONFIGURED, relative_margin=None, positive_doc_margin=None)
-    assert landing(pool, replace(plain, sampling="top"), 8, 42) == (1.0, 8)
-    assert landing(pool, replace(plain, sampling="random"), 8, 42) == (8 / 100, 8)
-    assert landing(pool, replace(plain, sampling="top", range_min=10), 8, 42) == (0.0, 8)
-    chance, _ = landing(pool, replace(plain, sampling="simans"), 8, 42)
-    assert 0.0 <= chance <= 1.0
-
-
 @pytest.mark.slow  # a second Python process
-def test_held_out_positive_is_the_same_in_every_process():
-    rows = [np.array([5, 9]), np.array([11, 3, 7]), np.array([100, 200, 300, 400])]
-    here = [held_out_positive(42, q, r) for q, r in enumerate(rows)]
+def test_held_out_positives_are_the_same_in_every_process():
+    rows = [np.array([5, 9]), np.array([11, 3, 7]), np.array([100, 200, 300, 400, 500, 600])]
+    here = [held_out_positives(42, q, r).tolist() for q, r in enumerate(rows)]
+    assert [len(h) for h in here] == [2, 3, calibration.HELD_OUT_PER_QUERY]
     code = (
-        "import numpy as np; from negflow.calibration import held_out_positive; "
-        "rows = [[5, 9], [11, 3, 7], [100, 200, 300, 400]]; "
-        "print([held_out_positive(42, q, np.array(r)) for q, r in enumerate(rows)])"
+        "import numpy as np; from negflow.calibration import held_out_positives; "
+        "rows = [[5, 9], [11, 3, 7], [100, 200, 300, 400, 500, 600]]; "
+        "print([held_out_positives(42, q, np.array(r)).tolist() for q, r in enumerate(rows)])"
     )
     scripts = str(Path(__file__).resolve().parents[1] / "scripts")
     out = subprocess.run(
@@ -264,23 +255,25 @@ def test_held_out_positive_is_the_same_in_every_process():
     assert json.loads(out.stdout) == here
 
 
-def test_read_choice_applies_the_calibration_only_under_auto(tmp_path):
-    data = SyntheticCandidates(queries=60, labeled=3, unlabeled=10)
+def test_read_choice_applies_the_calibration_only_under_auto(small_grid, tmp_path):
+    data = OverlapCandidates(60, (3, 30), two_shown, seed=8)
     result = calibrate(data, CONFIGURED, budget=0.05)
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(result))
     settings = {"selection": "auto", "num_negatives": NEGATIVES}
     picked, choice = read_choice({"calibration": str(path)}, settings)
-    assert picked == chosen_settings(result, CONFIGURED)
+    assert picked == chosen_settings(result, CONFIGURED) != CONFIGURED
     assert choice["name"] == result["choice"]["name"] and choice["summary"] == describe(result)
     assert read_choice({}, settings | {"selection": "fixed"}) == (CONFIGURED, None)
 
 
 def test_the_grid_keeps_the_configured_window_and_any_seed():
-    data = SyntheticCandidates(queries=40, labeled=2, unlabeled=2)
+    data = OverlapCandidates(40, (3, 30), two_shown, seed=9)
     result = calibrate(data, replace(CONFIGURED, range_max=20, seed=-3), budget=0.05)
     assert len(result["grid"]) == 120  # no grid point starts at rank 30, past range_max 20
     assert all(
         row["settings"]["range_min"] < 20 and row["settings"]["range_max"] == 20 for row in result["grid"].values()
     )
     assert all(row["median_rank"] <= 20 for row in result["grid"].values() if row["median_rank"] is not None)
+    made_of = result["grid"][result["choice"]["name"]]["held_out_made_of"]
+    assert set(made_of) == {"unlabeled_positives_per_query", "chance_selected", "negatives_per_query"}

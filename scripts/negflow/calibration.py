@@ -4,32 +4,36 @@ setting whose estimate, at the upper end of its interval, stays within `fn_budge
 
 Evidence (each gives, per setting, an estimate with a 90% bootstrap interval over queries):
 
-- **held-out positives.** A query with two or more positives hides one (seeded, `held_out_positive`). Put
-  back among its candidates at its own cosine rank, it shows where an unlabeled positive of that query
-  lands: `landing` is the chance a setting selects it. That tells *where* unlabeled positives go, not how
-  many there are; their number comes from positive-unlabeled learning (Elkan and Noto, 2008): a logistic
-  model tells the held-out positives from the candidates on three features (score relative to the weakest
-  positive, closeness to a positive relative to the query's, log rank), `c` is its mean output on the
-  held-out positives, and a candidate is a positive with probability min(1, (1 - c) / c x g / (1 - g));
-  the bootstrap resamples c with the queries. Summed, that is
-  the count of unlabeled positives among the candidates. Assumptions: the held-out positives are like the
-  unlabeled ones (selected completely at random), and the multi-positive queries are like the others.
-  Where positives and negatives overlap in these features, c is underestimated and so the count is
-  overestimated: the estimate errs on the safe side.
+- **held-out positives.** Each query with two or more positives hides up to HELD_OUT_PER_QUERY of them, one
+  at a time (seeded, `held_out_positives`): a pool is its candidates with that positive put back at its
+  cosine rank. From the pools, positive-unlabeled (PU) learning gives each candidate's probability of being
+  a positive nobody labeled: a logistic model g tells the held-out positives from the other pool members on
+  PU features (`pu_features`: score against the positives, closeness to the nearest positive, rank, and
+  their squares), and the label frequency c (the share of the pools' positives that are held out) turns
+  g into pi = min(1, (1 - c) / c * g / (1 - g)). c is estimated on out-of-fold outputs (cross-fitting by
+  query), in one of two ways (LABEL_FREQUENCY): Elkan and Noto's mean output on the held-out positives,
+  or the mixture-proportion bound of Scott, Blanchard and Handy (`roc_bound`, the default: on the
+  truth harness of bench/calibration.py its error is the smaller). A setting's estimate is the mean pi of
+  the negatives it selects on a seeded sample of queries, selected by export's own code
+  (`select_negatives`: every positive visible, near-duplicates skipped), so risk and hardness follow the
+  same picks. The bootstrap resamples the queries, recomputes c and refits g on each resample.
+  Assumptions: the held-out positives are like the unlabeled ones (selected completely at random), and the
+  multi-positive queries are like the others: calibrated on a minority of queries, the model is applied to
+  all. A sampled query's features are measured against its positives less the one its first pool hides
+  (`feature_references`), so that they see as many positives as a pool member's do.
 - **a cross-encoder** whose scores are probabilities (a sigmoid head, as sentence-transformers' CrossEncoder
   applies to a one-label model trained with binary cross-entropy): the mean score of the selected
-  negatives. Logit heads and rerankers trained with listwise losses give no probability and are not used.
+  negatives, once the held-out positives show the scores calibrated (`ce_estimates`). Logit heads and
+  rerankers trained with listwise losses give no probability and are not used.
 
 With both, a setting's estimate is the one with the higher upper bound. With fewer than MIN_LANDED held-out
 positives among the candidates and no usable cross-encoder, the configured selection is kept and the
-reason recorded.
-When no setting's upper bound is within the budget, the budget lies below what the evidence can resolve
-(few queries cannot show a small share), so the estimates cannot rank the settings there either; the
-choice is then the strictest grid point, by construction the one that keeps the fewest candidates near
-the positives (`strictest`), and that is recorded.
+reason recorded. The choice is made by one statistic at every budget: the hardest setting whose upper
+bound is within it, else (the budget below what the evidence resolves, which is recorded) the lowest
+upper bound.
 
-Hardness: the median retrieval rank of the selected negatives (lower is harder) on a seeded sample of
-queries, with every positive visible as in the export; ties go to fewer short queries.
+Hardness: the median retrieval rank of the selected negatives (lower is harder) on the sampled queries,
+with every positive visible as in the export; ties go to fewer short queries.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from negflow.selection import (
     FLAG_WINDOW,
     ST_MARGIN,
     ST_TOP,
-    QueryScores,
     SelectionSettings,
     anchor_strategies,
     candidate_noise,
@@ -70,10 +73,15 @@ GRID = {
 }
 MIN_LANDED = 30  # held-out positives among the candidates below which the evidence is too thin
 MAX_CALIBRATION_QUERIES = 5000  # multi-positive queries used (a seeded sample beyond)
-MAX_HARDNESS_QUERIES = 2000  # queries on which hardness and short queries are measured (seeded sample)
+HELD_OUT_PER_QUERY = 4  # positives a calibration query hides, one pool each
+MAX_SAMPLED_QUERIES = 2000  # queries on which the estimate, hardness and short queries are measured (seeded)
+FOLDS = 5  # cross-fitting of the PU classifier, by query
+COUNT_ESTIMATOR = "roc-bound"  # how the label frequency is estimated (LABEL_FREQUENCY)
+ROC_MIN_LABELED = 20  # held-out positives a roc-bound threshold keeps above it, at least
 BOOTSTRAP = 200
+MAX_FIT_ROWS = 200_000  # pool members the PU classifier is fitted on (a weighted sample beyond)
+REFIT_STEPS = 5  # Newton steps refitting the PU classifier on a resample, from the full fit
 INTERVAL = (5.0, 95.0)  # percentiles of the bootstrap: a 90% interval, its top the one compared to the budget
-SIMANS_DRAWS = 128
 SEED_STREAM = 0x5EED  # keeps the hold-out draw apart from the sampler's noise
 CONFIGURED = "negflow fixed (configured)"  # the reference that is the configured selection
 
@@ -100,12 +108,6 @@ def reference_settings(configured: SelectionSettings) -> dict[str, SelectionSett
     return {name: anchors[name] for name in (CONFIGURED, ST_TOP, ST_MARGIN, FLAG_WINDOW)}
 
 
-def held_out_positive(seed: int, query_row: int, pos_rows: np.ndarray) -> int:
-    """Index (into `pos_rows`) of the positive a query hides for calibration: a pure function of seed, query
-    and documents, the same in every process."""
-    return int(np.argmin(candidate_noise(seed ^ SEED_STREAM, query_row, pos_rows)))
-
-
 def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
     """At most `limit` of `rows` (sorted), chosen by a per-row hash: stable across processes."""
     if len(rows) <= limit:
@@ -115,43 +117,68 @@ def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 
 @dataclass
-class Sampled:
-    """What hardness and the cross-encoder evidence keep of a sampled query: its candidates' ranks and CE
-    scores (the selections themselves are kept per setting)."""
+class Pool:
+    """A calibration query with one of its positives hidden: its candidates with that positive put back at
+    its cosine rank (the list keeps its length), the PU features of every member (against the other
+    positives), and the cross-encoder scores when there are any."""
 
-    cand_ranks: np.ndarray
-    cand_ce: np.ndarray | None
+    query: int  # index of the calibration query (the bootstrap resamples queries, not pools)
+    held_out: int | None  # index of the held-out positive in the pool; None when it ranks below every candidate
+    features: np.ndarray
+    ce: np.ndarray | None
 
 
 @dataclass
-class Pool:
-    """One calibration query: its candidates with the held-out positive put back at its cosine rank (the
-    list keeps its length), the scores the filters read with the other positives as the positives, and the
-    PU features of every pool member."""
+class Sampled:
+    """What the estimate and hardness keep of a sampled query: its candidates' ranks, PU features (against
+    `feature_references`) and CE scores (the selections themselves are kept per setting)."""
 
-    query_row: int
-    scores: QueryScores
-    held_out: int | None  # index of the held-out positive in the pool; None when it ranks below every candidate
+    query: int  # index of the query among those calibration reads (the bootstrap resamples them)
+    cand_ranks: np.ndarray
     features: np.ndarray
+    cand_ce: np.ndarray | None
 
 
 def pu_features(cos: np.ndarray, positive_cos: np.ndarray, positive_query_cos: np.ndarray) -> np.ndarray:
-    """Score relative to the weakest positive, closeness to a positive relative to the query's, log rank."""
-    return np.c_[
+    """What tells a positive among the candidates: score relative to the weakest and to the strongest
+    positive, closeness to the nearest positive (raw, and relative to that positive's score), log rank;
+    and their squares, because a positive's odds are not log-linear in them (near the positives they rise
+    faster than far from them: with the linear terms alone the estimate was several points high for
+    filtered settings and low for unfiltered ones on the harness)."""
+    closeness = positive_cos - positive_query_cos[None, :]
+    base = np.c_[
         cos - positive_query_cos.min(),
-        (positive_cos - positive_query_cos[None, :]).max(axis=1),
+        cos - positive_query_cos.max(),
+        positive_cos.max(axis=1),
+        closeness.max(axis=1),
         np.log1p(np.arange(len(cos))),
     ]
+    return np.c_[base, base**2]
 
 
-def calibration_pool(query: QueryCandidates, hidden: int, score_name: str) -> Pool:
-    """The query's candidates with positive `hidden` moved among them and the others kept as positives."""
+def held_out_positives(seed: int, query_row: int, pos_rows: np.ndarray) -> np.ndarray:
+    """Indices (into `pos_rows`) of the positives a calibration query hides, one pool each: up to
+    HELD_OUT_PER_QUERY, in an order that is a pure function of seed, query and documents."""
+    order = np.argsort(candidate_noise(seed ^ SEED_STREAM, query_row, pos_rows), kind="stable")
+    return order[:HELD_OUT_PER_QUERY]
+
+
+def feature_references(seed: int, query_row: int, pos_rows: np.ndarray) -> np.ndarray:
+    """The positives a sampled query's PU features are measured against: all but the one its first pool
+    hides (all of one), so that a candidate's features see as many positives as a pool member's do."""
+    keep = np.ones(len(pos_rows), dtype=bool)
+    if len(pos_rows) > 1:
+        keep[held_out_positives(seed, query_row, pos_rows)[0]] = False
+    return np.flatnonzero(keep)
+
+
+def calibration_pool(query: QueryCandidates, index: int, hidden: int) -> Pool:
+    """Query `index`'s candidates with positive `hidden` moved among them and the others kept as positives."""
     ref = np.arange(len(query.pos_rows)) != hidden
     n = len(query.cand_rows)
     h_cos = query.pos_cos[hidden]
     at = int(np.sum(query.cand_cos > h_cos))
-    rows, cos, emb, hashes = query.cand_rows, query.cand_cos, query.cand_emb, query.cand_hashes
-    ce = query.cand_ce
+    cos, emb, ce = query.cand_cos, query.cand_emb, query.cand_ce
     held = None
     if at < n:
         held = at
@@ -159,74 +186,92 @@ def calibration_pool(query: QueryCandidates, hidden: int, score_name: str) -> Po
         def put(a, v):
             return np.concatenate([a[:at], np.asarray(v)[None], a[at:]])[:n]
 
-        rows = put(rows, query.pos_rows[hidden])
-        cos = put(cos, h_cos)
-        emb = put(emb, query.pos_emb[hidden])
-        hashes = put(hashes, query.pos_hashes[hidden])
+        cos, emb = put(cos, h_cos), put(emb, query.pos_emb[hidden])
         ce = put(ce, query.pos_ce[hidden]) if ce is not None else None
-    ref_emb, ref_cos = query.pos_emb[ref], query.pos_cos[ref]
-    ref_ce = query.pos_ce[ref] if query.pos_ce is not None else None
-    positive_cos = emb @ ref_emb.T
-    use_ce = score_name == "ce"
-    scores = QueryScores(
-        scores=ce if use_ce else cos,
-        positive_scores=ref_ce if use_ce else ref_cos,
-        ranks=np.arange(n),
-        ce_scores=ce,
-        positive_cos=positive_cos,
-        positive_query_cos=ref_cos,
-        same_text=np.isin(hashes, query.pos_hashes[ref]),
-    )  # no candidate_cos: `landing` leaves near-duplicate skipping out, and pools are kept until the estimate
-    features = pu_features(cos, positive_cos, ref_cos)
-    return Pool(query.query_row, scores, held, features)
+    features = pu_features(cos, emb @ query.pos_emb[ref].T, query.pos_cos[ref])
+    return Pool(index, held, features, ce)
 
 
-def landing(pool: Pool, s: SelectionSettings, k: int, seed: int, keep: np.ndarray | None = None) -> tuple[float, int]:
-    """The chance that `s` selects the held-out positive of `pool` (0 when it is not among the candidates),
-    and how many other candidates `s` selects. `k`: negatives to select. Top: whether it is among the first
-    k survivors; random: k over the survivors; SimANS: the share of SIMANS_DRAWS Gumbel draws that pick it.
-    Near-duplicate skipping is left out (it only lowers the chance). `keep`: `s`'s filter mask, if known."""
-    if keep is None:
-        keep, _ = filter_mask(pool.scores, s)
-    survivors = np.flatnonzero(keep)
-    h = pool.held_out
-    h_in = h is not None and bool(keep[h])
-    others = min(k, len(survivors) - h_in)
-    if not h_in or k == 0:
-        return 0.0, others
-    if s.sampling == "top":
-        return float(np.sum(survivors < h) < k), others
-    if s.sampling == "random":
-        return min(1.0, k / len(survivors)), others
-    positive = float(np.min(pool.scores.positive_scores))
-    log_w = -s.simans_a * (np.asarray(pool.scores.scores, dtype=np.float64)[survivors] - positive - s.simans_b) ** 2
-    u = np.random.default_rng([seed % 2**64, pool.query_row, h]).random((SIMANS_DRAWS, len(survivors)))
-    keys = log_w[None, :] - np.log(-np.log(u))
-    at = int(np.searchsorted(survivors, h))
-    return float(np.mean((keys > keys[:, [at]]).sum(axis=1) < k)), others
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, clipped so that exp never overflows."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
-def logistic_fit(x: np.ndarray, y: np.ndarray, steps: int = 30) -> np.ndarray:
-    """Weights (intercept first) of a logistic regression by Newton's method, lightly ridged."""
+def logistic_fit(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, start: np.ndarray | None = None, steps: int = 30
+) -> np.ndarray:
+    """Weights (intercept first) of a logistic regression by Newton's method, lightly ridged; `weight`: each
+    row's weight (a bootstrap resample's counts), `start`: where Newton starts (a warm start)."""
     a = np.c_[np.ones(len(x)), x]
-    w = np.zeros(a.shape[1])
+    w = np.zeros(a.shape[1]) if start is None else start.copy()
+    weight = np.ones(len(x)) if weight is None else weight
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
-        hess = a.T @ (a * (p * (1 - p))[:, None]) + 1e-6 * np.eye(len(w))
-        step = np.linalg.solve(hess, a.T @ (y - p))
+        p = sigmoid(a @ w)
+        hess = a.T @ (a * (weight * p * (1 - p))[:, None]) + 1e-6 * np.eye(len(w))
+        step = np.linalg.solve(hess, a.T @ (weight * (y - p)))
         w += step
         if np.max(np.abs(step)) < 1e-8:
             break
     return w
 
 
-def labeled_odds(x: np.ndarray, labeled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The classifier of Elkan and Noto's PU learning, labeled rows against the others: its output g on each
-    row as the odds g / (1 - g), and g itself. With c the mean of g on the labeled rows (the label
-    frequency), an unlabeled row is a positive with probability min(1, (1 - c) / c * odds)."""
-    w = logistic_fit(x, labeled.astype(np.float64))
-    g = 1.0 / (1.0 + np.exp(-np.clip(np.c_[np.ones(len(x)), x] @ w, -30, 30)))
-    return g / np.maximum(1 - g, 1e-12), g
+def logit(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A fitted logistic model's log odds (weights from `logistic_fit`, intercept first) on rows `x`."""
+    return w[0] + x @ w[1:]
+
+
+def elkan_noto(g: np.ndarray, labeled: np.ndarray, weight: np.ndarray) -> float:
+    """Label frequency c as Elkan and Noto estimate it: the mean output of the labeled-vs-unlabeled
+    classifier on held-out labeled rows. Exact when a positive's features identify it; where positives and
+    negatives overlap it comes out low (the count of unlabeled positives high)."""
+    return float(np.sum(weight[labeled] * g[labeled]) / max(np.sum(weight[labeled]), 1e-12))
+
+
+def roc_bound(g: np.ndarray, labeled: np.ndarray, weight: np.ndarray) -> float:
+    """Label frequency c from the class prior of the unlabeled rows (the share of them that are positives),
+    estimated as the mixture proportion bound of Scott, Blanchard and Handy (2013): the smallest ratio of the
+    unlabeled rows' to the labeled rows' share above a threshold on the classifier's output, over thresholds
+    with at least ROC_MIN_LABELED held-out positives (and a tenth of them) above (below that the ratio of
+    two small counts is noise, and its minimum biased low). Exact when the top of the classifier's range
+    holds positives only (irreducibility); where it does not, the prior comes out high, as Elkan and Noto's
+    does, but less so, because it needs purity at the top only, not everywhere."""
+    wl, wu = weight * labeled, weight * ~labeled
+    order = np.argsort(-g, kind="stable")
+    count_l = np.cumsum(wl[order])
+    tail_l, tail_u = np.cumsum(wl[order]) / max(wl.sum(), 1e-12), np.cumsum(wu[order]) / max(wu.sum(), 1e-12)
+    ok = (count_l >= ROC_MIN_LABELED) & (tail_l >= 0.1)
+    prior = float(np.min(tail_u[ok] / tail_l[ok])) if ok.any() else 1.0
+    n_l, n_u = wl.sum(), wu.sum()
+    return float(n_l / max(n_l + min(prior, 1.0) * n_u, 1e-12))
+
+
+LABEL_FREQUENCY = {"elkan-noto": elkan_noto, "roc-bound": roc_bound}
+
+
+def folds(n: int, seed: int) -> np.ndarray:
+    """Each calibration query's fold for cross-fitting: a seeded balanced assignment."""
+    return np.random.default_rng([seed % 2**64, 11]).permutation(n) % FOLDS
+
+
+def out_of_fold(
+    x: np.ndarray,
+    labeled: np.ndarray,
+    fold: np.ndarray,
+    fit: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+) -> np.ndarray:
+    """The classifier's output on each row from a model fitted without the row's fold (cross-fitting by
+    query): the label frequency is then estimated on rows the model has not seen. `fit`: the rows a model
+    may be fitted on (default all), `weight`: theirs."""
+    fit = np.ones(len(x), dtype=bool) if fit is None else fit
+    weight = np.ones(int(fit.sum())) if weight is None else weight
+    g = np.zeros(len(x))
+    y = labeled.astype(np.float64)
+    for f in range(FOLDS):
+        test, train = fold == f, (fold != f)[fit]
+        if test.any() and train.any():
+            g[test] = sigmoid(logit(x[test], logistic_fit(x[fit][train], y[fit][train], weight=weight[train])))
+    return g
 
 
 def resamples(n: int, seed: int) -> np.ndarray:
@@ -240,72 +285,164 @@ def resamples(n: int, seed: int) -> np.ndarray:
 
 
 def with_interval(shares: np.ndarray) -> dict:
-    """The estimate (the first value) and the percentile interval of the resampled ones."""
+    """The estimate (the first value) and the basic bootstrap interval of the resampled ones (the percentile
+    interval reflected about the estimate, 2 e - q95 to 2 e - q5, within [0, 1]): the count's estimator is a
+    minimum over thresholds, biased low and its resamples lower still, and reflecting carries that bias
+    the right way."""
     lo, hi = np.percentile(shares[1:], INTERVAL)
-    return {"estimate": float(shares[0]), "interval": (float(lo), float(hi))}
+    e = float(shares[0])
+    return {"estimate": e, "interval": (float(max(0.0, 2 * e - hi)), float(min(1.0, 2 * e - lo)))}
+
+
+@dataclass
+class Picks:
+    """Every setting's selected negatives on the sampled queries, flattened: for each pick its setting, its
+    sampled query and its row among the sampled queries' stacked candidates."""
+
+    setting: np.ndarray
+    query: np.ndarray
+    row: np.ndarray
+
+    @classmethod
+    def of(cls, sampled: list[Sampled], chosen: dict[str, list[np.ndarray]]) -> Picks:
+        starts = np.cumsum([0] + [len(q.cand_ranks) for q in sampled])[:-1]
+        parts = [
+            (np.full(len(p), s), np.full(len(p), q.query), start + p)
+            for s, picks in enumerate(chosen.values())
+            for q, start, p in zip(sampled, starts, picks, strict=True)
+        ]
+        if not parts:
+            return cls(*(np.zeros(0, dtype=np.int64) for _ in range(3)))
+        return cls(*(np.concatenate(a).astype(np.int64) for a in zip(*parts, strict=True)))
+
+
+@dataclass
+class PuModel:
+    """The PU model fitted on the pools: the classifier g's rows and weights, its full fit, and its
+    out-of-fold outputs sorted once (a resample only reweighs rows), with each row's query and, for a
+    held-out positive, how many of its pool's positives it stands for."""
+
+    estimator: str
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    base: np.ndarray  # the fit rows' weights
+    fit_query: np.ndarray
+    w0: np.ndarray
+    g: np.ndarray  # out-of-fold outputs, descending
+    labeled: np.ndarray
+    query: np.ndarray
+    represents: np.ndarray
+
+    def label_frequency(self, query_weight: np.ndarray) -> float:
+        return LABEL_FREQUENCY[self.estimator](self.g, self.labeled, query_weight[self.query] * self.represents)
+
+    def refit(self, query_weight: np.ndarray) -> np.ndarray:
+        weight = self.base * query_weight[self.fit_query]
+        return logistic_fit(self.x_fit, self.y_fit, weight=weight, start=self.w0, steps=REFIT_STEPS)
+
+    def probability(self, x: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
+        """pi = min(1, (1 - c) / c * g / (1 - g)) on rows `x`, g the model with weights `w`."""
+        return np.minimum(1.0, (1 - c) / max(c, 1e-12) * np.exp(np.clip(logit(x, w), -30, 30)))
+
+
+def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuModel:
+    """g and c on the pools. The fits see every held-out positive and a seeded share of the other members,
+    weighted up to all of them (case-control sampling: the same fit in expectation, at a bounded cost).
+
+    One held-out positive per pool is not a random sample of the pools' positives: a pool with many
+    positives gets one label as a pool with few does, so the labels over-represent the few-positive pools,
+    whose positives sit at the top. So the fit runs twice: the second time each held-out positive is
+    weighted by the positives its pool holds by the first (one correction step)."""
+    x = np.concatenate([p.features for p in pools])
+    labeled = np.concatenate([np.arange(len(p.features)) == (-1 if p.held_out is None else p.held_out) for p in pools])
+    row_query = np.concatenate([np.full(len(p.features), p.query) for p in pools])
+    pool_of_row = np.repeat(np.arange(len(pools)), [len(p.features) for p in pools])
+    share = min(1.0, MAX_FIT_ROWS / max(int((~labeled).sum()), 1))
+    fit = labeled | (np.random.default_rng([seed % 2**64, 13]).random(len(x)) < share)
+    x_fit, y_fit = x[fit], labeled[fit].astype(np.float64)
+    fold = folds(n_queries, seed)[row_query]
+    represents = np.ones(len(x))
+    for step in range(2):
+        base = np.where(labeled, represents, 1.0)[fit] * np.where(labeled[fit], 1.0, 1.0 / share)
+        g = out_of_fold(x, labeled, fold, fit, base)
+        w0 = logistic_fit(x_fit, y_fit, weight=base)
+        if step == 0:
+            c = LABEL_FREQUENCY[estimator](g, labeled, represents)
+            pi = np.where(labeled, 0.0, np.minimum(1.0, (1 - c) / max(c, 1e-12) * np.exp(logit(x, w0).clip(-30, 30))))
+            represents = np.where(labeled, 1.0 + np.bincount(pool_of_row, pi, minlength=len(pools))[pool_of_row], 1.0)
+    order = np.argsort(-g, kind="stable")
+    return PuModel(
+        estimator, x_fit, y_fit, base, row_query[fit], w0, g[order], labeled[order], row_query[order], represents[order]
+    )
 
 
 def held_out_estimates(
-    pools: list[Pool], settings: dict[str, SelectionSettings], ks: list[int], seed: int
-) -> tuple[dict, dict[str, dict]]:
-    """The held-out evidence: its size and the PU count of unlabeled positives, and per setting the
-    estimated false-negative share with its interval."""
-    landed = [p for p in pools if p.held_out is not None]
+    pools: list[Pool],
+    sampled: list[Sampled],
+    chosen: dict[str, list[np.ndarray]],
+    n_queries: int,
+    seed: int,
+    estimator: str = COUNT_ESTIMATOR,
+) -> tuple[dict, dict[str, dict], dict[str, dict]]:
+    """The held-out evidence, its size and its count of unlabeled positives; per setting the estimated
+    false-negative share of its negatives with its interval, and what that estimate is made of.
+
+    A candidate's probability pi of being an unlabeled positive comes from the PU model (`fit_pu`). The
+    estimate of a setting is the mean pi of the negatives it selects on the sampled queries, as export
+    selects them (every positive visible, near-duplicates skipped). The bootstrap resamples the queries
+    (pools and sampled queries alike, `n_queries` of them in all), recomputes c and refits g on each
+    resample, so both the count's and the classifier's uncertainty reach the interval."""
+    landed = sum(p.held_out is not None for p in pools)
     evidence = {
         "kind": "held-out positives",
-        "queries": len(pools),
-        "landed_among_candidates": len(landed),
+        "queries": len({p.query for p in pools}),
+        "held_out": len(pools),
+        "landed_among_candidates": landed,
         "minimum": MIN_LANDED,
+        "estimator": estimator,
     }
-    if len(landed) < MIN_LANDED:
-        return evidence, {}
-    x = np.concatenate([p.features for p in pools])
-    labeled = np.concatenate(
-        [np.arange(len(p.features)) == (p.held_out if p.held_out is not None else -1) for p in pools]
-    )
-    odds, g = labeled_odds(x, labeled)
-    odds[labeled] = 0.0
-    starts = np.cumsum([0] + [len(p.features) for p in pools])[:-1]
-    in_pool = np.array([p.held_out is not None for p in pools], dtype=np.float64)
-    g_held = np.zeros(len(pools))
-    g_held[in_pool > 0] = g[labeled]  # one labeled row per query whose held-out positive landed
-    weights = resamples(len(pools), seed)
-    # The label frequency c of each row of weights (resampling the held-out positives it is the mean over),
-    # and from it every query's count of unlabeled positives: a (resamples + 1) x queries table, so that
-    # the uncertainty of c reaches the interval.
-    c = (weights @ (g_held * in_pool)) / np.maximum(weights @ in_pool, 1.0)
-    scale = (1 - c) / np.maximum(c, 1e-12)
-    unlabeled = np.stack([np.add.reduceat(np.minimum(1.0, s * odds), starts) for s in scale])
-    evidence |= {"label_frequency": round(float(c[0]), 4), "unlabeled_positives": round(float(unlabeled[0].sum()), 1)}
-    estimates = {}
-    chance = {name: np.zeros(len(pools)) for name in settings}
-    others = {name: np.zeros(len(pools)) for name in settings}
-    for i, (p, k) in enumerate(zip(pools, ks, strict=True)):
-        masks: dict[tuple, np.ndarray] = {}
-        for name, s in settings.items():
-            key = filter_key(s)
-            if key not in masks:
-                masks[key] = filter_mask(p.scores, s)[0]
-            chance[name][i], others[name][i] = landing(p, s, k, seed, masks[key])
-    for name in settings:
-        # Per query, its unlabeled positives times the chance that one of them is selected, as its held-out
-        # positive was; summed over the queries whose held-out positive is among the candidates and scaled
-        # to all of them by their unlabeled positives; half a landing is added, so that no landing seen is
-        # not read as none possible. Over the negatives selected. One value per row of query weights.
-        u_landed = (weights * unlabeled * in_pool).sum(axis=1)
-        landings = (weights * unlabeled * (chance[name] * in_pool)).sum(axis=1)
-        landings += 0.5 * u_landed / np.maximum(weights @ in_pool, 1.0)
-        expected = landings * (weights * unlabeled).sum(axis=1) / np.maximum(u_landed, 1e-12)
-        shares = np.where(u_landed > 0, np.minimum(1.0, expected / np.maximum(weights @ others[name], 1.0)), 1.0)
-        estimates[name] = with_interval(shares)
-    return evidence, estimates
+    if landed < MIN_LANDED or not sampled:
+        return evidence, {}, {}
+    model = fit_pu(pools, n_queries, seed, estimator)
+    app = np.concatenate([q.features for q in sampled])
+    picks = Picks.of(sampled, chosen)
+    n_set = len(chosen)
+    shares = np.zeros((BOOTSTRAP + 1, n_set))
+    for b, qw in enumerate(resamples(n_queries, seed)):
+        pi = model.probability(app, model.w0 if b == 0 else model.refit(qw), model.label_frequency(qw))
+        pick_w = qw[picks.query]
+        positives = np.bincount(picks.setting, pick_w * pi[picks.row], minlength=n_set)
+        negatives = np.bincount(picks.setting, pick_w, minlength=n_set)
+        shares[b] = np.where(negatives > 0, positives / np.maximum(negatives, 1e-12), np.nan)
+        if b == 0:
+            per_query = float(pi.sum()) / len(sampled)
+            chance = positives / max(float(pi.sum()), 1e-12)
+            per_negatives = negatives / len(sampled)
+    evidence["unlabeled_positives_per_query"] = round(per_query, 2)
+    estimates, parts = {}, {}
+    for s, name in enumerate(chosen):
+        if not np.isfinite(shares[0, s]):
+            continue
+        estimates[name] = with_interval(np.nan_to_num(shares[:, s], nan=0.0))
+        parts[name] = {
+            "unlabeled_positives_per_query": round(per_query, 2),
+            "chance_selected": round(float(chance[s]), 4),
+            "negatives_per_query": round(float(per_negatives[s]), 3),
+        }
+    return evidence, estimates, parts
 
 
 def ce_estimates(
-    queries: list[Sampled], chosen: dict[str, list[np.ndarray]], seed: int
+    pools: list[Pool], queries: list[Sampled], chosen: dict[str, list[np.ndarray]], n_queries: int, seed: int
 ) -> tuple[dict | None, dict[str, dict]]:
     """The cross-encoder evidence: per setting, the mean CE probability of its selected negatives, when the
-    scores are probabilities (all within [0, 1]); else why they are not used."""
+    scores are probabilities and pass a check against the held-out positives; else why they are not used.
+
+    The check: if the scores are calibrated probabilities, the held-out positives (a random sample of the
+    positives among the pools' members) score on average E[p^2] / E[p] over those members (positives are
+    drawn in proportion to p). The scores count only when the 90% bootstrap interval of the held-out
+    positives' mean minus that figure holds 0; without held-out positives among the candidates they cannot
+    be checked and do not count."""
     if not queries or queries[0].cand_ce is None:
         return None, {}
     all_ce = np.concatenate([q.cand_ce for q in queries])
@@ -313,12 +450,35 @@ def ce_estimates(
     if all_ce.size == 0 or all_ce.min() < 0 or all_ce.max() > 1:
         evidence["unused"] = "scores outside [0, 1]: a logit head, not a probability"
         return evidence, {}
-    weights = resamples(len(queries), seed)
+    landed = [p for p in pools if p.held_out is not None and p.ce is not None]
+    if not landed:
+        evidence["unused"] = "no held-out positive among the candidates to check the probabilities against"
+        return evidence, {}
+    weights = resamples(n_queries, seed)
+    qw = weights[:, [p.query for p in landed]]
+    held = np.array([p.ce[p.held_out] for p in landed], dtype=np.float64)
+    p1 = np.array([p.ce.sum() for p in landed], dtype=np.float64)
+    p2 = np.array([(p.ce.astype(np.float64) ** 2).sum() for p in landed])
+    gap = (qw @ held) / np.maximum(qw.sum(axis=1), 1e-12) - (qw @ p2) / np.maximum(qw @ p1, 1e-12)
+    lo, hi = np.percentile(gap[1:], INTERVAL)
+    evidence["check"] = {
+        "held_out_mean": round(float(held.mean()), 4),
+        "calibrated_would_give": round(float(p2.sum() / max(p1.sum(), 1e-12)), 4),
+        "gap_interval": [round(float(lo), 4), round(float(hi), 4)],
+    }
+    if not lo <= 0.0 <= hi:
+        evidence["unused"] = (
+            f"not calibrated on the held-out positives: their mean probability {held.mean():.3f} is not what "
+            f"calibrated probabilities give ({evidence['check']['calibrated_would_give']:.3f})"
+        )
+        return evidence, {}
     estimates = {}
+    qw = weights[:, [q.query for q in queries]]
     for name, picks in chosen.items():
         probability = np.array([q.cand_ce[p].sum() for q, p in zip(queries, picks, strict=True)], dtype=np.float64)
         negatives = np.array([len(p) for p in picks], dtype=np.float64)
-        estimates[name] = with_interval((weights @ probability) / np.maximum(weights @ negatives, 1.0))
+        if negatives.sum():
+            estimates[name] = with_interval((qw @ probability) / np.maximum(qw @ negatives, 1.0))
     return evidence, estimates
 
 
@@ -343,21 +503,10 @@ def _round(estimate: dict | None) -> dict | None:
     return {"estimate": round(estimate["estimate"], 4), "interval": [round(lo, 4), round(hi, 4)]}
 
 
-def strictest(configured: SelectionSettings) -> str:
-    """The grid point that, by construction, keeps the fewest candidates near the positives: the largest
-    margins, sampled at random (over the same survivors, deeper on average than top or SimANS), from the
-    deepest rank whose window (before a configured range_max) still holds num_negatives."""
-    end, k = configured.range_max, configured.num_negatives
-    starts = [r for r in GRID["range_min"] if end is None or end - r >= k]
-    point = {key: max(v for v in GRID[key] if v is not None) for key in ("relative_margin", "positive_doc_margin")}
-    return setting_name(point | {"sampling": "random", "range_min": max(starts, default=0)})
-
-
-def choose(rows: dict[str, dict], budget: float, safest: str) -> tuple[str | None, bool, str]:
+def choose(rows: dict[str, dict], budget: float) -> tuple[str | None, bool, str]:
     """The hardest setting (lowest median rank, then fewest short queries) whose estimate's upper bound is
-    within the budget; whether one is; and why. When none is, the budget lies below what the evidence can
-    show, so its estimates cannot rank the settings either: `safest` (the strictest grid point), or, when
-    it selects nothing, the setting with the lowest upper bound."""
+    within the budget; whether one is; and why. When none is, the budget lies below what the evidence
+    resolves, and the same statistic decides: the setting with the lowest upper bound, said so."""
     estimated = {n: r for n, r in rows.items() if r["fn_share"] is not None and r["median_rank"] is not None}
     if not estimated:
         return None, False, "no setting selected any negative"
@@ -367,16 +516,21 @@ def choose(rows: dict[str, dict], budget: float, safest: str) -> tuple[str | Non
         return best, True, f"the hardest of {len(within)} settings whose estimate's upper bound is within {budget:g}"
     lowest = min(estimated, key=lambda n: (estimated[n]["fn_share"]["interval"][1], estimated[n]["median_rank"], n))
     upper = estimated[lowest]["fn_share"]["interval"][1]
-    reason = f"no setting's upper bound is within {budget:g} (the lowest is {upper:.3f})"
-    if safest in estimated:
-        return safest, False, reason + ": took the strictest setting"
-    return lowest, False, reason + ": took that one (the strictest selects nothing)"
+    return (
+        lowest,
+        False,
+        f"the budget {budget:g} is below what the evidence resolves: no setting's upper bound is within it; took "
+        f"the lowest upper bound ({upper:.3f})",
+    )
 
 
-def calibrate(candidates: Candidates, configured: SelectionSettings, budget: float) -> dict:
+def calibrate(
+    candidates: Candidates, configured: SelectionSettings, budget: float, estimator: str = COUNT_ESTIMATOR
+) -> dict:
     """Calibrate on `candidates` (it reads their `iterate`, `positive_counts` and `score_name`) for the
-    configured settings and a budget. Returns what calibration.json holds: the evidence and its size, every
-    grid setting and reference with its estimate, interval, hardness and short queries, and the choice (or
+    configured settings and a budget; `estimator`: how the unlabeled positives are counted (LABEL_FREQUENCY).
+    Returns what calibration.json holds: the evidence and its size, every grid setting and reference with
+    its estimate, interval, what the estimate is made of, hardness and short queries, and the choice (or
     the fallback and why)."""
     seed = configured.seed
     grid = grid_settings(configured)
@@ -384,20 +538,20 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
     every = grid | references
     query_rows, counts = candidates.positive_counts()
     multi = sample_rows(query_rows[counts >= 2], MAX_CALIBRATION_QUERIES, seed)
-    sampled = sample_rows(query_rows, MAX_HARDNESS_QUERIES, seed + 1)
-    multi_set, sampled_set = set(multi.tolist()), set(sampled.tolist())
-    pools, pool_k, kept, kept_k = [], [], [], []
-    chosen: dict[str, list[np.ndarray]] = {name: [] for name in every}
+    sampled = sample_rows(query_rows, MAX_SAMPLED_QUERIES, seed + 1)
     wanted = np.union1d(multi, sampled)
+    index = {int(row): i for i, row in enumerate(wanted.tolist())}
+    multi_set, sampled_set = set(multi.tolist()), set(sampled.tolist())
+    pools, kept, kept_k = [], [], []
+    chosen: dict[str, list[np.ndarray]] = {name: [] for name in every}
     bar = ProgressBar(total=len(wanted), desc="calibrate", unit=" queries", mininterval=5)
     for query in candidates.iterate(wanted):
         bar.update()
-        k = max(0, configured.num_negatives - len(query.given_rows))
+        i = index[query.query_row]
         if query.query_row in multi_set and len(query.cand_rows):
-            hidden = held_out_positive(seed, query.query_row, query.pos_rows)
-            pools.append(calibration_pool(query, hidden, candidates.score_name))
-            pool_k.append(k)
+            pools += [calibration_pool(query, i, h) for h in held_out_positives(seed, query.query_row, query.pos_rows)]
         if query.query_row in sampled_set:
+            k = max(0, configured.num_negatives - len(query.given_rows))
             scores = query.scores(candidates.score_name)
             noise = candidate_noise(seed, query.query_row, query.cand_rows)
             masks: dict[tuple, tuple] = {}
@@ -406,18 +560,22 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
                 if key not in masks:
                     masks[key] = filter_mask(scores, s)
                 chosen[name].append(select_negatives(scores, replace(s, num_negatives=k), noise, masks[key]).chosen)
+            refs = feature_references(seed, query.query_row, query.pos_rows)
+            features = pu_features(query.cand_cos, scores.positive_cos[:, refs], query.pos_cos[refs])
             # copies: the arrays are views into the whole block of queries read from the candidate files
-            kept.append(Sampled(query.cand_ranks.copy(), None if query.cand_ce is None else query.cand_ce.copy()))
+            ce = None if query.cand_ce is None else query.cand_ce.copy()
+            kept.append(Sampled(i, query.cand_ranks.copy(), features, ce))
             kept_k.append(k)
     bar.close()
     log.info(
-        "calibration: %d queries with two or more positives, %d sampled for hardness, %d settings",
+        "calibration: %d held-out positives of %d queries with two or more positives, %d queries sampled, %d settings",
         len(pools),
+        len(multi),
         len(kept),
         len(every),
     )
-    held_evidence, held = held_out_estimates(pools, every, pool_k, seed)
-    ce_evidence, ce = ce_estimates(kept, chosen, seed)
+    held_evidence, held, parts = held_out_estimates(pools, kept, chosen, len(wanted), seed, estimator)
+    ce_evidence, ce = ce_estimates(pools, kept, chosen, len(wanted), seed)
     hard = hardness(kept, chosen, kept_k)
     rows = {}
     for name in every:
@@ -427,18 +585,20 @@ def calibrate(candidates: Candidates, configured: SelectionSettings, budget: flo
             "settings": {key: getattr(every[name], key) for key in (*GRID, "range_max")},
             "fn_share": _round(best),
             "held_out": _round(held.get(name)),
+            "held_out_made_of": parts.get(name),
             "cross_encoder": _round(ce.get(name)),
             **hard[name],
         }
     within = False
     if held or ce:
-        name, within, reason = choose({n: rows[n] for n in grid}, budget, strictest(configured))
+        name, within, reason = choose({n: rows[n] for n in grid}, budget)
     else:
+        ce_why = "no cross-encoder" if ce_evidence is None else f"cross-encoder scores unused ({ce_evidence['unused']})"
         name, reason = (
             None,
             (
                 f"thin evidence: {held_evidence['landed_among_candidates']} held-out positives landed among the "
-                f"candidates (at least {MIN_LANDED} needed) and no cross-encoder probabilities"
+                f"candidates (at least {MIN_LANDED} needed) and {ce_why}"
             ),
         )
     if name is None:
