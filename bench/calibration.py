@@ -97,22 +97,6 @@ def run(workdir: Path, datasets: dict, target: list[str] | None = None) -> None:
     subprocess.run(cmd, check=True, env=os.environ | {"PYTHONPATH": str(REPO / "scripts")})
 
 
-def run_candidates(workdir: Path, dataset: str, settings: dict) -> Candidates:
-    def path(pattern: str) -> str:
-        return str(workdir / layout.run_file(pattern, dataset))
-
-    results = workdir / "results" / dataset
-    return Candidates(
-        path(layout.merge_candidates.candidates),
-        path(layout.compute_qrels_cosines.cosines),
-        sorted(str(p) for p in (results / "embed/corpus").glob("*.npy")),
-        sorted(str(p) for p in (results / "embed/queries").glob("*.npy")),
-        path(layout.prepare.corpus),
-        None,
-        settings.get("selection_score", "auto"),
-    )
-
-
 def row(name: str, measured: dict, estimate: dict | None) -> tuple:
     est = "-" if estimate is None else f"{100 * estimate['estimate']:.1f}% (<= {100 * estimate['interval'][1]:.1f}%)"
     fn = "-" if measured["false_negative_rate"] is None else f"{100 * measured['false_negative_rate']:.1f}%"
@@ -160,7 +144,7 @@ def harness(datasets_dir: Path, workdir: Path) -> None:
     grid = grid_settings(default)
     references = reference_settings(default)
     for name in PROTOCOLS:
-        candidates = run_candidates(workdir, name, blocks[name])
+        candidates = Candidates.of_run(workdir, name)
         measured = audit_selection(candidates, grid | references, truth[name])["strategies"]
         for estimator in LABEL_FREQUENCY:
             cal = calibrate(candidates, default, 0.05, estimator)
@@ -239,8 +223,8 @@ def scifact(datasets_dir: Path, workdir: Path) -> None:
         },
     )
     default = SelectionSettings(seed=SEED)
-    cal = calibrate(run_candidates(workdir, "scifact", base), default, 0.05)
-    holdout_run = run_candidates(workdir, "scifact_holdout", base)
+    cal = calibrate(Candidates.of_run(workdir, "scifact"), default, 0.05)
+    holdout_run = Candidates.of_run(workdir, "scifact_holdout")
     hidden = relevant_docs(read_holdout(str(workdir / layout.run_file(layout.prepare.holdout, "scifact_holdout"))), 1)
     strategies = {"auto fn_budget=0.05": chosen_settings(cal, default), "negflow fixed default": default}
     measured = audit_selection(holdout_run, strategies, hidden)["strategies"]
@@ -297,7 +281,7 @@ def finetune_compare(datasets_dir: Path, workdir: Path, seeds: list[int], only: 
     data = datasets_dir / "scifact"
     block = scifact_train(data)
     default = SelectionSettings(seed=SEED)
-    candidates = run_candidates(workdir, "scifact", block)
+    candidates = Candidates.of_run(workdir, "scifact")
     cal = calibrate(candidates, default, 0.05)
     strategies = {
         "auto fn_budget=0.05": chosen_settings(cal, default),

@@ -8,14 +8,17 @@ documents from outside its candidates.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from negflow import layout
 from negflow.files import SortedRows, read_parquet
 from negflow.grades import GIVEN_NEGATIVE
 from negflow.selection import (
@@ -195,6 +198,24 @@ class Candidates:
             inputs.get("scores"),
             settings["selection_score"],
             lists_given_negatives(settings),
+        )
+
+    @classmethod
+    def of_run(cls, workdir: str | Path, dataset: str, selection_score: str = "auto") -> Candidates:
+        """The candidates of a dataset of a finished run (no cross-encoder), read from the run's folder: what
+        benches and tests replay after Snakemake is done."""
+
+        def path(pattern: str, **wildcards: str) -> str:
+            return str(Path(workdir) / layout.run_file(pattern, dataset, **wildcards))
+
+        return cls(
+            path(layout.merge_candidates.candidates),
+            path(layout.compute_qrels_cosines.cosines),
+            sorted(glob.glob(path(layout.embed.corpus, scatteritem="*"))),
+            sorted(glob.glob(path(layout.embed.queries, scatteritem="*"))),
+            path(layout.prepare.corpus),
+            None,
+            selection_score,
         )
 
     def __iter__(self) -> Iterator[QueryCandidates]:
