@@ -122,7 +122,7 @@ class Pool:
     its cosine rank (the list keeps its length), the PU features of every member (against the other
     positives), and the cross-encoder scores when there are any."""
 
-    query: int  # index of the calibration query (the bootstrap resamples queries, not pools)
+    query: int  # index of the query among those calibration reads (the bootstrap resamples queries, not pools)
     held_out: int | None  # index of the held-out positive in the pool; None when it ranks below every candidate
     features: np.ndarray
     ce: np.ndarray | None
