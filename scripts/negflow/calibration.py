@@ -239,10 +239,10 @@ def roc_bound(g: np.ndarray, labeled: np.ndarray, weight: np.ndarray) -> float:
     wl, wu = weight * labeled, weight * ~labeled
     order = np.argsort(-g, kind="stable")
     held_out = np.cumsum((labeled & (weight > 0))[order])  # held-out positives above, each counted once
-    tail_l, tail_u = np.cumsum(wl[order]) / max(wl.sum(), 1e-12), np.cumsum(wu[order]) / max(wu.sum(), 1e-12)
+    n_l, n_u = wl.sum(), wu.sum()
+    tail_l, tail_u = np.cumsum(wl[order]) / max(n_l, 1e-12), np.cumsum(wu[order]) / max(n_u, 1e-12)
     ok = (held_out >= ROC_MIN_LABELED) & (tail_l >= 0.1)
     prior = float(np.min(tail_u[ok] / tail_l[ok])) if ok.any() else 1.0
-    n_l, n_u = wl.sum(), wu.sum()
     return float(n_l / max(n_l + min(prior, 1.0) * n_u, 1e-12))
 
 
@@ -344,8 +344,13 @@ class PuModel:
         return logistic_fit(self.x_fit, self.y_fit, weight=weight, start=self.w0, steps=REFIT_STEPS)
 
     def probability(self, x: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
-        """pi = min(1, (1 - c) / c * g / (1 - g)) on rows `x`, g the model with weights `w`."""
-        return np.minimum(1.0, (1 - c) / max(c, 1e-12) * np.exp(np.clip(logit(x, w), -30, 30)))
+        return posterior(x, w, c)
+
+
+def posterior(x: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
+    """pi = min(1, (1 - c) / c * g / (1 - g)) on rows `x`, g the model with weights `w`: Elkan and Noto's
+    probability that an unlabeled row is a positive."""
+    return np.minimum(1.0, (1 - c) / max(c, 1e-12) * np.exp(np.clip(logit(x, w), -30, 30)))
 
 
 def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuModel:
@@ -374,7 +379,7 @@ def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuMo
         w0 = logistic_fit(x_fit, y_fit, weight=base)
         if step == 0:
             c = LABEL_FREQUENCY[estimator](g, labeled, represents)
-            pi = np.where(labeled, 0.0, np.minimum(1.0, (1 - c) / max(c, 1e-12) * np.exp(logit(x, w0).clip(-30, 30))))
+            pi = np.where(labeled, 0.0, posterior(x, w0, c))
             represents = np.where(labeled, 1.0 + np.bincount(pool_of_row, pi, minlength=len(pools))[pool_of_row], 1.0)
     order = np.argsort(-g, kind="stable")
     return PuModel(
