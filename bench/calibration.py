@@ -14,7 +14,9 @@ audit's own code (`audit.audit_selection`): a selected negative is false when it
 document. Per protocol and estimator it prints, split by sampler: the median and worst absolute error of
 the estimate, the coverage of its 90% interval (the share of settings whose measured share falls inside)
 and the mean interval width; then at budgets 0.02, 0.05 and 0.1 auto's choice (estimate, upper bound,
-measured, median rank) beside the fixed default (measured, median rank).
+measured, median rank) beside the fixed default (measured, median rank). On msmarco-two it then
+calibrates again with the count of unlabeled positives, each pool's positives, or both taken from the
+truth: what the error is made of.
 
 With --scifact: SciFact `train` mined twice: with every positive (auto calibrates on the queries with two
 or more positives, budget 0.05) and with `audit_holdout`; auto's choice and the fixed default replayed on the
@@ -29,12 +31,14 @@ Usage: python bench/calibration.py [--datasets ../shared/datasets] [--workdir /t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import yaml
@@ -42,10 +46,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+from negflow import calibration as calibration_module  # noqa: E402
 from negflow import layout  # noqa: E402
 from negflow.audit import audit_selection  # noqa: E402
 from negflow.calibration import (  # noqa: E402
     CONFIGURED,
+    COUNT_ESTIMATOR,
     GRID,
     LABEL_FREQUENCY,
     calibrate,
@@ -160,6 +166,51 @@ def harness(datasets_dir: Path, workdir: Path) -> None:
                 continue
             print_errors(cal, measured)
             print_choices(cal, measured)
+        if name == "msmarco-two":
+            error_parts(candidates, truth[name], default, measured)
+
+
+def with_the_truth(
+    candidates: Candidates, relevant: dict[str, set[str]], default: SelectionSettings, count: bool, weights: bool
+) -> dict:
+    """calibrate with parts of its estimate replaced by the truth: the count of unlabeled positives (the
+    label frequency from the true share of positives among the pools' members) and/or each pool's
+    positives (the held-out positives' weights, `pool_positives`). What the error is made of."""
+    pools, unlabeled = [], {}
+    build = calibration_module.calibration_pool
+
+    def pool(query, index, hidden):
+        p = build(query, index, hidden)
+        true = np.isin(query.cand_ids, list(relevant.get(query.query_id, ())))
+        unlabeled[id(p)] = int(true[: len(true) - (p.held_out is not None)].sum())  # the members the list keeps
+        pools.append(p)
+        return p
+
+    def true_label_frequency(g, labeled, weight):
+        prior = sum(unlabeled.values()) / sum(len(p.features) - (p.held_out is not None) for p in pools)
+        n_l, n_u = np.sum(weight * labeled), np.sum(weight * ~labeled)
+        return float(n_l / (n_l + prior * n_u))
+
+    def true_pool_positives(pools, _):
+        return 1.0 + np.array([unlabeled[id(p)] for p in pools])
+
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(calibration_module, "calibration_pool", pool))
+        patches.enter_context(mock.patch.dict(calibration_module.LABEL_FREQUENCY, {"truth": true_label_frequency}))
+        if weights:
+            patches.enter_context(mock.patch.object(calibration_module, "pool_positives", true_pool_positives))
+        return calibrate(candidates, default, 0.05, "truth" if count else COUNT_ESTIMATOR)
+
+
+def error_parts(
+    candidates: Candidates, relevant: dict[str, set[str]], default: SelectionSettings, measured: dict
+) -> None:
+    """The estimator's error with the count, the pools' weights or both taken from the truth."""
+    for count, weights in ((True, False), (False, True), (True, True)):
+        parts = " and ".join(p for p, on in (("count", count), ("pool weights", weights)) if on)
+        cal = with_the_truth(candidates, relevant, default, count, weights)
+        print(f"\n  with the true {parts} ({COUNT_ESTIMATOR} otherwise):")
+        print_errors(cal, measured)
 
 
 def hidden_per_query(candidates: Candidates, relevant: dict[str, set[str]]) -> float:

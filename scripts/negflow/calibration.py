@@ -353,6 +353,12 @@ def posterior(x: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
     return np.minimum(1.0, (1 - c) / max(c, 1e-12) * np.exp(np.clip(logit(x, w), -30, 30)))
 
 
+def pool_positives(pools: list[Pool], unlabeled_positives: np.ndarray) -> np.ndarray:
+    """How many positives each pool holds, as the first fit counts them: its held-out one and its members'
+    pi (the truth harness puts the true counts here to measure what this step's error costs)."""
+    return 1.0 + unlabeled_positives
+
+
 def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuModel:
     """g and c on the pools. The fits see every held-out positive and a seeded share of the other members,
     weighted up to all of them (case-control sampling: the same fit in expectation, at a bounded cost).
@@ -380,7 +386,9 @@ def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuMo
         if step == 0:
             c = LABEL_FREQUENCY[estimator](g, labeled, represents)
             pi = np.where(labeled, 0.0, posterior(x, w0, c))
-            represents = np.where(labeled, 1.0 + np.bincount(pool_of_row, pi, minlength=len(pools))[pool_of_row], 1.0)
+            represents = np.where(
+                labeled, pool_positives(pools, np.bincount(pool_of_row, pi, minlength=len(pools)))[pool_of_row], 1.0
+            )
     order = np.argsort(-g, kind="stable")
     return PuModel(
         estimator, x_fit, y_fit, base, row_query[fit], w0, g[order], labeled[order], row_query[order], represents[order]
