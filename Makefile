@@ -17,8 +17,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# through negflow mine and its display: a line per job, live bars on a terminal, the output at the end
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/negflow mine --config config/demo.yaml --out . --cores $(CORES)
 	@echo
 	@echo "Negatives written to results/demo/negatives.jsonl ($$(wc -l < results/demo/negatives.jsonl) queries). First line:"
 	@head -n 1 results/demo/negatives.jsonl | cut -c 1-400

@@ -1,4 +1,9 @@
-"""The offline demo set: real text, enough of it, and qrels that point at real ids."""
+"""The offline demo set: real text, enough of it, and qrels that point at real ids; `make demo` runs it
+through `negflow mine` and its display."""
+
+import re
+
+from conftest import REPO
 
 from negflow.demo import build_docstring_dataset
 
@@ -16,3 +21,11 @@ def test_demo_set_has_over_a_thousand_documents_and_consistent_qrels():
 
 def test_demo_set_is_deterministic():
     assert build_docstring_dataset(max_docs=50) == build_docstring_dataset(max_docs=50)
+
+
+def test_make_demo_runs_the_demo_through_negflow_mine_and_its_display():
+    """Catches a demo recipe that runs plain `snakemake` (385 lines of Snakemake's job blocks) or asks for
+    them (`--verbose`) instead of the command's line per job."""
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M)[1]
+    assert "\t$(BIN)/negflow mine --config config/demo.yaml --out . --cores $(CORES)\n" in recipe
+    assert "snakemake" not in recipe and "--verbose" not in recipe

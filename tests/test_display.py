@@ -1,7 +1,8 @@
 """What `negflow mine` shows while it runs: a line per job as it starts and ends with its counts, live bars on
 a terminal, plain lines without control codes elsewhere, and a failing job's one-line error with its log;
-first the display fed by hand and through the logger plugin, then the command under a pseudo-terminal and
-through a pipe."""
+first the display fed by hand (the job events, and the status files the tests write, each read a refresh()
+call: no test waits for a clock) and through the logger plugin, then the command under a pseudo-terminal
+and through a pipe."""
 
 from __future__ import annotations
 
@@ -27,16 +28,32 @@ from negflow import display, progress
 from negflow.display import RunDisplay
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+RUN = "run-token-of-this-run"
+
+
+@pytest.fixture(autouse=True)
+def no_poller(monkeypatch):
+    """The tests read the status files by calling refresh(): the display's own thread never polls."""
+    monkeypatch.setattr(display, "POLL", 3600.0)
 
 
 def plain_display() -> tuple[RunDisplay, io.StringIO]:
     out = io.StringIO()
-    return RunDisplay(Console(file=out, force_terminal=False, width=100)), out
+    return RunDisplay(Console(file=out, force_terminal=False, width=100), RUN), out
 
 
-def write_status(log, **status) -> None:
-    with open(progress.status_path(str(log)), "w", encoding="utf-8") as f:
-        json.dump(status, f)
+def write_status(log, run=RUN, mtime=None, **status) -> None:
+    """A job's status as a job of run `run` writes it; `mtime`: as a clock that far off would stamp it."""
+    path = progress.status_path(str(log))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({**status, "run": run}, f)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def frames(output: str) -> list[str]:
+    """Every line a terminal was shown, each redraw of the bars included, without control codes."""
+    return [line for chunk in ANSI.sub("", output).split("\r") for line in chunk.split("\n")]
 
 
 def test_a_job_shows_a_line_as_it_starts_and_one_with_its_counts_as_it_ends(tmp_path):
@@ -54,20 +71,48 @@ def test_a_job_shows_a_line_as_it_starts_and_one_with_its_counts_as_it_ends(tmp_
     assert len(lines) == 2 and "\x1b" not in out.getvalue()
 
 
-def test_off_a_terminal_a_running_job_prints_its_progress_at_a_modest_rate(tmp_path, monkeypatch):
-    monkeypatch.setattr(display, "POLL", 0.01)
-    monkeypatch.setattr(display, "PLAIN_INTERVAL", 0.0)
+def test_off_a_terminal_a_running_job_prints_its_progress_as_it_changes_at_a_modest_rate(tmp_path, monkeypatch):
+    """Each read of the status file is a refresh() call: catches a display that prints a changed status
+    within PLAIN_INTERVAL of its last line (the interval check removed), which the sleep-based test, run at
+    PLAIN_INTERVAL 0, did not."""
+    monkeypatch.setattr(display, "PLAIN_INTERVAL", 3600.0)
     shown, out = plain_display()
     log = tmp_path / "search.log"
-    write_status(log, state="running", desc="search", n=4500, total=10000, unit="queries", elapsed=10.0)
     shown.job_started(1, "search", {"dataset": "fx", "scatteritem": "1-of-1"}, str(log))
-    deadline = time.monotonic() + 5
-    while "4,500" not in out.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.1)  # more polls of an unchanged status print nothing more
+    shown.refresh()  # no status yet
+    write_status(log, state="running", desc="search", n=4500, total=10000, unit="queries", elapsed=10.0)
+    shown.refresh()  # the first progress: shown at once
+    shown.refresh()  # unchanged: nothing more
+    write_status(log, state="running", desc="search", n=5000, total=10000, unit="queries", elapsed=11.0)
+    shown.refresh()  # changed, but within the interval of the last line
+    write_status(log, state="running", desc="search", n=5500, total=10000, unit="queries", elapsed=12.0)
+    monkeypatch.setattr(display, "PLAIN_INTERVAL", 0.0)
+    shown.refresh()  # the interval is over
+    shown.refresh()  # unchanged
     shown.close()
-    progress_lines = [line for line in out.getvalue().splitlines() if "4,500" in line]
-    assert progress_lines == ["  search fx 1-of-1: 4,500/10,000 queries (45%), 450 queries/s, 12 s left"]
+    assert out.getvalue().splitlines()[1:] == [
+        "  search fx 1-of-1: 4,500/10,000 queries (45%), 450 queries/s, 12 s left",
+        "  search fx 1-of-1: 5,500/10,000 queries (55%), 458 queries/s, 10 s left",
+    ]
+
+
+def test_on_a_terminal_a_job_bar_is_drawn_as_it_starts_and_redrawn_from_each_status_read(tmp_path):
+    """The frames come from the display's events alone (rich's own timer is off): catches a bar that keeps
+    the job's name instead of the status's description (prepare's `corpus`), which the end-to-end run,
+    whose embed bar describes itself by the job's name, did not."""
+    out = io.StringIO()
+    shown = RunDisplay(Console(file=out, force_terminal=True, force_interactive=True, width=120), RUN)
+    log = tmp_path / "prepare.log"
+    shown.job_started(1, "prepare", {"dataset": "fx"}, str(log))
+    assert [line for line in frames(out.getvalue()) if re.fullmatch(r"\s+prepare fx +━+\s*", line)]
+    write_status(log, state="running", desc="corpus", n=600, total=1640, unit="documents", elapsed=2.0)
+    shown.refresh()
+    bars = [line for line in frames(out.getvalue()) if "600/1,640" in line]
+    assert bars and re.match(r"\s+prepare fx: corpus ━+\S* +600/1,640 documents ", bars[-1]), bars
+    write_status(log, state="done", counts={"documents": 1640})
+    shown.job_finished(1)
+    shown.close()
+    assert re.search(r"✓ prepare fx \(\d+\.\d s\): 1,640 documents", ANSI.sub("", out.getvalue()))
 
 
 def test_a_failing_job_shows_its_one_line_error_and_its_log(tmp_path):
@@ -91,30 +136,67 @@ def test_a_failing_job_shows_its_one_line_error_and_its_log(tmp_path):
     ]
 
 
-def test_a_status_left_by_an_earlier_run_of_the_job_is_not_its_own(tmp_path):
+@pytest.mark.parametrize("skew", [-86400.0, 86400.0], ids=["a-day-behind", "a-day-ahead"])
+def test_a_status_stamped_by_a_skewed_clock_still_shows_progress_counts_and_error(tmp_path, skew):
+    """A compute node's (or file server's) clock a day off stamps the status files: catches a display that
+    judges a status by its mtime (the window after time.time() - 1.0 it had), which hid these counts and
+    turned the real error into "ended without reporting an error"."""
+    shown, out = plain_display()
+    done, failed = tmp_path / "embed.log", tmp_path / "prepare.log"
+    stamp = time.time() + skew
+    shown.job_started(1, "embed", {"dataset": "fx", "scatteritem": "1-of-1"}, str(done))
+    shown.job_started(2, "prepare", {"dataset": "fy"}, str(failed))
+    write_status(done, mtime=stamp, state="running", desc="embed", n=60, total=120, unit="rows", elapsed=2.0)
+    shown.refresh()
+    write_status(done, mtime=stamp, state="done", counts={"documents": 120, "queries": 16})
+    write_status(failed, mtime=stamp, state="failed", error="corpus.jsonl:2: malformed JSON")
+    shown.job_finished(1)
+    shown.job_failed(2, "prepare", str(failed), "exit status 1")
+    shown.close()
+    lines = out.getvalue().splitlines()
+    assert lines[2] == "  embed fx 1-of-1: 60/120 rows (50%), 30 rows/s, 2 s left"
+    assert re.fullmatch(r"✓ embed fx 1-of-1 \(\d+\.\d s\): 120 documents, 16 queries", lines[3])
+    assert lines[4:] == ["✗ prepare fy: corpus.jsonl:2: malformed JSON", f"  log: {failed}"]
+
+
+def test_a_status_another_run_wrote_is_not_this_runs_however_fresh(tmp_path):
+    """The run before this one left a failed status, stamped now and a minute ahead: catches a display that
+    takes a status without its run token (a fresh one was taken as this run's when stamped within a second
+    of the job's start, one a minute ahead always)."""
     shown, out = plain_display()
     log = tmp_path / "prepare.log"
-    write_status(log, state="failed", error="corpus.jsonl:2: malformed JSON")  # the run before this one
-    old = time.time() - 60
-    os.utime(progress.status_path(str(log)), (old, old))
+    write_status(log, run="run-token-of-the-run-before", state="failed", error="corpus.jsonl:2: malformed JSON")
     log.write_text("Traceback (most recent call last):\nModuleNotFoundError: No module named 'negflow'\n")
     shown.job_started(1, "prepare", {"dataset": "fx"}, str(log))
+    shown.refresh()
     shown.job_failed(1, "prepare", str(log), "died with <Signals.SIGKILL: 9>")
+    write_status(log, run="run-token-of-the-run-before", mtime=time.time() + 60, state="done", counts={"rows": 5})
+    shown.job_started(2, "prepare", {"dataset": "fx"}, str(log))
+    shown.job_finished(2)
     shown.close()
-    assert out.getvalue().splitlines()[1] == (
+    lines = out.getvalue().splitlines()
+    assert lines[1] == (
         "✗ prepare fx: ended without reporting an error (died with <Signals.SIGKILL: 9>; "
         "ModuleNotFoundError: No module named 'negflow')"
     )
+    assert re.fullmatch(r"✓ prepare fx \(\d+\.\d s\)", lines[4]) and len(lines) == 5
 
 
-def test_the_logger_plugin_turns_snakemake_job_events_into_the_display(tmp_path, capsys):
+def test_the_logger_plugin_turns_snakemake_job_events_into_the_display(tmp_path, capsys, monkeypatch):
+    """The plugin hands its jobs, through the environment they inherit, the token its display accepts, and
+    a job's status (written as a job writes it) carries it: catches statuses written without the token."""
     from snakemake_interface_logger_plugins.common import LogEvent
     from snakemake_logger_plugin_negflow import LogHandler
 
+    for name in (progress.DISPLAY_ENV, progress.RUN_ENV):  # restored after the test: the plugin sets them
+        monkeypatch.setenv(name, "")
     settings = SimpleNamespace(dryrun=False, stdout=False)
     handler = LogHandler(settings, None)
     log = tmp_path / "merge_candidates.log"
-    write_status(log, state="done", counts={"candidates": 1600})
+    assert len(os.environ[progress.RUN_ENV]) == 32 and os.environ[progress.DISPLAY_ENV] == "1"
+    progress.report_to(str(log))  # as stage.run_stage does in a job
+    progress.finished({"candidates": 1600})
+    progress.report_to(None)
 
     def record(message, level=logging.INFO, **extra):
         entry = logging.LogRecord("snakemake", level, "", 0, message, None, None)
@@ -168,19 +250,19 @@ def screen_of(output: bytes, rows: int = 400, columns: int = 300) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mine_command(fixture_data, tiny_models):
-    """`negflow mine` on the fixture data with the tiny model, embedding in batches of 2 so the embed job
-    runs long enough to be watched; the display and the jobs report every 10 ms."""
+    """`negflow mine` on the fixture data with the tiny model. What the run shows while a job runs depends
+    on how long the job lasts; the tests above feed those status reads by hand, these check what every run
+    shows whatever the timing."""
 
     def command(out, corpus=None):
         data = ["--corpus", str(corpus or fixture_data["corpus"])]
         data += ["--queries", str(fixture_data["queries"]), "--qrels", str(fixture_data["qrels"])]
         settings = ["--embedding-dtype", "fp32", "--relative-margin", "0", "--positive-doc-margin", "null"]
-        settings += ["--dup-threshold", "null", "--num-negatives", "2", "--embedding-batch-size", "2"]
+        settings += ["--dup-threshold", "null", "--num-negatives", "2"]
         cli = [sys.executable, "-m", "negflow.cli", "mine", *data, "--model", str(tiny_models["embedder"])]
         return [*cli, "--name", "fx", "--out", str(out), "--cores", "2", *settings]
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm-256color", "NEGFLOW_PROGRESS_INTERVAL": "0"}
-    env |= {"NEGFLOW_DISPLAY_POLL": "0.01", "NEGFLOW_PLAIN_INTERVAL": "0"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm-256color"}
     return command, env
 
 
@@ -195,9 +277,8 @@ def test_on_a_terminal_a_run_is_a_few_dozen_lines_with_live_bars_and_the_summary
     assert any(re.fullmatch(r"✓ embed fx 1-of-1 \(\d+\.\d s\): 120 documents, 16 queries", line) for line in lines), (
         lines
     )
-    frames = [line for chunk in ANSI.sub("", output.decode()).split("\r") for line in chunk.split("\n")]
-    bars = [line for line in frames if re.search(r"^\s+embed fx 1-of-1 .*━.* \d+/120 rows", line)]
-    assert bars, "no frame of the embed job's bar"  # drawn in place while the job ran
+    bars = [line for line in frames(output.decode()) if re.fullmatch(r"\s+embed fx 1-of-1 +━+\s*", line)]
+    assert bars, "no frame of the embed job's bar"  # drawn in place as the job started
     assert b"\x1b[" in output
 
 
@@ -210,7 +291,7 @@ def test_piped_a_run_prints_plain_lines_and_a_failing_job_its_error_and_log(tmp_
     assert "\x1b" not in run.stdout
     lines = run.stdout.splitlines()
     assert "▶ embed fx 1-of-1" in lines and lines[-1].startswith("fx: ")
-    assert any(re.fullmatch(r"  embed fx 1-of-1: \d+/120 rows \(\d+%\), .*", line) for line in lines)
+    assert any(re.fullmatch(r"✓ embed fx 1-of-1 \(\d+\.\d s\): 120 documents, 16 queries", line) for line in lines)
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(fixture_data["corpus"].read_text() + '{"_id": "broken", "text": \n')

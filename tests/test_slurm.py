@@ -1,5 +1,6 @@
 """The end-to-end fixture run through a real SLURM with profiles/slurm: every rule a SLURM job, GPU rules
-submitted with --gpus and running on the GPU SLURM assigned, the result equal to the local run's.
+submitted with --gpus and running on the GPU SLURM assigned, the result equal to the local run's, and
+negflow's display showing each job's counts, or its error, from status files stamped by a clock a day off.
 
 CI starts a single-node SLURM with two fake GPUs (.ci/slurm.sh start) and sets NEGFLOW_REQUIRE_SLURM=1,
 so there a missing SLURM fails instead of skipping."""
@@ -8,6 +9,9 @@ import os
 import re
 import shutil
 import subprocess
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_same_negatives, snakemake, write_config
@@ -29,6 +33,37 @@ pytestmark = [
 ]
 
 GPU_RULES = {"embed", "score_pairs", "audit"}
+DAY = 86400.0
+# On PYTHONPATH, so every Python process of the run loads it: a status file (progress) stamped a day behind,
+# as a compute node whose clock is off stamps it on a shared filesystem.
+SKEWED_CLOCK = """
+import os
+
+_replace = os.replace
+
+
+def replace(src, dst, *args, **kwargs):
+    _replace(src, dst, *args, **kwargs)
+    if str(dst).endswith(".progress"):
+        stamp = os.stat(dst).st_mtime - 86400
+        os.utime(dst, (stamp, stamp))
+
+
+os.replace = replace
+"""
+
+
+def skewed_clock(tmp_path) -> dict[str, str]:
+    """The environment of a run whose jobs stamp their status files a day behind (SKEWED_CLOCK)."""
+    site = tmp_path / "skewed-clock"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SKEWED_CLOCK)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+def assert_stamped_a_day_behind(workdir) -> None:
+    statuses = list((workdir / "logs").rglob("*.progress"))
+    assert statuses and all(path.stat().st_mtime < time.time() - DAY + 3600 for path in statuses)
 
 
 def scontrol_job(job_id: str) -> dict[str, str]:
@@ -36,24 +71,38 @@ def scontrol_job(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
-def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block, tiny_models, local_ce_run):
-    assert slurm_is_up(), "SLURM is required here but sinfo shows no usable node"
-    write_config(tmp_path, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}}, scatter={"embed": 2})
+def slurm_run(workdir, check: bool = True) -> list[str]:
+    """The workflow in `workdir` through SLURM, shown by negflow's display (as `negflow mine --profile
+    slurm` shows it), its jobs' status files stamped a day behind; the lines it showed."""
     proc = snakemake(
-        tmp_path,
+        workdir,
         "--workflow-profile",
         str(REPO / "profiles" / "slurm"),
         # faster polling than the profile's (timing only; still well within MinJobAge/3)
         "--slurm-init-seconds-before-status-checks=2",
         "--seconds-between-status-checks=2",
+        "--logger=negflow",
+        check=check,
+        env=skewed_clock(workdir),
         timeout=1200,
     )
-    planned = {
-        name: int(n)
-        for name, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)
-        if name not in ("all", "total")
-    }
+    return (proc.stdout + proc.stderr).splitlines()
+
+
+def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block, tiny_models, local_ce_run):
+    """Also the display's counts from statuses stamped a day behind: catches a display that judges a status
+    by its mtime (the window after time.time() - 1.0 it had hid every count here)."""
+    assert slurm_is_up(), "SLURM is required here but sinfo shows no usable node"
+    write_config(tmp_path, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}}, scatter={"embed": 2})
+    shown = slurm_run(tmp_path)
+    planned = dict(Counter(line.split()[1] for line in shown if line.startswith("▶ ")))
     assert planned["embed"] == 2 and planned["score_pairs"] == 1  # corpus and queries shard together
+    assert_stamped_a_day_behind(tmp_path)
+    for shard in ("1-of-2", "2-of-2"):
+        assert any(
+            re.fullmatch(rf"✓ embed fx {shard} \(\d+\.\d s\): [\d,]+ documents, [\d,]+ queries", x) for x in shown
+        )
+    assert any(re.fullmatch(r"✓ export_negatives fx \(\d+\.\d s\): .*[\d,]+ negatives", x) for x in shown), shown
 
     jobs: dict[str, list[str]] = {}
     devices = set()
@@ -85,3 +134,16 @@ def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block,
                 assert "gpu" not in tres and info["Partition"] == "cpu", (rule, tres)
     assert len({j for ids in jobs.values() for j in ids}) == sum(planned.values())
     assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
+
+
+def test_a_failing_slurm_job_shows_its_own_error_from_a_status_stamped_a_day_behind(tmp_path, dataset_block):
+    """Catches a display that judges a status by its mtime: it turned this error into "ended without
+    reporting an error"."""
+    assert slurm_is_up(), "SLURM is required here but sinfo shows no usable node"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(Path(dataset_block["corpus"]).read_text() + '{"_id": "broken", "text": \n')
+    write_config(tmp_path, {"fx": {**dataset_block, "corpus": str(corpus)}})
+    shown = slurm_run(tmp_path, check=False)
+    assert_stamped_a_day_behind(tmp_path)
+    error = [line for line in shown if line.startswith("✗ prepare fx: ")]
+    assert error and re.fullmatch(rf"✗ prepare fx: {corpus}:\d+: malformed JSON \(.*\)", error[0]), shown

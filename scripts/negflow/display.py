@@ -1,11 +1,13 @@
 """What `negflow mine` shows while the workflow runs, fed by Snakemake's job events (the logger plugin
 `snakemake_logger_plugin_negflow`): a line as each job starts and as it ends (rule, dataset, shard,
 seconds, the counts its stage returned), a live bar for each running job read from the job's status file
-(`progress`), and a failing job's one-line error with the path of its log.
+(`progress`), and a failing job's one-line error with the path of its log. A status counts only if it
+carries this run's token (`RunDisplay.run`), never by its mtime: a compute node's clock may be off.
 
-rich draws it: on an interactive terminal the bars redraw in place under the lines; anywhere else (a pipe,
-CI, a notebook, a dumb terminal) rich writes no control codes and the display prints plain lines, a running
-job's progress at most every PLAIN_INTERVAL seconds."""
+rich draws it: on an interactive terminal the bars redraw in place under the lines, as a job starts or ends
+and as its status file is read; anywhere else (a pipe, CI, a notebook, a dumb terminal) rich writes no
+control codes and the display prints plain lines, a running job's progress at most every PLAIN_INTERVAL
+seconds."""
 
 from __future__ import annotations
 
@@ -34,9 +36,8 @@ class Job:
     name: str  # rule, dataset, shard
     log: str | None  # absolute: the user's folder need not be the run's
     started: float  # time.monotonic(), for its seconds
-    since: float  # time.time(): a status file older than this is an earlier run's
     task: int | None = None
-    shown: float = 0.0  # when its progress was last printed as a plain line
+    shown: float = float("-inf")  # when its progress was last printed as a plain line (time.monotonic())
     seen: int = -1  # the rows done it last showed
 
 
@@ -91,10 +92,12 @@ class RowsColumn(ProgressColumn):
 
 class RunDisplay:
     """Job events in, lines and bars out. Snakemake's logging thread calls the event methods, a thread of
-    the display's own reads the running jobs' status files; one lock orders them."""
+    the display's own reads the running jobs' status files (`refresh`); one lock orders them. `run`: the
+    token this run's jobs write into their statuses (progress.RUN_ENV)."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, run: str):
         self.console = console
+        self.run = run
         self.live = console.is_interactive
         self.jobs: dict[int, Job] = {}
         self.lock = threading.Lock()
@@ -110,21 +113,22 @@ class RunDisplay:
         if log is None:  # a target rule (all): no work of its own
             return
         with self.lock:
-            job = Job(job_name(rule, wildcards), os.path.abspath(log), time.monotonic(), time.time() - 1.0)
+            job = Job(job_name(rule, wildcards), os.path.abspath(log), time.monotonic())
             self.jobs[jobid] = job
-            self.say(f"▶ {job.name}")
             if self.live:
                 if self.bars is None:
                     self.bars = self._progress()
                     self.bars.start()
                 job.task = self.bars.add_task(job.name, total=None, unit="")
+                self.bars.refresh()  # the bars as they are now, which each line printed redraws below it
+            self.say(f"▶ {job.name}")
 
     def job_finished(self, jobid: int) -> None:
         with self.lock:
             job = self._end(jobid)
             if job is None:
                 return
-            counts = (read_status(job.log, job.since) or {}).get("counts") or {}
+            counts = (read_status(job.log, self.run) or {}).get("counts") or {}
             done = f"✓ {job.name} ({time.monotonic() - job.started:.1f} s)"
             self.say(f"{done}: {counts_text(counts)}" if counts else done)
 
@@ -133,8 +137,8 @@ class RunDisplay:
         failed before its stage ran) the executor's reason and the last line of its log."""
         with self.lock:
             log = os.path.abspath(log) if log else None
-            job = self._end(jobid) or Job(rule, log, time.monotonic(), time.time() - 1.0)
-            status = read_status(job.log, job.since) if job.log else None
+            job = self._end(jobid) or Job(rule, log, time.monotonic())
+            status = read_status(job.log, self.run) if job.log else None
             if status and status.get("state") == "failed":
                 error = status["error"]
             else:
@@ -165,6 +169,7 @@ class RunDisplay:
         job = self.jobs.pop(jobid, None)
         if job is not None and job.task is not None and self.bars is not None:
             self.bars.remove_task(job.task)
+            self.bars.refresh()
         return job
 
     def _progress(self) -> Progress:
@@ -175,20 +180,28 @@ class RunDisplay:
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
+            auto_refresh=False,  # drawn on the display's events, not on a timer of rich's own
         )
 
     def _poll(self) -> None:
         while not self.stopped.wait(POLL):
-            with self.lock:
-                jobs = list(self.jobs.values())
-            statuses = [(job, read_status(job.log, job.since)) for job in jobs]  # file reads outside the lock
-            with self.lock:
-                for job, status in statuses:
-                    if status and "n" in status and job in self.jobs.values():
-                        try:
-                            self._show(job, status)
-                        except Exception:  # noqa: BLE001 - a malformed status must not end the display
-                            continue
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Read the running jobs' status files once and show what they say: the bars redrawn, or off a
+        terminal a line for each job whose progress changed."""
+        with self.lock:
+            jobs = list(self.jobs.values())
+        statuses = [(job, read_status(job.log, self.run)) for job in jobs]  # file reads outside the lock
+        with self.lock:
+            for job, status in statuses:
+                if status and "n" in status and job in self.jobs.values():
+                    try:
+                        self._show(job, status)
+                    except Exception:  # noqa: BLE001 - a malformed status must not end the display
+                        continue
+            if self.bars is not None:
+                self.bars.refresh()
 
     def _show(self, job: Job, status: dict) -> None:
         n, total, unit = status["n"], status.get("total"), status.get("unit") or "rows"

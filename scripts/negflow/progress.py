@@ -3,7 +3,11 @@ and the bar's state also goes to the job's status file, `<log>.progress`, which 
 display (`display`) reads while the job runs; at the end the file holds the job's counts or its one-line
 error, and no bar closing after that (a failed stage's, freed at exit) writes over it. The file is small
 JSON, replaced atomically and at most every INTERVAL seconds, so a bar costs no more than before; without a
-log (a library call) nothing is written, and a status that cannot be written never fails the job."""
+log (a library call) nothing is written, and a status that cannot be written never fails the job.
+
+Every status carries the token of the run that started the job (RUN_ENV, which the display sets and the
+jobs inherit, through sbatch on SLURM too): a file's mtime comes from whichever clock wrote it (a compute
+node's, a file server's), so only the token tells this run's status from an earlier run's."""
 
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from tqdm import tqdm
 
 STATUS_SUFFIX = ".progress"
 DISPLAY_ENV = "NEGFLOW_DISPLAY"  # set while the negflow command's display shows the jobs' errors itself
+RUN_ENV = "NEGFLOW_RUN"  # the display's run token, which every status the run's jobs write carries
 INTERVAL = float(os.environ.get("NEGFLOW_PROGRESS_INTERVAL", "0.5"))  # seconds between status writes
 # the counts a finished job's line shows, in this order, where its stage returns them
 SHOWN_COUNTS = ("records", "documents", "queries", "pairs", "candidates", "negatives", "judgments", "rows")
 
 _status_path: str | None = None
+_run: str | None = None
 _last_write = float("-inf")
 _ended = False
 
@@ -30,9 +36,11 @@ def status_path(log_path: str) -> str:
 
 
 def report_to(log_path: str | None) -> None:
-    """Report this job's progress beside its log from now on (stage.run_stage calls it first)."""
-    global _status_path, _last_write, _ended
+    """Report this job's progress beside its log from now on (stage.run_stage calls it first), marked with
+    the run token this job inherited, if any."""
+    global _status_path, _run, _last_write, _ended
     _status_path = None if log_path is None else status_path(log_path)
+    _run = os.environ.get(RUN_ENV) or None
     _last_write = float("-inf")  # the first update reports
     _ended = False
     _write({"state": "running"})
@@ -44,7 +52,7 @@ def _write(state: dict) -> None:
     tmp = f"{_status_path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f)
+            json.dump(state if _run is None else {**state, "run": _run}, f)
         os.replace(tmp, _status_path)
     except OSError:  # a full disk or a vanished log folder: the job's own outputs decide, not its status
         pass
@@ -68,17 +76,17 @@ def failed(error: str) -> None:
     _end({"state": "failed", "error": error})
 
 
-def read_status(log_path: str, since: float | None = None) -> dict | None:
-    """A job's status as it last wrote it, or None when there is none yet: none written, or (`since`, a
-    time.time()) only one older than that, an earlier run's."""
-    path = status_path(log_path)
+def read_status(log_path: str, run: str | None = None) -> dict | None:
+    """A job's status as it last wrote it, or None when there is none yet: none written, or (`run`, a run
+    token) only one that another run wrote, whatever its mtime."""
     try:
-        if since is not None and os.stat(path).st_mtime < since:
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(status_path(log_path), encoding="utf-8") as f:
+            status = json.load(f)
     except (OSError, ValueError):  # not written yet, or replaced while read on a filesystem without atomic renames
         return None
+    if not isinstance(status, dict) or (run is not None and status.get("run") != run):
+        return None
+    return status
 
 
 class ProgressBar(tqdm):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 
 from snakemake_interface_logger_plugins.base import LogHandlerBase
 from snakemake_interface_logger_plugins.common import LogEvent
@@ -15,10 +16,13 @@ class LogHandler(LogHandlerBase):
         from rich.console import Console
 
         from negflow.display import RunDisplay
-        from negflow.progress import DISPLAY_ENV
+        from negflow.progress import DISPLAY_ENV, RUN_ENV
 
-        os.environ[DISPLAY_ENV] = "1"  # the jobs, which inherit it, leave their one-line errors to the display
-        self.display = RunDisplay(Console(stderr=not self.common_settings.stdout))
+        # the jobs inherit both (SLURM's too: sbatch --export=ALL): they leave their one-line errors to the
+        # display and mark their statuses as this run's
+        os.environ[DISPLAY_ENV] = "1"
+        os.environ[RUN_ENV] = uuid.uuid4().hex
+        self.display = RunDisplay(Console(stderr=not self.common_settings.stdout), os.environ[RUN_ENV])
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
