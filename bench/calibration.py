@@ -26,6 +26,7 @@ a row), once per training seed (`--seeds`), nDCG@10 on SciFact `test`, on a GPU 
 
 Usage: python bench/calibration.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench-calibration]
        [--scifact [--finetune [--seeds 42,1,2] [--only auto,sentence-transformers]]]
+       python bench/calibration.py --smoke   # a few queries of each data set: checks the code path only
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
+
+from selection_vs_anchors import smoke_subset  # noqa: E402
 
 from negflow import calibration as calibration_module  # noqa: E402
 from negflow import layout  # noqa: E402
@@ -210,6 +213,9 @@ def error_parts(
         parts = " and ".join(p for p, on in (("count", count), ("pool weights", weights)) if on)
         cal = with_the_truth(candidates, relevant, default, count, weights)
         print(f"\n  with the true {parts} ({COUNT_ESTIMATOR} otherwise):")
+        if cal["choice"]["fallback"]:  # no grid estimates to compare, as in the harness
+            print(f"  {cal['choice']['reason']}")
+            continue
         print_errors(cal, measured)
 
 
@@ -367,11 +373,17 @@ def main() -> None:
     parser.add_argument(
         "--only", help="with --finetune: strategies to fine-tune on (auto, negflow, sentence-transformers)"
     )
+    parser.add_argument("--smoke", action="store_true", help="a few queries of each data set: checks the code path")
     args = parser.parse_args()
     datasets = Path(args.datasets)
     if not (datasets / "msmarco-subset").is_dir():
         sys.exit(f"{datasets}/msmarco-subset not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
     workdir = Path(args.workdir)
+    if args.smoke:
+        smoke = workdir / "smoke-data"
+        for data, split, judged in (("msmarco-subset", "test", 55), ("scifact", "train", 40)):  # msmarco-two: 17
+            smoke_subset(datasets / data, smoke / data, split, 20, 100, judged)  # queries, 34 held out (30 needed)
+        datasets = smoke
     (workdir / "harness").mkdir(parents=True, exist_ok=True)
     harness(datasets, workdir / "harness")
     if args.scifact:

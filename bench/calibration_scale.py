@@ -11,6 +11,7 @@ time should grow far slower than the queries and its memory stay flat.
 
 Usage: python bench/calibration_scale.py [--docs 300000] [--queries 100000 300000]
        [--workdir /tmp/negflow-bench-calibration-scale]
+       python bench/calibration_scale.py --smoke   # 2,000 passages, 300 and 600 queries: the code path only
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=300_000)
     parser.add_argument("--queries", type=int, nargs="+", default=[100_000, 300_000])
     parser.add_argument("--workdir", default="/tmp/negflow-bench-calibration-scale")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:
+        args.docs, args.queries = 2000, [300, 600]
     root = Path(args.workdir) / f"docs-{args.docs}"
     if not (root / "corpus-1-of-1.npy").exists():
         root.mkdir(parents=True, exist_ok=True)

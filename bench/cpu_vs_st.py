@@ -17,6 +17,7 @@ Runs 1 and 2 alternate `--repeats` times (default 2) and the fastest of each cou
 a slow spell can add a third to one run.
 
 Usage: python bench/cpu_vs_st.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench-cpu] [--repeats 2]
+       python bench/cpu_vs_st.py --smoke   # a few queries of msmarco-subset, one repeat: the code path only
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ import pyarrow.parquet as pq
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
+
+from selection_vs_anchors import smoke_subset  # noqa: E402
 
 from negflow.negatives import read_negatives  # noqa: E402
 
@@ -142,10 +145,14 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side; the fastest of each counts")
     parser.add_argument("--st-baseline-into", help=argparse.SUPPRESS)  # the baseline's own process
+    parser.add_argument("--smoke", action="store_true", help="a few queries, one repeat: checks the code path only")
     args = parser.parse_args()
     data = Path(args.datasets) / "msmarco-subset"
     if not data.is_dir():
         sys.exit(f"{data} not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
+    if args.smoke:  # the baseline's process is handed the subset's folder as --datasets
+        args.datasets, args.repeats = Path(args.workdir) / "smoke-data", 1
+        data = smoke_subset(data, args.datasets / "msmarco-subset", "test")
     if args.st_baseline_into:
         sentence_transformers_baseline(data, Path(args.st_baseline_into))
         return

@@ -5,6 +5,7 @@ job, against the baseline of a search job over an exact flat index. Prints wall 
 evict) and the search job's ratios against the flat baseline.
 
     .venv/bin/python bench/distributed_index.py [--docs 1000000] [--dim 384] [--shards 4]
+    .venv/bin/python bench/distributed_index.py --smoke   # 8,000 x 64, 2 shards: checks the code path only
 """
 
 from __future__ import annotations
@@ -75,7 +76,10 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=48)
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:  # the steps get --smoke too (sys.argv), so they see the same sizes
+        args.docs, args.dim, args.shards, args.nlist, args.m = 8000, 64, 2, 32, 8
     if args.step:
         print(json.dumps(run_step(args.step, args.workdir, args)))
         return

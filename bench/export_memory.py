@@ -8,6 +8,7 @@ in a child process; printed: its wall time and peak RSS (ru_maxrss), and the rat
 the target (within 1.2x).
 
 Usage: python bench/export_memory.py [--docs 300000] [--queries 100000 300000] [--workdir /tmp/negflow-bench-export]
+       python bench/export_memory.py --smoke   # 2,000 passages, 300 and 600 queries: the code path only
 """
 
 from __future__ import annotations
@@ -157,7 +158,10 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=300_000)
     parser.add_argument("--queries", type=int, nargs="+", default=[100_000, 300_000])
     parser.add_argument("--workdir", default="/tmp/negflow-bench-export")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:
+        args.docs, args.queries = 2000, [300, 600]
     root = Path(args.workdir) / f"docs-{args.docs}"
     rng = np.random.default_rng(0)
     if not (root / "corpus-1-of-1.npy").exists():

@@ -16,6 +16,7 @@ Targets: host path at least 200,000 rows/s, embed at least 5x the baseline's row
 share the process, data and batches; the figures are the faster of `--repeats` runs.
 
 Usage: python bench/input_pipeline.py [--rows 300000] [--workdir /tmp/negflow-bench-input] [--repeats 2]
+       python bench/input_pipeline.py --smoke   # 300 rows, one repeat: checks the code path only
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class NullModel:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
+    def eval(self):
+        """run_model puts its model in eval mode; there is nothing here to switch."""
+        return self
+
     def __call__(self, features):
         return {"sentence_embedding": features["attention_mask"][:, :1].float()}
 
@@ -141,7 +146,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--workdir", default="/tmp/negflow-bench-input")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.repeats = 300, 1
     workdir = Path(args.workdir)
     corpus = workdir / f"corpus-{args.rows}"
     if not corpus.exists():

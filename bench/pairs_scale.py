@@ -11,6 +11,7 @@ second, smaller baseline in the same run reads the same file with `json.loads` a
 the one-off script's way.
 
 Usage: python bench/pairs_scale.py [--lines 10000000] [--workdir /tmp/negflow-bench-pairs-scale]
+       python bench/pairs_scale.py --smoke   # 5,000 lines: checks the code path only
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=10_000_000)
     parser.add_argument("--workdir", default="/tmp/negflow-bench-pairs-scale")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:
+        args.lines = 5000
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     pairs = workdir / f"pairs-{args.lines}.jsonl.gz"

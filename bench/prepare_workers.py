@@ -7,6 +7,7 @@ tokenizer, in a fresh child process per run, with `workers` 1 and then 2 (what `
 the two output folders are byte-identical (target: yes).
 
 Usage: python bench/prepare_workers.py [--docs 1000000] [--workdir /tmp/negflow-bench-prepare]
+       python bench/prepare_workers.py --smoke   # 2,000 passages: checks the code path only
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="/tmp/negflow-bench-prepare")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:
+        args.docs = 2000
     data = Path(args.workdir) / f"beir-{args.docs}"
     if not (data / "qrels.tsv").exists():
         start = time.perf_counter()

@@ -12,6 +12,7 @@ Corpus: 1M x 384 seeded random unit vectors (1.5 GB as float32) in an embedding 
    is not run.)
 
 Usage: python bench/search_memory.py [--workdir /tmp/negflow-bench-memory] [--docs 1000000] [--queries 10000]
+       python bench/search_memory.py --smoke   # 5,000 passages, 300 queries: the code path only
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--child", choices=["negflow", "faiss"], help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code path only")
     args = parser.parse_args()
+    if args.smoke:
+        args.docs, args.queries = 5000, 300
     if args.child:
         child(args.child, Path(args.workdir))
         return

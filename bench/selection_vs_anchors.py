@@ -15,6 +15,7 @@ of the selected negatives (1 = the best non-positive candidate; lower is harder)
    10 sampled uniformly.
 
 Usage: python bench/selection_vs_anchors.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench]
+       python bench/selection_vs_anchors.py --smoke   # a few queries of msmarco-subset: the code path only
 """
 
 from __future__ import annotations
@@ -156,20 +157,49 @@ def flag_hn_mine(ranking: dict[str, np.ndarray], visible_row, texts, q_text, rng
     return picks
 
 
+def smoke_subset(data: Path, out: Path, split: str, queries: int = 6, docs: int = 150, judged: int = 30) -> Path:
+    """A few queries of a shared BEIR set for --smoke: the first `queries` with at most `judged` judgments,
+    every one of their judged documents and the corpus' first `docs` others, in the set's own layout (the
+    same files the full run reads, so the same code runs on them)."""
+    rows = read_qrels(data / "qrels" / f"{split}.tsv")
+    by_query: dict[str, list[tuple[str, str, int]]] = {}
+    for r in rows:
+        by_query.setdefault(r[0], []).append(r)
+    lines = [line for line in (data / "queries.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()]
+    kept = [line for line in lines if 0 < len(by_query.get(json.loads(line)["_id"], ())) <= judged][:queries]
+    kept_rows = [r for line in kept for r in by_query[json.loads(line)["_id"]]]
+    wanted = {d for _, d, _ in kept_rows}
+    corpus = []
+    for line in (data / "corpus.jsonl").read_text(encoding="utf-8").split("\n"):
+        if line.strip() and (json.loads(line)["_id"] in wanted or docs > 0):
+            docs -= json.loads(line)["_id"] not in wanted
+            corpus.append(line)
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    (out / "corpus.jsonl").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    (out / "queries.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    (out / "qrels" / f"{split}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{s}\n" for q, d, s in kept_rows)
+    )
+    return out
+
+
 def msmarco_subset_and_workdir(description: str, default_workdir: str) -> tuple[Path, Path]:
-    """The --datasets and --workdir arguments of the msmarco-subset benchmarks: that dataset's folder (or exit
-    saying how to point at it) and a work folder, created."""
+    """The --datasets, --workdir and --smoke arguments of the msmarco-subset benchmarks: that dataset's folder
+    (or exit saying how to point at it; with --smoke, a few of its queries) and a work folder, created."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--datasets", default=os.environ.get("NEGFLOW_SHARED_DATASETS", REPO.parent / "shared/datasets")
     )
     parser.add_argument("--workdir", default=default_workdir)
+    parser.add_argument("--smoke", action="store_true", help="a few queries of the data: checks the code path only")
     args = parser.parse_args()
     data = Path(args.datasets) / "msmarco-subset"
     if not data.is_dir():
         sys.exit(f"{data} not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        data = smoke_subset(data, workdir / "smoke-data" / "msmarco-subset", "test")
     return data, workdir
 
 
@@ -234,7 +264,8 @@ def main() -> None:
         print(f"{name:52s} {100 * fn:7.1f}% {rank:12.1f} {n:10d}")
     best_anchor_fn = min(fn for name, fn, _, _ in table[1:])
     flag_rank = table[-1][2]
-    print(f"\nnegflow FN rate / best anchor FN rate: {negflow['false_negative_rate'] / best_anchor_fn:.2f}x")
+    ratio = f"{negflow['false_negative_rate'] / best_anchor_fn:.2f}x" if best_anchor_fn else "- (the best is 0)"
+    print(f"\nnegflow FN rate / best anchor FN rate: {ratio}")
     print(
         f"negflow median rank / FlagEmbedding median rank: {negflow['median_rank'] / flag_rank:.2f}x (below 1 = harder)"
     )

@@ -136,6 +136,7 @@ def test_no_lease_under_slurm_for_explicit_devices_or_without_gpus(monkeypatch, 
     assert not (tmp_path / "locks").exists()
 
 
+@pytest.mark.slow  # a child process
 def test_lease_narrows_cuda_visible_devices_in_process(monkeypatch, tmp_path):
     monkeypatch.setenv("NEGFLOW_GPU_LOCK_DIR", str(tmp_path))
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

@@ -133,28 +133,99 @@ def test_empty_sets_are_counted_and_one_column_is_never_both_anchor_and_positive
     assert result["counts"]["given_negatives_read"] == 1  # `negative` is read whatever the anchor is named
 
 
-def test_ids_are_pinned_known_answers_and_carried_ids_are_kept(tmp_path):
-    """XXH3-128 of the normalised text's UTF-8, pinned as constants (the empty string's is the XXH3
-    specification's own test vector), so a change of hash or normalisation fails here; ids the data carries
-    (Tevatron's query_id and docid) are kept as given."""
+# XXH3-128 with seed 0 of the specification's sanity buffer (xsum_sanity_check.c: XSUM_fillTestBuffer and
+# XSUM_XXH128_testdata), by length: (low64, high64). One or more per input-size class of the algorithm.
+SPEC_VECTORS = {
+    0: (0x6001C324468D497F, 0x99AA06D3014798D8),  # empty
+    1: (0xC44BDFF4074EECDB, 0xA6CD5E9392000F6A),  # 1-3
+    6: (0x3E7039BDDA43CFC6, 0x082AFE0B8162D12A),  # 4-8
+    12: (0x061A192713F69AD9, 0x6E3EFD8FC7802B18),  # 9-16
+    24: (0x1E7044D28B1B901D, 0x0CE966E4678D3761),  # 17-128
+    48: (0xF942219AED80F67B, 0xA002AC4E5478227E),
+    81: (0x5E8BAFB9F95FB803, 0x4952F58181AB0042),
+    222: (0xF1AEBD597CEC6B3A, 0x337E09641B948717),  # 129-240
+    403: (0xCDEB804D65C6DEA4, 0x1B6DE21E332DD73D),  # > 240: one block, last stripe overlapping
+    512: (0x617E49599013CB6B, 0x18D2D110DCC9BCA1),
+    2048: (0xDD59E2C3A5F038E0, 0xF736557FD47073A5),  # two blocks
+    2240: (0x6E73A90539CF2948, 0xCCB134FBFA7CE49D),
+    2367: (0xCB37AEB9E5D361ED, 0xE89C0F6FF369B427),
+}
+
+# Texts whose UTF-8 falls in every size class (multi-byte and non-NFC ones included), for the ids themselves.
+ID_TEXTS = [
+    "",
+    "a",
+    "\u00e9",  # 2 bytes
+    "  Cafe\u0301 ",  # NFC and trimmed: "Caf\u00e9", 5 bytes
+    "hello world",
+    "what is a hard negative?",
+    "\u65e5\u672c\u8a9e " * 9 + "mixed",  # 95 bytes
+    "a passage of some length " * 8,  # 199 bytes, trimmed
+    "\u00fcber " * 60,  # 359 bytes
+    "word " * 300,  # 1,499 bytes
+    "\U0001f600 emoji line " * 150,  # 2,399 bytes: three blocks
+]
+
+
+def sanity_buffer(length: int) -> bytes:
+    """The specification's test input: byte i is the top byte of PRIME32 * PRIME64^i (mod 2^64)."""
+    out, state = bytearray(), 2654435761
+    for _ in range(length):
+        out.append(state >> 56)
+        state = (state * 11400714785074694797) & (2**64 - 1)
+    return bytes(out)
+
+
+def test_the_xxh3_reference_and_the_hash_negflow_calls_meet_the_specifications_vectors():
+    """The known answers come from the XXH3 specification, not from the code under test: the plain-Python
+    reference (tests/xxh3.py) and the `xxhash` package negflow hashes with both give the published
+    vector at every input-size class, so the reference can judge the ids of texts below."""
+    import xxhash
+    from xxh3 import xxh3_128_hex
+
+    data = sanity_buffer(max(SPEC_VECTORS))
+    for length, (low, high) in SPEC_VECTORS.items():
+        expected = f"{high:016x}{low:016x}"
+        assert xxh3_128_hex(data[:length]) == expected, length
+        assert xxhash.xxh3_128_hexdigest(data[:length]) == expected, length
+
+
+def test_ids_are_xxh3_128_of_the_normalised_utf8_by_an_independent_implementation(tmp_path):
+    """Every id path (text_hash, TextIndex.hex_ids, the ids read_pairs writes) equals the spec-checked
+    reference on texts of every size class, so a change of hash, seed, encoding, normalisation or digit
+    order fails here. Before, only the empty input was the specification's; the other pinned ids were the
+    code's own output, for 5, 11 and 24 bytes only. Checked against mutated code (a copy of text_ids
+    hashing with tests/xxh3.py, one constant changed): the 129-240 path's second-pass secret offset
+    (`(i - 4) * 32 + 3` -> `+ 4`) and the long path's scramble prime (PRIME32_1 -> PRIME32_2) each fail
+    this test and passed the earlier one."""
     import json
 
     import pyarrow.parquet as pq
+    from xxh3 import xxh3_128_hex
 
-    from negflow.text_ids import text_hash
+    from negflow.text_ids import TextIndex, normalise, text_hash
 
-    assert text_hash("") == "99aa06d3014798d86001c324468d497f"
+    assert normalise(ID_TEXTS[3]) == "Caf\u00e9"
+    expected = [xxh3_128_hex(normalise(t).encode("utf-8")) for t in ID_TEXTS]
+    assert [len(normalise(t).encode()) for t in ID_TEXTS] == [0, 1, 2, 5, 11, 24, 95, 199, 359, 1499, 2399]
+    assert [text_hash(normalise(t)) for t in ID_TEXTS] == expected
+    index = TextIndex()
+    rows = index.add([normalise(t) for t in ID_TEXTS])
+    assert index.hex_ids(rows).to_pylist() == expected
+
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(
-        json.dumps(["  Cafe\u0301 ", "hello world"]) + "\n" + json.dumps(["what is a hard negative?", "x"])
-    )
+    pairs.write_text("".join(json.dumps([q, "a positive"]) + "\n" for q in ID_TEXTS[1:]))
     out, _ = run(tmp_path, "hashed", pairs)
     queries = dict(zip(*pq.read_table(out.queries).to_pydict().values(), strict=True))
-    assert queries == {
-        "209ca0278414df3fb2af2d7750e7746a": "Caf\u00e9",  # NFC, trimmed
-        "6b0cba0b7ea60f0f8554ea1a9ec759f0": "what is a hard negative?",
-    }
-    assert pq.read_table(out.corpus)["_id"].to_pylist()[0] == "df8d09e93f874900a99b8775cc15b6c7"
+    assert queries == {xxh3_128_hex(normalise(t).encode()): normalise(t) for t in ID_TEXTS[1:]}
+    assert pq.read_table(out.corpus)["_id"].to_pylist() == [xxh3_128_hex(b"a positive")]
+
+
+def test_carried_ids_are_kept(tmp_path):
+    """Ids the data carries (Tevatron's query_id and docid) are kept as given, not hashed."""
+    import json
+
+    import pyarrow.parquet as pq
 
     tevatron = tmp_path / "tevatron.jsonl"
     line = {

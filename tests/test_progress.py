@@ -72,6 +72,7 @@ def test_the_end_is_the_last_word_and_a_bar_never_fails_the_job(log, tmp_path):
     assert progress.read_status(log) == {"state": "done", "counts": {"documents": 5}}
 
 
+@pytest.mark.slow  # child processes
 def test_run_stage_ends_the_status_with_counts_or_the_one_line_error(tmp_path):
     """In a process of its own, as a rule's script runs: run_stage takes over stderr."""
     script = (

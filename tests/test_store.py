@@ -23,6 +23,7 @@ def test_load_table_reads_a_saved_dataset_as_datasets_does(tmp_path):
     assert table.to_pydict() == {"length": rows["length"], "id": rows["id"]}
 
 
+@pytest.mark.slow  # prepare's worker processes
 def test_tokenizing_in_worker_processes_writes_the_same_bytes(staged, fixture_data, tiny_models, tmp_path, monkeypatch):
     """prepare and prepare_ce_pairs with three worker processes (several blocks each, written in order) write
     folders byte for byte equal to the single-process ones."""
