@@ -185,6 +185,21 @@ def export_inputs(wildcards):
     return inputs
 
 
+def model_passes(wildcards):
+    """The device and precision records of the model stages an export's numbers come from (provenance):
+    every embed shard's, and with a `ce` every score shard's."""
+    passes = {
+        "embedding_passes": gather.embed(
+            of_dataset(rules.embed.output.model_pass, wildcards)
+        )
+    }
+    if DATASETS[wildcards.dataset]["ce"] is not None:
+        passes["ce_passes"] = gather.score(
+            of_dataset(rules.score_pairs.output.model_pass, wildcards)
+        )
+    return passes
+
+
 def audit_inputs(wildcards):
     """What export reads, plus the judgments the audit measures against."""
     return export_inputs(wildcards) | {

@@ -10,6 +10,7 @@ rule embed:
     output:
         corpus=layout.embed.corpus,
         queries=layout.embed.queries,
+        model_pass=layout.embed.model_pass,
     log:
         "logs/embed/{dataset}.{scatteritem}.log",
     benchmark:

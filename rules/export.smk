@@ -1,6 +1,7 @@
 rule export_negatives:
     input:
         unpack(export_inputs),
+        unpack(model_passes),
         code=code_of("export_negatives"),
     output:
         negatives=layout.export_negatives.negatives,

@@ -26,6 +26,7 @@ rule score_pairs:
         code=code_of("score_pairs"),
     output:
         scores=layout.score_pairs.scores,
+        model_pass=layout.score_pairs.model_pass,
     log:
         "logs/score_pairs/{dataset}.{scatteritem}.log",
     benchmark:

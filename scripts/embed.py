@@ -26,6 +26,7 @@ def main(log):
         limits=BatchLimits(snakemake.resources.batch_size, snakemake.resources.batch_tokens),
         options=LoadOptions.of(s, "embedding"),
         truncate_dim=s["truncate_dim"],
+        pass_path=snakemake.output.model_pass,
     )
     return {"documents": rows[snakemake.output.corpus], "queries": rows[snakemake.output.queries]}
 

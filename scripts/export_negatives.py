@@ -23,7 +23,7 @@ def main(log):
         report_settings=settings,
         calibration=calibration,
     )
-    provenance = build_provenance(snakemake.input.manifest, snakemake.params.provenance, calibration)
+    provenance = build_provenance(snakemake.input, snakemake.params.provenance, calibration)
     write_sidecar(snakemake.output.negatives, provenance, format="negminer", rows=report["counts"]["queries_written"])
     return report["counts"]
 

@@ -23,6 +23,7 @@ def main(log):
         out_path=snakemake.output.scores,
         shard=snakemake.wildcards.scatteritem,
         options=LoadOptions.of(s, "ce"),
+        pass_path=snakemake.output.model_pass,
     )
     return {"pairs": pairs}
 

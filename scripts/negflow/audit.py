@@ -101,9 +101,11 @@ def audit(inputs: Mapping, settings: dict, batch: tuple[int, int | str], out_pat
     }
     log.info("false negatives and hardness on the same candidates:\n%s", format_table(report["strategies"]))
     if settings["audit_qrels"]:
-        from negflow.models import BatchLimits, compute_dtype, configured_embedding_model, pick_device  # torch
+        # torch, imported only when there is a retrieval pass to run
+        from negflow.models import BatchLimits, compute_dtype, configured_embedding_model, model_pass, pick_device
 
         device = pick_device(settings["device"])
+        dtype = compute_dtype(settings["embedding_dtype"], device)
         report["retrieval"] = evaluate_model(
             configured_embedding_model(settings, device),
             query_texts,
@@ -114,8 +116,8 @@ def audit(inputs: Mapping, settings: dict, batch: tuple[int, int | str], out_pat
             settings["min_positive_score"],
             BatchLimits(*batch),
             device,
-            compute_dtype(settings["embedding_dtype"], device),
-        )
+            dtype,
+        ) | {"model_pass": model_pass(device, dtype)}
         log.info(
             "retrieval quality of %s on %s: %s", settings["embedding"], settings["audit_qrels"], report["retrieval"]
         )

@@ -22,11 +22,12 @@ def embed_shard(
     limits,
     options=None,
     truncate_dim: int | None = None,
+    pass_path: str | None = None,
 ) -> dict[str, int]:
     """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
     the model's own pooling, cut to `truncate_dim`, L2-normalised so inner product = cosine. Returns rows
-    written per output."""
-    from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model
+    written per output; the device and precision it ran with go to `pass_path`."""
+    from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model, write_model_pass
     from negflow.store import load_extras, load_tokens
 
     index, count = parse_shard(shard)
@@ -60,6 +61,8 @@ def embed_shard(
             del out
         log.info("wrote %d embeddings to %s", len(part), out_path)
         written[out_path] = len(part)
+    if pass_path is not None:
+        write_model_pass(pass_path, shard, device, dtype)
     return written
 
 

@@ -61,6 +61,13 @@ def with_random_negatives(rows: dict[str, list], corpus_texts: list[str], seed: 
     return out
 
 
+def training_dtype(device):
+    """The trainer's precision: bf16 mixed precision on a GPU, fp32 on the CPU."""
+    import torch
+
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
 def train(rows: dict[str, list], settings: dict, device, out_dir: str):
     """One MultipleNegativesRankingLoss run on the full embeddings (evaluation cuts them to `truncate_dim`);
     batches never hold the same text twice (NO_DUPLICATES)."""
@@ -84,7 +91,7 @@ def train(rows: dict[str, list], settings: dict, device, out_dir: str):
         report_to="none",
         logging_steps=10,
         use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda",
+        bf16=training_dtype(device) is not None,
         dataloader_drop_last=False,
     )
     trainer = SentenceTransformerTrainer(
@@ -110,8 +117,9 @@ def finetune_report(
     work_dir: str,
 ) -> dict:
     """nDCG@10 (and MRR@10, Recall@100) before training, after training on the mined negatives, and after
-    training on random negatives, with wall times. The prompts are the ones prepare used (its manifest)."""
-    from negflow.models import configured_embedding_model, pick_device
+    training on random negatives, with wall times and the device and precision of training and evaluation.
+    The prompts are the ones prepare used (its manifest)."""
+    from negflow.models import configured_embedding_model, model_pass, pick_device
     from negflow.store import load_table
 
     device = pick_device(settings["device"])
@@ -140,7 +148,14 @@ def finetune_report(
             None,
         )
 
-    report: dict = {"training_rows": len(mined["anchor"]), "negatives_per_row": settings["finetune_negatives"]}
+    report: dict = {
+        "training_rows": len(mined["anchor"]),
+        "negatives_per_row": settings["finetune_negatives"],
+        "model_passes": {
+            "training": model_pass(device, training_dtype(device)),
+            "evaluation": model_pass(device, None),
+        },
+    }
     runs = {
         "untrained": lambda: configured_embedding_model(settings, device),
         "mined_negatives": lambda: train(mined, settings, device, f"{work_dir}/mined"),

@@ -39,7 +39,11 @@ prepare = _results(
     manifest="prepare/manifest.json",
 )
 prepare_judgments = _results(judgments="prepare/judgments.parquet")
-embed = _results(corpus="embed/corpus/{scatteritem}.npy", queries="embed/queries/{scatteritem}.npy")
+embed = _results(
+    corpus="embed/corpus/{scatteritem}.npy",
+    queries="embed/queries/{scatteritem}.npy",
+    model_pass="embed/passes/{scatteritem}.json",
+)
 train_index = _results(trained="search/index/trained.faiss")
 add_to_index = _results(part="search/index/parts/{scatteritem}.faiss")
 build_index = _results(index="search/index.faiss")
@@ -47,7 +51,7 @@ search = _results(candidates="search/candidates/{scatteritem}.parquet")
 merge_candidates = _results(candidates="search/candidates.parquet")
 compute_qrels_cosines = _results(cosines="search/qrels_cosine.parquet")
 prepare_ce_pairs = _results(pairs="score/ce_pairs")
-score_pairs = _results(scores="score/shards/{scatteritem}.parquet")
+score_pairs = _results(scores="score/shards/{scatteritem}.parquet", model_pass="score/passes/{scatteritem}.json")
 merge_scores = _results(scores="score/pair_scores.parquet")
 calibrate_selection = _results(calibration="calibrate/calibration.json")
 export_negatives = _results(

@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from negflow.errors import ConfigError
+from negflow.files import write_json
 from negflow.progress import ProgressBar
 from negflow.refs import check_model_ref, floating_reference, resolve_model_ref
 from negflow.store import same_extras
@@ -55,6 +56,27 @@ def compute_dtype(setting: str, device: torch.device) -> torch.dtype | None:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
     return DTYPES[setting]
+
+
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def model_pass(device: torch.device, dtype: torch.dtype | None) -> dict:
+    """What a model pass ran on, as resolved: `auto` settings do not say which precision made the numbers.
+    The device (a GPU by index and name), the precision, on a CPU whether bf16 ran on native units (else
+    torch emulates it), and torch's version."""
+    record = {"device": device.type, "dtype": DTYPE_NAMES[dtype]}
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        record |= {"device": f"cuda:{index}", "gpu": torch.cuda.get_device_name(index), "cuda": torch.version.cuda}
+    elif device.type == "cpu":
+        record["cpu_bf16"] = cpu_has_bf16()
+    return record | {"torch": torch.__version__}
+
+
+def write_model_pass(path: str, shard: str, device: torch.device, dtype: torch.dtype | None) -> None:
+    """A shard job's `model_pass` as an output of its own, so export's provenance can gather it."""
+    write_json(path, {"shard": shard, **model_pass(device, dtype)})
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from negflow.files import write_json
 from negflow.refs import is_local_data, resolve_model_ref
+from negflow.shards import parse_shard
 from negflow.store import read_manifest
 
 WEIGHT_FILES = re.compile(r"\.(safetensors|bin|pt|onnx)$")
@@ -75,13 +77,29 @@ def negflow_version() -> str:
         return "unknown"
 
 
-def build_provenance(manifest_path: str, settings: dict, calibration: dict | None = None) -> dict:
-    """The part shared by every export of a dataset: inputs, models, prompts, settings, and under
-    `selection: auto` the settings the calibration chose (`calibration.read_choice`)."""
-    manifest = read_manifest(manifest_path)
+def grouped_passes(paths: Iterable[str]) -> list[dict]:
+    """One model's shard jobs' records (`models.write_model_pass`), the shards that ran alike in one entry:
+    a 1000-shard run stays short, and shards that ran on another device or precision stand out."""
+    groups: dict[str, tuple[list[str], dict]] = {}  # by the record less its shard: its shards, the record
+    for path in paths:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        shard = record.pop("shard")
+        groups.setdefault(json.dumps(record, sort_keys=True), ([], record))[0].append(shard)
+    entries = [{"shards": sorted(shards, key=parse_shard), **record} for shards, record in groups.values()]
+    return sorted(entries, key=lambda entry: parse_shard(entry["shards"][0]))
+
+
+def build_provenance(inputs: Mapping, settings: dict, calibration: dict | None = None) -> dict:
+    """The part shared by every export of a dataset: inputs, models with the device and precision of each
+    of their passes, prompts, settings, and under `selection: auto` the settings the calibration chose
+    (`calibration.read_choice`). `inputs`: export's, of which the prepare `manifest`, `embedding_passes`
+    and with a `ce` `ce_passes` are read."""
+    manifest = read_manifest(inputs["manifest"])
     models = {"embedding": model_fingerprint(settings["embedding"], settings["embedding_revision"])}
+    models["embedding"]["passes"] = grouped_passes(inputs["embedding_passes"])
     if settings.get("ce"):
         models["ce"] = model_fingerprint(settings["ce"], settings["ce_revision"])
+        models["ce"]["passes"] = grouped_passes(inputs["ce_passes"])
     return {
         "negflow_version": negflow_version(),
         "inputs": manifest.inputs,

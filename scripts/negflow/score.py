@@ -74,10 +74,11 @@ def score_pairs(
     out_path: str,
     shard: str = "1-of-1",
     options=None,
+    pass_path: str | None = None,
 ) -> int:
     """Score the pairs of one contiguous shard (`I-of-N`) with the CrossEncoder's own head and activation
-    (as `predict` does)."""
-    from negflow.models import compute_dtype, load_cross_encoder, pick_device, run_model
+    (as `predict` does); the device and precision it ran with go to `pass_path`."""
+    from negflow.models import compute_dtype, load_cross_encoder, pick_device, run_model, write_model_pass
     from negflow.shards import parse_shard, shard_range
     from negflow.store import load_extras, load_table, load_tokens
 
@@ -116,6 +117,8 @@ def score_pairs(
     )
     with atomic_output(out_path) as tmp:
         pq.write_table(table, str(tmp))
+    if pass_path is not None:
+        write_model_pass(pass_path, shard, device, dtype)
     return len(part)
 
 
