@@ -114,3 +114,23 @@ def test_a_run_records_each_model_pass_in_the_sidecars(tmp_path, dataset_block, 
         assert models["ce"]["passes"] == [{"shards": ["1-of-1"], **cpu_pass("bf16")}], name
     assert json.loads((results / "embed/passes/2-of-2.json").read_text()) == {"shard": "2-of-2", **auto}
     assert json.loads((results / "audit.json").read_text())["retrieval"]["model_pass"] == auto
+
+
+def test_weights_hash_follows_every_parameter_and_its_dtype():
+    """The hash the finetune report gives each model: equal for equal weights, different after a change of
+    one value or of precision (bf16 tensors have no numpy dtype: their bytes are hashed as they are)."""
+    import torch
+
+    from negflow.provenance import weights_sha256
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    first = weights_sha256(model)
+    assert weights_sha256(model) == first and len(first) == 64
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    twin.load_state_dict(model.state_dict())
+    assert weights_sha256(twin) == first
+    with torch.no_grad():
+        twin[0].weight[2, 1] += 1e-6
+    assert weights_sha256(twin) != first
+    assert weights_sha256(model.to(torch.bfloat16)) not in (first, weights_sha256(twin))

@@ -75,13 +75,16 @@ def test_msmarco_cosines_match_direct_encode(msmarco_two):
         queries[q["_id"]] = q["text"]
     assert 40 <= len(records) <= 43
     model = SentenceTransformer(resolve_model_ref(MINILM), device="cpu")
-    # embedding_dtype auto runs bf16 on CPUs with native bf16: cosines move by up to 0.005 here (measured
-    # over 1,500 passages, doc-doc pairs); fp32 agrees to float rounding
-    atol = 1e-2 if cpu_has_bf16() else 1e-3
-    for rec in records[:12]:
-        q_emb = model.encode([queries[rec["query"]]], normalize_embeddings=True)
-        d_emb = model.encode([docs[d] for d in rec["docs"]], normalize_embeddings=True)
-        np.testing.assert_allclose(rec["query_doc_cos"], (d_emb @ q_emb[0]), atol=atol)
+    # embedding_dtype auto runs bf16 on CPUs with native bf16: over this whole run every exported cosine
+    # moved by at most 0.0035 (median 0.0007) on a 2-core EPYC with AVX512-BF16, and by 0.0040 on other
+    # data; fp32 agrees to float rounding. Every record is checked, not a sample.
+    atol = 6e-3 if cpu_has_bf16() else 1e-3
+    wanted = sorted({d for rec in records for d in rec["docs"]})
+    doc_emb = dict(zip(wanted, model.encode([docs[d] for d in wanted], normalize_embeddings=True), strict=True))
+    query_emb = model.encode([queries[rec["query"]] for rec in records], normalize_embeddings=True)
+    for rec, q_emb in zip(records, query_emb, strict=True):
+        d_emb = np.array([doc_emb[d] for d in rec["docs"]])
+        np.testing.assert_allclose(rec["query_doc_cos"], d_emb @ q_emb, atol=atol)
         n = len(rec["docs"])
         np.testing.assert_allclose(np.array(rec["doc_doc_cos"]).reshape(n, n), d_emb @ d_emb.T, atol=atol)
     full = 0

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -204,6 +205,40 @@ def test_training_files_load_and_match_the_negatives(fx_run, fixture_data):
         assert side["negflow_version"] == "0.1.0"
 
 
+def test_audit_counts_the_false_negatives_of_qrels_other_than_the_mining_ones(fx_run, dataset_block):
+    """Audit qrels that judge relevant one exported negative of each of five queries, and each one's best
+    ranked candidate that export did not select: the configured selection's replay must count exactly five
+    false negatives, sentence-transformers' `top` (ranks 1-4) at least the added first-ranked ones, and the
+    qrels change must rerun the audit alone. With the mining qrels as audit qrels `false_negatives == 0`
+    held by construction, so a count that was never incremented passed."""
+    records = read_jsonl(fx_run / "results/fx/negatives.jsonl")
+    candidates = pq.read_table(fx_run / "results/fx/search/candidates.parquet").to_pandas()
+    lines = Path(dataset_block["qrels"]).read_text(encoding="utf-8").rstrip("\n").split("\n")
+    picked = [r for r in records if 0.0 in r["doc_scores"]][:5]
+    assert len(picked) == 5
+    first_ranked = 0
+    for r in picked:
+        negative = r["docs"][r["doc_scores"].index(0.0)]
+        ranked = candidates[candidates["query_id"] == r["query"]].sort_values("rank")["doc_id"].tolist()
+        unselected = next(d for d in ranked if d not in r["docs"])
+        first_ranked += unselected == ranked[0]
+        lines += [f"{r['query']}\t{negative}\t2", f"{r['query']}\t{unselected}\t2"]
+    (fx_run / "audit.tsv").write_text("\n".join(lines) + "\n")
+    write_config(fx_run, {"fx": {**dataset_block, "audit_qrels": str(fx_run / "audit.tsv")}})
+    try:
+        assert planned_jobs(snakemake(fx_run, "-n")) == {"prepare_judgments": 1, "audit": 1, "all": 1}
+        snakemake(fx_run)
+        audit = json.loads((fx_run / "results/fx/audit.json").read_text())
+    finally:  # the module's other tests read the audit of the mining qrels
+        write_config(fx_run, {"fx": dataset_block})
+        snakemake(fx_run)
+    configured = audit["strategies"]["negflow (configured)"]
+    assert configured["false_negatives"] == 5
+    assert configured["negatives"] == sum(r["doc_scores"].count(0.0) for r in records)
+    assert configured["false_negative_rate"] == round(5 / configured["negatives"], 4)
+    assert first_ranked >= 1 and audit["strategies"]["sentence-transformers top"]["false_negatives"] >= first_ranked
+
+
 def test_audit_reports_strategies_and_retrieval_quality(fx_run):
     audit = json.loads((fx_run / "results/fx/audit.json").read_text())
     assert audit["judgments"] == {"audit_qrels": audit["judgments"]["audit_qrels"]}
@@ -336,9 +371,14 @@ def test_finetune_reports_untrained_mined_and_random(fx_run, dataset_block):
     for metric in ("ndcg@10", "mrr@10", "recall@100"):
         assert report["untrained"][metric] == pytest.approx(audit[metric], abs=2e-4)
         assert 0 <= report["mined_negatives"][metric] <= 1 and 0 <= report["random_negatives"][metric] <= 1
-    assert report["mined_negatives"]["train_seconds"] > 0 and report["random_negatives"]["train_seconds"] > 0
-    assert report["mined_negatives"] != report["untrained"]  # training changed the model
+    # training changed the model: its weights, not the wall-clock seconds the reports also hold (with
+    # `train` returning its model untouched, the old whole-dict comparison passed on the timings alone; the
+    # tiny model's figures are the same before and after training, so they cannot tell either)
+    hashes = {name: report[name]["weights_sha256"] for name in ("untrained", "mined_negatives", "random_negatives")}
+    assert len(set(hashes.values())) == 3
     assert report["settings"]["finetune_batch_size"] == 4
+    passes = {k: (v["device"], v["dtype"]) for k, v in report["model_passes"].items()}
+    assert passes == {"training": ("cpu", "fp32"), "evaluation": ("cpu", "fp32")}
     assert "finetune" not in planned_jobs(snakemake(fx_run, "-n"))  # the proof target is not part of `all`
     write_config(fx_run, {"fx": dataset_block})
 

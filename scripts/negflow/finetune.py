@@ -16,6 +16,7 @@ import numpy as np
 from negflow.evaluate import evaluate_model
 from negflow.files import write_json
 from negflow.judgments import load_judgments
+from negflow.provenance import weights_sha256
 from negflow.store import read_manifest
 from negflow.training import iter_examples
 
@@ -168,6 +169,7 @@ def finetune_report(
         metrics = evaluate(model)
         report[name] = {
             **metrics,
+            "weights_sha256": weights_sha256(model),
             "train_seconds": round(trained - start, 1),
             "eval_seconds": round(time.perf_counter() - trained, 1),
         }

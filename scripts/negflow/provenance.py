@@ -26,6 +26,19 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(model) -> str:
+    """A torch module's parameters and buffers as they are in memory (a model just trained has no file to
+    hash): each tensor's name, dtype, shape and bytes, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}:".encode())
+        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def data_fingerprint(ref: str, revision: str | None = None) -> dict:
     """A local input file with its size and hash; a local folder of a hub dataset with those of each file in
     it; a hub dataset id with its configured `revision` and, when it is cached here, the commit that resolves
