@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import snakemake, write_config
 
 from negflow.embed import embed_shard
 from negflow.models import BatchLimits, cpu_has_bf16, write_model_pass
@@ -95,25 +94,6 @@ def test_provenance_groups_alike_shards_and_shows_each_precision(staged, tiny_mo
     assert models["embedding"]["weights_sha256"]  # the fingerprint is still there
     no_ce = build_provenance({**inputs, "ce_passes": []}, {**settings, "ce": None})["models"]
     assert list(no_ce) == ["embedding"]
-
-
-@pytest.mark.slow
-def test_a_run_records_each_model_pass_in_the_sidecars(tmp_path, dataset_block, tiny_models):
-    """End to end through Snakemake: two embed shards with `embedding_dtype: auto`, one score shard in bf16.
-    The sidecars of negatives.jsonl and of the training file it feeds list the embedding passes with what
-    `auto` resolved to here and the CE pass as bf16; audit.json and the pass files say the same. Recording
-    the setting instead of the resolved dtype (embed_shard writing its `dtype_setting`, tried) fails it."""
-    block = {**dataset_block, "ce": str(tiny_models["ce"]), "train_formats": ["flag"], "device": "cpu"}
-    write_config(tmp_path, {"fx": {**block, "embedding_dtype": "auto", "ce_dtype": "bf16"}}, scatter={"embed": 2})
-    snakemake(tmp_path)
-    results = tmp_path / "results/fx"
-    auto = cpu_pass(auto_on_cpu())
-    for name in ("negatives", "train/flag"):
-        models = json.loads((results / f"{name}.provenance.json").read_text())["models"]
-        assert models["embedding"]["passes"] == [{"shards": ["1-of-2", "2-of-2"], **auto}], name
-        assert models["ce"]["passes"] == [{"shards": ["1-of-1"], **cpu_pass("bf16")}], name
-    assert json.loads((results / "embed/passes/2-of-2.json").read_text()) == {"shard": "2-of-2", **auto}
-    assert json.loads((results / "audit.json").read_text())["retrieval"]["model_pass"] == auto
 
 
 def test_weights_hash_follows_every_parameter_and_its_dtype():

@@ -95,6 +95,10 @@ def test_msmarco_cosines_match_direct_encode(msmarco_two):
         assert not set(rec["docs"][n_pos:]) & set(shown[rec["query"]])  # no shown positive is a negative
         assert max(rec["query_doc_cos"][n_pos:], default=0) <= 0.95 * min(rec["query_doc_cos"][:n_pos]) + 1e-6
     assert full >= len(records) // 2  # queries with a weak judged positive may end short, most do not
+    # the sidecar says what `embedding_dtype: auto` resolved to (setting recorded instead: tried, fails)
+    passes = json.loads((tmp_path / "results/msmarco/negatives.provenance.json").read_text())["models"]["embedding"]
+    resolved = [(p["shards"], p["device"], p["dtype"], p["cpu_bf16"]) for p in passes["passes"]]
+    assert resolved == [(["1-of-1"], "cpu", "bf16" if cpu_has_bf16() else "fp32", cpu_has_bf16())]
 
 
 def test_auto_estimates_the_false_negatives_it_was_not_shown(msmarco_two):

@@ -85,6 +85,11 @@ def test_two_gpus_two_jobs_at_once_and_shards_merge_to_the_one_shard_run(
     # devices are taken first-free, so a job only gets GPU 1 while another job holds GPU 0
     assert set(leases.values()) == {"0", "1"}
     assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
+    # provenance: each model's shards ran alike, so one pass entry each, listing both shards
+    models = json.loads((tmp_path / "results/fx/negatives.provenance.json").read_text())["models"]
+    for model in ("embedding", "ce"):
+        passes = [(p["shards"], p["device"], p["dtype"]) for p in models[model]["passes"]]
+        assert passes == [(["1-of-2", "2-of-2"], "cpu", "fp32")], model
 
 
 def test_ivf_index_trained_once_filled_per_shard_and_searched_in_batches(tmp_path, dataset_block, fx_run):
