@@ -46,13 +46,6 @@ def test_atomic_output_never_shows_a_partial_file_and_clears_a_killed_attempts_l
     assert [p.name for p in target.parent.iterdir()] == ["negatives.jsonl"]
 
 
-@pytest.mark.slow
-def test_two_runs_with_the_same_config_are_byte_identical(tmp_path, dataset_block, tiny_models, local_ce_run):
-    write_config(tmp_path, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}})
-    snakemake(tmp_path)
-    assert_same_bytes(tmp_path, local_ce_run)
-
-
 # The files one run writes along its longest chain of jobs, in the order written. Jobs beside the chain
 # (compute_qrels_cosines, audit, the other exports, plot_report) run alongside in no fixed order.
 CHAIN = [
