@@ -132,10 +132,12 @@ def finetune_report(
         raise ValueError(f"{negatives_path}: no query has {settings['finetune_negatives']} negatives to train on")
     random_rows = with_random_negatives(mined, corpus_texts, settings["seed"])
 
+    eval_dtype = None  # fp32: the figures compare models, not precisions
+
     def evaluate(model) -> dict:
         from negflow.evaluate import embed_texts
 
-        corpus_emb = embed_texts(model, corpus_texts, doc_prompt, limits, device, None)
+        corpus_emb = embed_texts(model, corpus_texts, doc_prompt, limits, device, eval_dtype)
         return evaluate_model(
             model,
             query_texts,
@@ -146,7 +148,7 @@ def finetune_report(
             settings["min_positive_score"],
             limits,
             device,
-            None,
+            eval_dtype,
         )
 
     report: dict = {
@@ -154,7 +156,7 @@ def finetune_report(
         "negatives_per_row": settings["finetune_negatives"],
         "model_passes": {
             "training": model_pass(device, training_dtype(device)),
-            "evaluation": model_pass(device, None),
+            "evaluation": model_pass(device, eval_dtype),
         },
     }
     runs = {
