@@ -19,6 +19,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     dataset=layout.DATASET_NAME,
     scatteritem=SHARD_PATTERN,
+    source=r"run_\w+",
 
 
 # Shard counts (config `scatter`, or `--set-scatter embed=8` for one run).
@@ -31,6 +32,8 @@ include: "rules/read_pairs.smk"
 include: "rules/prepare.smk"
 include: "rules/embed.smk"
 include: "rules/search.smk"
+include: "rules/bm25.smk"
+include: "rules/fuse.smk"
 include: "rules/score.smk"
 include: "rules/calibrate.smk"
 include: "rules/export.smk"

@@ -14,6 +14,7 @@ from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
 from negflow.refs import is_local_data, split_ref
 from negflow.shards import SHARD_PATTERN
+from negflow.sources import is_fused, source_name
 
 try:
     SCHEMA = load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
@@ -154,6 +155,43 @@ def candidate_shards(wildcards):
     return gather.search(of_dataset(rules.search.output.candidates, wildcards))
 
 
+def bm25_shards(wildcards):
+    return gather.search(of_dataset(rules.search_bm25.output.candidates, wildcards))
+
+
+def run_file(wildcards):
+    """The run file of the job's `{source}`."""
+    settings = DATASETS[wildcards.dataset]
+    runs = {
+        source_name(s): s["run"]
+        for s in settings["candidate_sources"]
+        if isinstance(s, dict)
+    }
+    return runs[wildcards.source]
+
+
+def source_tables(wildcards):
+    """Each candidate source's table, by source name, for fuse_candidates."""
+    tables = {}
+    for source in DATASETS[wildcards.dataset]["candidate_sources"]:
+        name = source_name(source)
+        if name == "dense":
+            path = rules.merge_candidates.output.candidates
+        elif name == "bm25":
+            path = rules.merge_bm25_candidates.output.candidates
+        else:
+            path = rules.read_run.output.candidates.replace("{source}", name)
+        tables[name] = of_dataset(path, wildcards)
+    return tables
+
+
+def candidate_table(wildcards):
+    """The candidates selection, scoring and the report read: the dense search's, or the fused sources'."""
+    if is_fused(DATASETS[wildcards.dataset]["candidate_sources"]):
+        return of_dataset(rules.fuse_candidates.output.candidates, wildcards)
+    return of_dataset(rules.merge_candidates.output.candidates, wildcards)
+
+
 def score_shards(wildcards):
     return gather.score(of_dataset(rules.score_pairs.output.scores, wildcards))
 
@@ -163,7 +201,7 @@ def selection_inputs(wildcards):
     the prepared corpus and manifest, and the cross-encoder's scores when a `ce` is configured.
     """
     inputs = {
-        "candidates": of_dataset(rules.merge_candidates.output.candidates, wildcards),
+        "candidates": candidate_table(wildcards),
         "qrels": of_dataset(rules.compute_qrels_cosines.output.cosines, wildcards),
         "corpus": embedding_shards("corpus")(wildcards),
         "queries": embedding_shards("queries")(wildcards),

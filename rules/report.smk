@@ -2,7 +2,7 @@ rule plot_report:
     input:
         negatives=rules.export_negatives.output.negatives,
         selection=rules.export_negatives.output.report,
-        candidates=rules.merge_candidates.output.candidates,
+        candidates=candidate_table,
         corpus_dir=rules.prepare.output.corpus,
         queries_dir=rules.prepare.output.queries,
         code=code_of("plot_report"),

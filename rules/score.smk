@@ -1,6 +1,6 @@
 rule prepare_ce_pairs:
     input:
-        candidates=rules.merge_candidates.output.candidates,
+        candidates=candidate_table,
         qrels=rules.compute_qrels_cosines.output.cosines,
         corpus_dir=rules.prepare.output.corpus,
         queries_dir=rules.prepare.output.queries,

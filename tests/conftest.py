@@ -223,6 +223,25 @@ def snakemake(
     return proc
 
 
+def planned_jobs(proc) -> dict[str, int]:
+    """Rule -> job count from Snakemake's 'Job stats' table (empty when nothing is to be done)."""
+    match = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\ntotal", proc.stdout + proc.stderr, re.S)
+    if not match:
+        return {}
+    return {name: int(n) for name, n in (line.split() for line in match[1].strip().splitlines())}
+
+
+# What a selection change reruns in the fx run (five training files, the report and the audit).
+SELECTION_JOBS = {
+    "export_negatives": 1,
+    "export_flag": 1,
+    "export_sentence_transformers": 4,
+    "plot_report": 1,
+    "audit": 1,
+    "all": 1,
+}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

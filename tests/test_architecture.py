@@ -10,7 +10,7 @@ LAYERS = [
     {"store"},
     {"models", "devices"},
     {"read_pairs", "pair_shapes", "beir", "prepare", "judgments", "embed", "search", "score", "candidates", "export"}
-    | {"calibration"}
+    | {"calibration", "bm25", "sources"}
     | {"training", "report", "audit", "evaluate", "finetune", "demo", "provenance"},
     {"stage"},
     {"config", "dependencies", "hooks"},

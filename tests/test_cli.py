@@ -111,6 +111,19 @@ def test_settings_are_read_by_their_schema_type_and_names_from_the_data():
     assert cli.dataset_name({"pairs": "sentence-transformers/gooaq:train"}) == "gooaq"
 
 
+def test_a_list_setting_takes_commas_and_a_run_file_source_its_absolute_path(tmp_path, monkeypatch):
+    props = setting_schemas(load_schema(REPO / "config/schema.yaml"), "dataset")
+    monkeypatch.chdir(tmp_path)
+    Path("mine.trec").write_text("q Q0 d 1 1.0 t\n")
+    settings, _ = cli.parse_settings(
+        ["--candidate-sources", "dense,bm25,run:mine.trec", "--train-formats=flag,n-tuple"], props
+    )
+    assert settings == {
+        "candidate_sources": ["dense", "bm25", {"run": str(tmp_path / "mine.trec")}],
+        "train_formats": ["flag", "n-tuple"],
+    }
+
+
 def test_the_snakemake_command_sizes_the_run(tmp_path):
     command = cli.snakemake_command(tmp_path, tmp_path / "c.yaml", cores=4, gpus=2, profile="slurm")
     assert command[:3] == [sys.executable, "-m", "snakemake"]
@@ -183,7 +196,7 @@ def test_settings_lists_every_setting_once_by_the_rule_it_reruns(capsys):
     assert cli.main(["settings"]) == 0
     listing = capsys.readouterr().out
     keys = spec["$defs"]["settings"]["properties"] | spec["$defs"]["dataset"]["properties"]
-    options = re.findall(r"^  (--[a-z-]+) \(", listing, re.M)
+    options = re.findall(r"^  (--[a-z0-9-]+) \(", listing, re.M)
     assert sorted(options) == sorted(cli.option(key) for key in keys)
     assert "  --num-negatives (integer, default 8)\n      Negatives selected per query" in listing
     assert '  --sampling (top|random|simans, default "random")' in listing

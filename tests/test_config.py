@@ -123,6 +123,27 @@ def test_precedence_defaults_top_level_override_file_dataset_block(tmp_path):
             {"datasets": {"a": {**DATA, "index": "ivfpq", "truncate_dim": 100}}},
             "config: datasets.a.ivfpq_m: 64 must divide truncate_dim 100",
         ),
+        (
+            {"datasets": {"a": {**DATA, "candidate_sources": ["dense", "bm25", "dense"]}}},
+            "config: datasets.a.candidate_sources: each source may be listed once (got dense, bm25, dense)",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "candidate_sources": ["dense", {"run": "nowhere.trec"}]}}},
+            "config: datasets.a.candidate_sources: run file nowhere.trec not found",
+        ),
+        (
+            {"datasets": {"a": {"pairs": "p.jsonl", "candidate_sources": [{"run": "r.trec"}]}}},
+            "config: datasets.a.candidate_sources: a run file names query ids, and a pairs dataset's queries",
+        ),
+        ({"datasets": {"a": {**DATA, "candidate_sources": ["splade"]}}}, "datasets.a.candidate_sources.0:"),
+        (
+            {"datasets": {"a": {**DATA, "candidate_sources": ["bm25"], "bm25_stemmer": "klingon"}}},
+            "config: datasets.a.bm25_stemmer: 'klingon' is not a Snowball stemmer (arabic,",
+        ),
+        (
+            {"datasets": {"a": {**DATA, "candidate_sources": ["bm25"], "bm25_stopwords": "xx"}}},
+            "config: datasets.a.bm25_stopwords: 'xx' is not a stopword list bm25s has",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(config, message):

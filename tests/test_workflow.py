@@ -13,30 +13,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_same_negatives, copy_workflow, read_jsonl, snakemake, write_config
+from conftest import (
+    SELECTION_JOBS,
+    assert_same_negatives,
+    copy_workflow,
+    planned_jobs,
+    read_jsonl,
+    snakemake,
+    write_config,
+)
 
 from negflow.store import ShardedEmbeddings
 
 pytestmark = pytest.mark.slow  # every test here runs Snakemake or the real model
-
-
-def planned_jobs(proc) -> dict[str, int]:
-    """Rule -> job count from Snakemake's 'Job stats' table (empty when nothing is to be done)."""
-    match = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\ntotal", proc.stdout + proc.stderr, re.S)
-    if not match:
-        return {}
-    return {name: int(n) for name, n in (line.split() for line in match[1].strip().splitlines())}
-
-
-# What a selection change reruns in the fx run (five training files, the report and the audit).
-SELECTION_JOBS = {
-    "export_negatives": 1,
-    "export_flag": 1,
-    "export_sentence_transformers": 4,
-    "plot_report": 1,
-    "audit": 1,
-    "all": 1,
-}
 
 
 @pytest.fixture(scope="module")

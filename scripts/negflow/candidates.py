@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negflow import layout
-from negflow.files import SortedRows, read_parquet
+from negflow.files import SortedRows, open_parquet, read_parquet
 from negflow.grades import GIVEN_NEGATIVE
 from negflow.selection import (
     SCORE_FILTERS,
@@ -32,6 +32,7 @@ from negflow.selection import (
     lists_given_negatives,
     select_query,
 )
+from negflow.sources import fused_sources, rank_column
 from negflow.store import ShardedEmbeddings, load_table
 
 PAD_DRAWS = 8  # rounds of random corpus draws before a query is left short
@@ -100,6 +101,7 @@ class QueryCandidates:
     given_ids: list[str]
     given_cos: np.ndarray
     given_ce: np.ndarray | None
+    cand_sources: np.ndarray | None = None  # with several candidate sources: (candidates x sources) returned-by
     _scores: dict[str, QueryScores] = field(default_factory=dict, repr=False)
 
     def scores(self, score_name: str) -> QueryScores:
@@ -155,6 +157,8 @@ class Candidates:
             raise ValueError("selection_score 'ce' needs cross-encoder scores")
         self.score_name = score_name
         self.has_ce = scores_path is not None
+        # the candidate sources of a fused table (negflow.sources), in their listed order; [] for dense alone
+        self.source_names = fused_sources(open_parquet(candidates_path).schema_arrow)
 
         qrels = read_parquet(qrels_path)
         order = np.argsort(qrels["query_row"].to_numpy(), kind="stable")  # keeps qrels order within a query
@@ -224,7 +228,10 @@ class Candidates:
     def iterate(self, only: np.ndarray | None = None) -> Iterator[QueryCandidates]:
         """The queries in row order; `only`: just these query rows. The files are still read front to back,
         but the embeddings, hashes and ids of the queries left out are never gathered (the costly part)."""
-        candidates = SortedRows(self.candidates_path, "query_row", ["query_row", "doc_row", "doc_id", "rank", "cosine"])
+        source_columns = [rank_column(name) for name in self.source_names]
+        candidates = SortedRows(
+            self.candidates_path, "query_row", ["query_row", "doc_row", "doc_id", "rank", "cosine", *source_columns]
+        )
         scores = (
             SortedRows(self.scores_path, "query_row", ["query_row", "doc_row", "ce_score"]) if self.has_ce else None
         )
@@ -241,6 +248,9 @@ class Candidates:
                 m, t = (x if x is None else x.filter(np.isin(x["query_row"].to_numpy(), rows)) for x in (m, t))
             m_query, m_doc_row, m_rank, m_cos = (m[c].to_numpy() for c in ("query_row", "doc_row", "rank", "cosine"))
             m_doc_id = m["doc_id"].to_pylist()
+            m_sources = None
+            if source_columns:
+                m_sources = np.column_stack([pc.is_valid(m[c]).to_numpy(zero_copy_only=False) for c in source_columns])
             m_bounds = {q: (a, b) for q, a, b in group_bounds(m_query)}
             ce = None
             if t is not None:
@@ -274,6 +284,7 @@ class Candidates:
                     given_ids=self.g_doc_id[ga:gb].to_pylist(),
                     given_cos=self.g_cos[ga:gb].astype(np.float64),
                     given_ce=ce.get(q, given_rows) if ce else None,
+                    cand_sources=None if m_sources is None else m_sources[ma:mb],
                 )
 
     def select(self, query: QueryCandidates, s: SelectionSettings) -> QuerySelection:

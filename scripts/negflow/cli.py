@@ -39,6 +39,7 @@ STARTER_SETTINGS = (
     "short_queries",
     "query_prompt",
     "index",
+    "candidate_sources",
     "train_formats",
     "audit_qrels",
 )
@@ -96,11 +97,16 @@ def list_settings(spec: dict) -> str:
 
 def setting_value(prop: dict, text: str):
     """A command-line value read by its setting's schema: a string setting (or an enum of strings) takes
-    the text as given (`"query: "`, `"#x"`), or `null` where none is allowed; any other is read as YAML
-    (numbers, true, null, [a, b], {k: v}), and what does not parse is left as text for the schema check
-    to name."""
+    the text as given (`"query: "`, `"#x"`), or `null` where none is allowed; a list also as `a,b`; any
+    other is read as YAML (numbers, true, null, [a, b], {k: v}), and what does not parse is left as text
+    for the schema check to name."""
     types = prop.get("type")
     types = set(types) if isinstance(types, list) else {types}
+    if "array" in types and not text.lstrip().startswith("["):  # a list as `a,b`; `run:FILE` is a run file source
+        return [
+            {"run": local_or_ref(item[len("run:") :])} if item.startswith("run:") else setting_value({}, item)
+            for item in text.split(",")
+        ]
     enum = prop.get("enum")
     if "string" in types or (enum and all(isinstance(v, str) for v in enum if v is not None)):
         return None if text == "null" and ("null" in types or (enum and None in enum)) else text

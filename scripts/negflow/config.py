@@ -15,6 +15,7 @@ from negflow.errors import ConfigError
 from negflow.layout import DATASET_NAME_RULE, is_dataset_name
 from negflow.refs import check_model_ref, is_hub_model, is_local_data, resolve_data_ref
 from negflow.selection import SelectionSettings
+from negflow.sources import source_names
 
 
 def load_schema(path: str | os.PathLike) -> dict:
@@ -123,6 +124,7 @@ def dataset_settings(config: dict, schema: dict, overrides_dir: str | os.PathLik
         if merged["selection_score"] == "ce" and merged["ce"] is None:
             raise ConfigError(f"config: datasets.{name}.selection_score: 'ce' needs a cross-encoder in 'ce'")
         check_model_settings(merged, f"datasets.{name}")
+        merged["candidate_sources"] = check_candidate_sources(merged, f"datasets.{name}")
         try:
             SelectionSettings.from_settings(merged)
         except ValueError as e:
@@ -198,6 +200,46 @@ def check_data_sources(block: dict, where: str) -> None:
         raise ConfigError(
             f"config: {where}: needs corpus, queries and qrels (missing {', '.join(missing)}), or a pairs file"
         )
+
+
+def check_candidate_sources(settings: dict, where: str) -> list:
+    """The candidate sources with each run file's path resolved under `data_root`: each source once, run
+    files that exist (and only on BEIR data: a pairs dataset's query ids are hashes no run file names), and
+    a stemmer and stopword list bm25s knows."""
+    sources = [
+        s if isinstance(s, str) else {"run": resolve_data_ref(s["run"], settings["data_root"])}
+        for s in settings["candidate_sources"]
+    ]
+    names = source_names(sources)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"config: {where}.candidate_sources: each source may be listed once (got {', '.join(names)})")
+    for source in sources:
+        if isinstance(source, dict):
+            if settings["pairs"] is not None:
+                raise ConfigError(
+                    f"config: {where}.candidate_sources: a run file names query ids, and a pairs dataset's queries "
+                    "have none but hashes of their text; use run files with BEIR queries"
+                )
+            if not os.path.isfile(source["run"]):
+                raise ConfigError(f"config: {where}.candidate_sources: run file {source['run']} not found")
+    if "bm25" in sources:
+        import Stemmer
+
+        if settings["bm25_stemmer"] and settings["bm25_stemmer"] not in Stemmer.algorithms():
+            raise ConfigError(
+                f"config: {where}.bm25_stemmer: {settings['bm25_stemmer']!r} is not a Snowball stemmer "
+                f"({', '.join(Stemmer.algorithms())})"
+            )
+        from bm25s.tokenization import Tokenizer
+
+        try:
+            Tokenizer(stopwords=settings["bm25_stopwords"] or None)
+        except ValueError:
+            raise ConfigError(
+                f"config: {where}.bm25_stopwords: {settings['bm25_stopwords']!r} is not a stopword list bm25s has "
+                "(en, de, nl, fr, es, pt, it, ru, sv, no, zh, tr, ko, da, or their English names)"
+            ) from None
+    return sources
 
 
 def check_corpus_size(ref: str, candidates: int, where: str) -> None:

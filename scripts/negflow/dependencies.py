@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from negflow.selection import SELECTION_KEYS
+from negflow.sources import is_fused
 
 EMBEDDING_MODEL = [  # what decides the embedding model's vectors, for the rules that run it
     "embedding",
@@ -20,6 +21,8 @@ EMBEDDING_MODEL = [  # what decides the embedding model's vectors, for the rules
     "embedding_seq_len",
     "truncate_dim",
 ]
+
+BM25_SETTINGS = ["bm25_k1", "bm25_b", "bm25_stemmer", "bm25_stopwords"]  # the bm25 source's index and words
 
 # The settings each rule's output depends on, by rule name. They go into the rule's `params:`, so changing
 # one reruns that rule and everything downstream of it, and nothing upstream. Every other schema key says
@@ -56,6 +59,10 @@ RULE_SETTINGS = {
     "train_index": ["index"],
     "build_index": ["index"],
     "search": ["candidates", "index", "device"],
+    "index_bm25": BM25_SETTINGS,
+    "search_bm25": [*BM25_SETTINGS, "candidates", "candidates_per_source"],
+    "read_run": ["candidates", "candidates_per_source"],
+    "fuse_candidates": ["candidate_sources"],
     "prepare_ce_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_seq_len"],
     "score_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_model_kwargs", "ce_seq_len", "ce_dtype", "device"],
     "export_negatives": ["selection", "selection_score", *SELECTION_KEYS],
@@ -108,6 +115,8 @@ def rule_settings(rule: str, settings: dict) -> dict[str, Any]:
     keys = list(RULE_SETTINGS[rule])
     if rule in ("train_index", "build_index", "search"):
         keys += INDEX_SETTINGS[settings["index"]]
+    if rule == "search" and settings["candidates_per_source"] is not None:
+        keys.append("candidates_per_source")  # the dense source's share of a fused list
     if rule == "prepare" and settings["audit_holdout"]:
         keys.append("seed")  # the seed picks which positive stays visible
     if rule == "read_pairs" and settings["max_pairs"] is not None:
@@ -137,6 +146,9 @@ def provenance_settings(settings: dict) -> dict[str, Any]:
     """Every setting that changes the negatives, as configured (a pairs dataset's reading settings first;
     the calibration's only under `selection: auto`)."""
     rules = ("read_pairs", *PROVENANCE_RULES) if settings["pairs"] is not None else PROVENANCE_RULES
+    if is_fused(settings["candidate_sources"]):  # the default [dense] records what it always did
+        bm25 = ("search_bm25",) if "bm25" in settings["candidate_sources"] else ()
+        rules = (*rules[: rules.index("search") + 1], *bm25, "fuse_candidates", *rules[rules.index("search") + 1 :])
     if settings["selection"] != "auto":
         rules = tuple(rule for rule in rules if rule != "calibrate_selection")
     keys = [key for rule in rules for key in RULE_SETTINGS[rule]] + INDEX_SETTINGS[settings["index"]]

@@ -118,7 +118,8 @@ def mine_hard_negatives(
     `model` and `cross_encoder` may be hub ids, folders, or loaded models (saved once into
     the cache under the hash of their files). Any negflow setting may be given as a keyword argument
     (`index="hnsw"`, `positive_doc_margin=None`, `seed=7`, `selection="auto", fn_budget=0.05` to let the
-    run's own data choose the filters and sampler, ...); `name` names the dataset under
+    run's own data choose the filters and sampler, `candidate_sources=["dense", "bm25"]` to pool BM25's
+    candidates with the model's, ...); `name` names the dataset under
     `cache_folder/results/`, `cores` and `gpus` size the run.
 
     Where negflow differs, on purpose:

@@ -63,6 +63,9 @@ def export_negatives(
             chosen, padded = picked.chosen, picked.padded
             counts["queries"] += 1
             counts["candidates"] += len(query.cand_rows)
+            if query.cand_sources is not None:
+                for name, n in zip(candidates.source_names, query.cand_sources.sum(axis=0).tolist(), strict=True):
+                    counts[f"source_candidates_{name}"] += n
             counts["given_negatives"] += given
             for reason, n in picked.dropped.items():
                 counts[f"dropped_{reason}"] += n
@@ -85,6 +88,15 @@ def export_negatives(
                 ce = _rounded(list(query.pos_ce) + list(query.given_ce) + neg_ce)
                 dist["positive_ce"].frombytes(query.pos_ce.astype(np.float64).tobytes())
                 dist["negative_ce"].frombytes(query.cand_ce[chosen].astype(np.float64).tobytes())
+            sources = None
+            if query.cand_sources is not None:
+                returned = query.cand_sources[chosen]
+                names = candidates.source_names
+                sources = [[] for _ in range(len(query.pos_ids) + given)]
+                sources += [[n for n, hit in zip(names, row, strict=True) if hit] for row in returned.tolist()]
+                sources += [[] for _ in padded]
+                for name, n in zip(names, returned.sum(axis=0).tolist(), strict=True):
+                    counts[f"source_negatives_{name}"] += n
             record = NegativesRecord(
                 query=query.query_id,
                 docs=query.pos_ids
@@ -95,6 +107,7 @@ def export_negatives(
                 query_doc_cos=_rounded(np.r_[query.pos_cos, query.given_cos, neg_cos]),
                 doc_doc_cos=_rounded((emb @ emb.T).ravel()),
                 query_doc_ce=ce,
+                doc_sources=sources,
             )
             out.write(record.to_json() + "\n")
             counts["queries_written"] += 1
@@ -123,6 +136,11 @@ def export_negatives(
         "distributions": {name: quantiles(np.frombuffer(v)) for name, v in dist.items() if len(v)},
         "settings": report_settings,
     }
+    if candidates.source_names:  # a negative counts under every source that returned it
+        report["sources"] = {
+            name: {"candidates": counts[f"source_candidates_{name}"], "negatives": counts[f"source_negatives_{name}"]}
+            for name in candidates.source_names
+        }
     if calibration is not None:
         report["calibration"] = calibration
     write_json(report_path, report)

@@ -20,6 +20,9 @@ class NegativesRecord:
     query_doc_cos: list[float]
     doc_doc_cos: list[float]  # len(docs) x len(docs), row by row
     query_doc_ce: list[float | None] | None = None  # with a cross-encoder; None for a padded negative
+    # with candidate sources other than the dense search alone: per document, the sources that returned it
+    # ([] for positives, given negatives and padding)
+    doc_sources: list[list[str]] | None = None
 
     @property
     def n_positives(self) -> int:
@@ -43,6 +46,8 @@ class NegativesRecord:
         if self.query_doc_ce is not None:
             fields["query_doc_ce"] = self.query_doc_ce
         fields["doc_doc_cos"] = self.doc_doc_cos
+        if self.doc_sources is not None:
+            fields["doc_sources"] = self.doc_sources
         return json.dumps(fields, ensure_ascii=False)
 
     @classmethod

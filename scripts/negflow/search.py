@@ -40,6 +40,45 @@ CANDIDATES_SCHEMA = pa.schema(
 )
 
 
+def per_source(settings: dict) -> int:
+    """Candidates each source (this search, bm25, a run file) returns per query: `candidates_per_source`,
+    else `candidates`."""
+    return settings.get("candidates_per_source") or settings["candidates"]
+
+
+class RankedLists:
+    """One block of queries' ranked candidate lists, gathered into a table of `schema` (the dense search's,
+    whose score is `cosine`, or another source's, whose score is `score`): ranks count from 1 per query."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.query_ids: list[str] = []
+        self.query_rows: list[np.ndarray] = []
+        self.doc_rows: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+
+    def add(self, query_row: int, query_id: str, doc_rows: np.ndarray, scores: np.ndarray) -> None:
+        self.query_ids += [query_id] * len(doc_rows)
+        self.query_rows.append(np.full(len(doc_rows), query_row, dtype=np.int32))
+        self.doc_rows.append(np.asarray(doc_rows, dtype=np.int64))
+        self.scores.append(np.asarray(scores, dtype=np.float32))
+
+    def table(self, doc_ids: pa.Array) -> pa.Table:
+        """The lists, with the documents' ids from the corpus id column."""
+        doc_rows = np.concatenate(self.doc_rows) if self.doc_rows else np.zeros(0, dtype=np.int64)
+        ranks = [np.arange(1, len(rows) + 1, dtype=np.int32) for rows in self.doc_rows]
+        empty = np.zeros(0, dtype=np.int32)
+        columns = [
+            pa.array(self.query_ids, pa.string()),
+            doc_ids.take(doc_rows),
+            np.concatenate(self.query_rows) if self.query_rows else empty,
+            doc_rows,
+            np.concatenate(ranks) if ranks else empty,
+            np.concatenate(self.scores) if self.scores else np.zeros(0, dtype=np.float32),
+        ]
+        return pa.table(columns, schema=self.schema)
+
+
 def empty_index(corpus: ShardedEmbeddings, kind: str, settings: dict):
     """A CPU FAISS inner-product index, trained where the kind needs it, with no vectors yet."""
     import faiss
@@ -261,7 +300,7 @@ def search_shard(
     max_excluded = max((len(v) for v in excluded.values()), default=0)
     part = shard_range(len(queries), *parse_shard(shard))
 
-    candidates = settings["candidates"]
+    candidates = per_source(settings)
     if len(corpus) <= candidates:  # local corpora are refused before any job; a hub corpus is sized here
         raise InputError(
             f"{corpus_dir}: {candidates} candidates per query asked for, but the corpus holds only {len(corpus)} "
@@ -314,21 +353,15 @@ def search_shard(
                 rows = exact_top_k(block, corpus.chunks(chunk_rows), k, "cuda" if use_gpu else "cpu")
             else:
                 _, rows = index.search(block, k)
-            cols: dict[str, list] = {name: [] for name in CANDIDATES_SCHEMA.names}
+            lists = RankedLists(CANDIDATES_SCHEMA)
             for offset, q in enumerate(block_rows.tolist()):
                 kept_rows, kept_scores = top_candidates(
                     block[offset], rows[offset], excluded.get(q, set()), corpus, candidates
                 )
                 short += len(kept_rows) < candidates
                 total += len(kept_rows)
-                cols["query_id"] += [query_ids[q]] * len(kept_rows)
-                cols["doc_id"].append(kept_rows)
-                cols["query_row"] += [q] * len(kept_rows)
-                cols["doc_row"] += kept_rows.tolist()
-                cols["rank"] += list(range(1, len(kept_rows) + 1))
-                cols["cosine"] += kept_scores.tolist()
-            cols["doc_id"] = doc_ids.take(np.concatenate(cols["doc_id"]) if cols["doc_id"] else [])
-            writer.write_table(pa.table(cols, schema=CANDIDATES_SCHEMA))
+                lists.add(q, query_ids[q], kept_rows, kept_scores)
+            writer.write_table(lists.table(doc_ids))
             corpus.release()  # the rerank's random reads mapped pages of the corpus; they stay in the page cache
             bar.update(len(block_rows))
     log.info("%d candidates for %d queries; %d queries got fewer than %d", total, len(part), short, candidates)
@@ -344,10 +377,12 @@ def qrels_rows(qrels_dir: str, query_ids: list[str]) -> tuple[np.ndarray, np.nda
 
 
 def merge_candidates(shard_paths: list[str], out_path: str) -> dict[str, int]:
-    """Concatenate the search shards, in query order, into every query's candidates."""
+    """Concatenate the search shards (the dense search's or bm25's), in query order, into every query's
+    candidates."""
     shard_paths = in_shard_order(shard_paths)
     total = 0
-    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), CANDIDATES_SCHEMA) as writer:
+    schema = open_parquet(shard_paths[0]).schema_arrow
+    with atomic_output(out_path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for path in shard_paths:
             for batch in open_parquet(path).iter_batches():
                 writer.write_batch(batch)

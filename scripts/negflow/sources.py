@@ -1,0 +1,251 @@
+"""Candidates from more than one retriever (`candidate_sources`): the sources' names, a run file read as a
+source, and the fusion of every source's candidates into the one table selection reads.
+
+A source's table holds, per query in query order, the documents it returned with its own rank and score
+(`bm25.SOURCE_SCHEMA`; the dense search's `cosine` is its score). The fused table is the union per query,
+ordered by reciprocal rank fusion, RRF(d) = sum over the sources that returned d of 1 / (RRF_K + rank):
+ties by the first listed source's rank, then the next's, then corpus row. Its `rank` is that fused rank
+(what `range_min`/`range_max` and hardness read) and its `cosine` the run's embedding cosine, exact for
+every candidate: the dense search's value where it returned the document, else computed from the
+embedding shards, nothing re-embedded. Each source keeps its rank and score (`rank_NAME`, `score_NAME`,
+null where it did not return the document)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from negflow.bm25 import SOURCE_SCHEMA
+from negflow.errors import InputError
+from negflow.files import SortedRows, atomic_output
+from negflow.progress import ProgressBar
+from negflow.search import CANDIDATES_SCHEMA, exact_cosines, exclusions_by_query, qrels_rows
+from negflow.store import ShardedEmbeddings, load_table
+
+log = logging.getLogger("negflow")
+
+DENSE = "dense"
+RRF_K = 60  # Cormack, Clarke and Buettcher (2009): the constant their experiments settled on, as in most uses
+FUSE_BLOCK = 4_096  # queries fused at once
+
+
+def source_name(source: str | dict) -> str:
+    """The name a source's columns and `doc_sources` carry: `dense`, `bm25`, or `run_<file stem>` (letters,
+    digits and '_')."""
+    if isinstance(source, str):
+        return source
+    return "run_" + re.sub(r"[^A-Za-z0-9_]", "_", Path(source["run"]).stem)
+
+
+def source_names(sources: list) -> list[str]:
+    return [source_name(s) for s in sources]
+
+
+def is_fused(sources: list) -> bool:
+    """Whether selection reads a fused table: any list but the default `[dense]`, whose run is unchanged."""
+    return source_names(sources) != [DENSE]
+
+
+def rank_column(name: str) -> str:
+    return f"rank_{name}"
+
+
+def score_column(name: str) -> str:
+    return f"score_{name}"
+
+
+def fused_sources(schema: pa.Schema) -> list[str]:
+    """The source names of a candidates table, in their listed order; [] for the dense search's own table."""
+    return [name[len("rank_") :] for name in schema.names if name.startswith("rank_")]
+
+
+def _run_lines(path: str):
+    """(line number, query id, doc id, rank, score) of a TREC run (`qid Q0 docid rank score tag`, whitespace
+    separated) or a JSONL run (`{"query_id", "doc_id", "score"}`, `rank` optional) line by line; a
+    malformed line is refused with its file:line."""
+    jsonl = Path(path).suffix in (".jsonl", ".json")
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                if jsonl:
+                    row = json.loads(line)
+                    q, d, score = str(row["query_id"]), str(row["doc_id"]), float(row["score"])
+                    rank = int(row.get("rank", 0))
+                else:
+                    fields = line.split()
+                    if len(fields) != 6:
+                        raise ValueError(f"{len(fields)} fields, a TREC run line has 6: qid Q0 docid rank score tag")
+                    q, d, rank, score = fields[0], fields[2], int(fields[3]), float(fields[4])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+                raise InputError(f"{path}:{number}: not a run line ({what})") from None
+            if score != score:
+                raise InputError(f"{path}:{number}: score is NaN")
+            yield number, q, d, rank, score
+
+
+def read_run(
+    path: str, queries_dir: str, corpus_dir: str, qrels_dir: str, candidates: int, out_path: str
+) -> dict[str, int]:
+    """A run file a user already has, as a candidate source: per query its `candidates` best documents by
+    score (ties by the file's rank, then corpus row), the query's qrels documents left out as every source
+    does. A query or document the dataset does not hold is refused with the file:line that names it,
+    before anything is written."""
+    lines, qids, dids, ranks, scores = [], [], [], [], []
+    for number, q, d, rank, score in _run_lines(path):
+        lines.append(number)
+        qids.append(q)
+        dids.append(d)
+        ranks.append(rank)
+        scores.append(score)
+    query_ids = load_table(queries_dir, ["id"])["id"]
+    doc_ids = load_table(corpus_dir, ["id"])["id"]
+    q_rows = pc.index_in(pa.array(qids, pa.string()), value_set=query_ids).to_numpy(zero_copy_only=False)
+    d_rows = pc.index_in(pa.array(dids, pa.string()), value_set=doc_ids).to_numpy(zero_copy_only=False)
+    for rows, ids, what in ((q_rows, qids, "query"), (d_rows, dids, "document")):
+        unknown = np.flatnonzero(np.isnan(rows)) if rows.dtype.kind == "f" else np.array([], dtype=np.int64)
+        if len(unknown):
+            i = int(unknown[0])
+            raise InputError(
+                f"{path}:{lines[i]}: {what} {ids[i]!r} is not in the dataset's {what} table "
+                f"({len(unknown)} lines name an unknown {what})"
+            )
+    q_rows, d_rows = q_rows.astype(np.int64), d_rows.astype(np.int64)
+    scores_arr, ranks_arr = np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64)
+    excluded = exclusions_by_query(*qrels_rows(qrels_dir, query_ids.to_pylist())[:2])
+    keep = np.array(
+        [d not in excluded.get(q, ()) for q, d in zip(q_rows.tolist(), d_rows.tolist(), strict=True)], dtype=bool
+    )
+    # one line per (query, document): a repeated pair keeps its best score
+    order = np.lexsort((d_rows, ranks_arr, -scores_arr, q_rows))
+    order = order[keep[order]]
+    pair = q_rows[order] * len(doc_ids) + d_rows[order]
+    _, first = np.unique(pair, return_index=True)
+    order = order[np.sort(first)]
+    q_sorted = q_rows[order]
+    starts = np.searchsorted(q_sorted, q_sorted, side="left")
+    rank = np.arange(len(order)) - starts + 1
+    order, rank = order[rank <= candidates], rank[rank <= candidates]
+    table = pa.table(
+        {
+            "query_id": query_ids.take(q_rows[order]),
+            "doc_id": doc_ids.take(d_rows[order]),
+            "query_row": pa.array(q_rows[order], pa.int32()),
+            "doc_row": pa.array(d_rows[order], pa.int64()),
+            "rank": pa.array(rank, pa.int32()),
+            "score": pa.array(scores_arr[order], pa.float32()),
+        },
+        schema=SOURCE_SCHEMA,
+    )
+    with atomic_output(out_path) as tmp:
+        pq.write_table(table, str(tmp))
+    counts = {
+        "lines": len(lines),
+        "queries": len(np.unique(q_sorted)),
+        "candidates": table.num_rows,
+        "dropped_qrels_documents": int((~keep).sum()),
+    }
+    log.info("run %s: %s", path, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts
+
+
+FUSED_EXTRA = [("rrf", pa.float64())]
+
+
+def fused_schema(names: list[str]) -> pa.Schema:
+    fields = list(CANDIDATES_SCHEMA) + [pa.field(n, t) for n, t in FUSED_EXTRA]
+    for name in names:
+        fields += [pa.field(rank_column(name), pa.int32()), pa.field(score_column(name), pa.float32())]
+    return pa.schema(fields)
+
+
+def fuse_candidates(
+    source_paths: dict[str, str], corpus_shards: list[str], query_shards: list[str], out_path: str
+) -> dict[str, int]:
+    """The union of every source's candidates per query, ranked by reciprocal rank fusion (module
+    docstring), with the exact embedding cosine of each; `source_paths` in the configured order."""
+    names = list(source_paths)
+    corpus, queries = ShardedEmbeddings(corpus_shards), ShardedEmbeddings(query_shards)
+    readers = {
+        name: SortedRows(
+            path,
+            "query_row",
+            ["query_id", "doc_id", "query_row", "doc_row", "rank", "cosine" if name == DENSE else "score"],
+        )
+        for name, path in source_paths.items()
+    }
+    schema = fused_schema(names)
+    counts = {"candidates": 0, "computed_cosines": 0} | {f"from_{name}": 0 for name in names}
+    with (
+        atomic_output(out_path) as tmp,
+        pq.ParquetWriter(str(tmp), schema) as writer,
+        ProgressBar(total=len(queries), desc="fuse", unit=" queries", mininterval=5) as bar,
+    ):
+        for start in range(0, len(queries), FUSE_BLOCK):
+            stop = min(start + FUSE_BLOCK, len(queries))
+            parts = [readers[name].below(stop) for name in names]
+            writer.write_table(_fuse_block(names, parts, corpus, queries, schema, counts))
+            bar.update(stop - start)
+    log.info("fused %s: %s", " + ".join(names), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts
+
+
+def _fuse_block(names, parts, corpus, queries, schema, counts) -> pa.Table:
+    """One block of queries: every source's rows there, merged per (query, document)."""
+    q = np.concatenate([p["query_row"].to_numpy().astype(np.int64) for p in parts])
+    d = np.concatenate([p["doc_row"].to_numpy() for p in parts])
+    src = np.concatenate([np.full(p.num_rows, i, dtype=np.int64) for i, p in enumerate(parts)])
+    rank = np.concatenate([p["rank"].to_numpy().astype(np.int64) for p in parts])
+    score = np.concatenate([p.column(5).to_numpy().astype(np.float32) for p in parts])
+    query_id = pa.chunked_array([c for p in parts for c in p["query_id"].chunks], pa.string())
+    doc_id = pa.chunked_array([c for p in parts for c in p["doc_id"].chunks], pa.string())
+    order = np.lexsort((src, d, q))
+    q, d, src, rank, score = q[order], d[order], src[order], rank[order], score[order]
+    new = np.r_[True, (q[1:] != q[:-1]) | (d[1:] != d[:-1])] if len(q) else np.zeros(0, dtype=bool)
+    pair = np.cumsum(new) - 1  # each row's (query, document) pair
+    n = int(new.sum())
+    ranks = np.full((len(names), n), -1, dtype=np.int64)
+    scores = np.full((len(names), n), np.nan, dtype=np.float32)
+    ranks[src, pair], scores[src, pair] = rank, score
+    returned = ranks >= 0
+    rrf = np.where(returned, 1.0 / (RRF_K + np.where(returned, ranks, 0)), 0.0).sum(axis=0)
+    uq, ud = q[new], d[new]
+    first = order[new]  # a row of each pair in the block's concatenation, for its ids
+    cosine = np.full(n, np.nan, dtype=np.float32)
+    if DENSE in names:
+        i = names.index(DENSE)
+        cosine[returned[i]] = scores[i][returned[i]]
+    missing = np.flatnonzero(np.isnan(cosine))
+    if len(missing):
+        cosine[missing] = exact_cosines(queries.take(uq[missing]), corpus.take(ud[missing]))
+    counts["computed_cosines"] += len(missing)
+    big = np.iinfo(np.int64).max
+    keys = [ud] + [np.where(returned[i], ranks[i], big) for i in reversed(range(len(names)))] + [-rrf, uq]
+    fused = np.lexsort(keys)
+    uq_sorted = uq[fused]
+    fused_rank = np.arange(n) - np.searchsorted(uq_sorted, uq_sorted, side="left") + 1
+    columns = {
+        "query_id": query_id.take(pa.array(first[fused])),
+        "doc_id": doc_id.take(pa.array(first[fused])),
+        "query_row": pa.array(uq_sorted, pa.int32()),
+        "doc_row": pa.array(ud[fused], pa.int64()),
+        "rank": pa.array(fused_rank, pa.int32()),
+        "cosine": pa.array(cosine[fused], pa.float32()),
+        "rrf": pa.array(rrf[fused], pa.float64()),
+    }
+    for i, name in enumerate(names):
+        got = returned[i][fused]
+        columns[rank_column(name)] = pa.array(ranks[i][fused], pa.int32(), mask=~got)
+        columns[score_column(name)] = pa.array(scores[i][fused], pa.float32(), mask=~got)
+        counts[f"from_{name}"] += int(got.sum())
+    counts["candidates"] += n
+    return pa.table(columns, schema=schema)

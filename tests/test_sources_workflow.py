@@ -1,0 +1,88 @@
+"""Candidate sources through Snakemake: dense, bm25 and a run file fused in a run whose searches are
+sharded, what each setting reruns, and negatives that say which source found them."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import REPO, SELECTION_JOBS, planned_jobs, read_jsonl, snakemake, write_config
+
+from negflow.bm25 import search_bm25
+from negflow.config import load_schema, setting_defaults
+from negflow.sources import fuse_candidates
+
+pytestmark = pytest.mark.slow  # runs Snakemake
+
+
+def test_dense_bm25_and_a_run_file_fused_over_sharded_searches(tmp_path, dataset_block, fixture_data):
+    qrels = [line.split("\t") for line in fixture_data["qrels"].read_text().splitlines()[1:]]
+    corpus = [json.loads(line)["_id"] for line in fixture_data["corpus"].read_text().splitlines()]
+    query = qrels[0][0]
+    judged = {d for q, d, _ in qrels if q == query}
+    mine = [d for d in corpus[50:] if d not in judged][:3]
+    run_lines = [f"{query} Q0 {d} {i + 1} {3 - i} x\n" for i, d in enumerate(mine)]
+    run_lines.append(f"{query} Q0 {sorted(judged)[0]} 1 9 x\n")  # a judged document: never a candidate
+    run = tmp_path / "mine.trec"
+    run.write_text("".join(run_lines))
+    sources = ["dense", "bm25", {"run": str(run)}]
+    block = {**dataset_block, "candidate_sources": sources, "candidates": 20}
+    write_config(tmp_path, {"fx": block}, scatter={"embed": 2, "search": 2})
+    snakemake(tmp_path)
+    results = tmp_path / "results" / "fx"
+    assert sorted(p.name for p in (results / "bm25" / "candidates").iterdir()) == ["1-of-2.parquet", "2-of-2.parquet"]
+
+    # the fused table is what the library makes of the one-shard sources: sharding changes nothing
+    one_shard = tmp_path / "one-shard"
+    one_shard.mkdir()
+    dirs = [str(results / "prepare" / p) for p in ("queries", "corpus", "qrels")]
+    defaults = setting_defaults(load_schema(REPO / "config" / "schema.yaml"))
+    search_bm25(str(results / "bm25" / "index"), *dirs, defaults, 20, str(one_shard / "bm25.parquet"))
+    embeddings = {p: sorted(str(f) for f in (results / "embed" / p).glob("*.npy")) for p in ("corpus", "queries")}
+    tables = {
+        "dense": str(results / "search" / "candidates.parquet"),
+        "bm25": str(one_shard / "bm25.parquet"),
+        "run_mine": str(results / "runs" / "run_mine.parquet"),
+    }
+    fuse_candidates(tables, embeddings["corpus"], embeddings["queries"], str(one_shard / "fused.parquet"))
+    fused = pq.read_table(results / "fuse" / "candidates.parquet")
+    assert fused.equals(pq.read_table(one_shard / "fused.parquet"))
+
+    # the run file's documents are candidates of its query, found by it alone or with another source
+    rows = fused.filter(np.asarray(fused["query_id"].to_pylist()) == query).to_pylist()
+    assert [r["doc_id"] for r in rows if r["rank_run_mine"] is not None] == mine
+    assert [r["rank_run_mine"] for r in rows if r["rank_run_mine"] is not None] == [1, 2, 3]
+
+    # every negative lists the sources that returned it, and selection.json counts them
+    sources_of = {
+        (r["query_id"], r["doc_id"]): [s for s in ("dense", "bm25", "run_mine") if r[f"rank_{s}"]]
+        for r in fused.to_pylist()
+    }
+    negatives = 0
+    for record in read_jsonl(results / "negatives.jsonl"):
+        n_pos = sum(1 for s in record["doc_scores"] if s >= 1)
+        assert record["doc_sources"][:n_pos] == [[]] * n_pos
+        for doc, listed in zip(record["docs"][n_pos:], record["doc_sources"][n_pos:], strict=True):
+            assert listed == sources_of[(record["query"], doc)]
+            negatives += 1
+    report = json.loads((results / "selection.json").read_text())
+    assert set(report["sources"]) == {"dense", "bm25", "run_mine"}
+    assert report["sources"]["run_mine"]["candidates"] == 3
+    assert report["sources"]["dense"]["candidates"] == 16 * 20  # every query's 20 dense candidates
+    assert sum(v["negatives"] for v in report["sources"].values()) >= negatives == report["counts"]["negatives"]
+    assert report["sources"]["bm25"]["negatives"] > 0
+
+    def plan(**changes):
+        write_config(tmp_path, {"fx": {**block, **changes}}, scatter={"embed": 2, "search": 2})
+        return planned_jobs(snakemake(tmp_path, "-n"))
+
+    fusion = {"fuse_candidates": 1, **SELECTION_JOBS}
+    assert plan() == {}
+    bm25 = {"index_bm25": 1, "search_bm25": 2, "merge_bm25_candidates": 1}
+    assert plan(bm25_k1=1.2) == {**bm25, **fusion}  # only BM25's rules and what follows them
+    assert plan(bm25_stopwords=None) == {**bm25, **fusion}
+    per_source = {"search": 2, "merge_candidates": 1, "search_bm25": 2, "merge_bm25_candidates": 1, "read_run": 1}
+    assert plan(candidates_per_source=10) == {**per_source, **fusion}
+    assert plan(candidate_sources=["bm25", "dense"]) == fusion  # another order, another fusion tie-break
+    run.write_text(run.read_text() + f"{query} Q0 {corpus[-5]} 4 0 x\n")
+    assert plan() == {"read_run": 1, **fusion}
