@@ -58,6 +58,14 @@ BENCHES = {  # bench: (reads ../shared/datasets, has --workdir, what its output 
         ],
     ),
     "prepare_workers.py": (False, True, [rf"2 workers / 1: {NUMBER}x", r"output folders byte-identical: yes"]),
+    "sources.py": (
+        True,
+        True,
+        [
+            rf"dense\+bm25 +all +\d+ +{NUMBER}% +{NUMBER}% +{NUMBER} +{NUMBER} +\d+",
+            rf" +bm25 +\d+ +{NUMBER}%",
+        ],
+    ),
     "search_memory.py": (False, True, [rf"negflow peak RSS / embedding matrix: {NUMBER}x"]),
     "selection_vs_anchors.py": (
         True,

@@ -83,3 +83,20 @@ def test_the_summary_says_why_a_run_has_no_negatives():
     assert page.startswith('<p style="color:#a00"><b>Warning:</b> no negative survived selection')
     assert "max_score dropped 10;" in page
     assert "Warning" not in summary_html({**selection, "counts": {**counts, "negatives": 3}}, 50, "ds")
+
+
+def test_a_run_with_several_sources_shows_them_per_negative_and_in_the_counts():
+    from negflow.negatives import NegativesRecord
+    from negflow.report import examples_html, summary_html
+
+    record = NegativesRecord(
+        "q1", ["p1", "n1"], [1.0, 0.0], [0.9, 0.5], [1, 0.2, 0.2, 1], None, [[], ["dense", "bm25"]]
+    )
+    page = examples_html([record], {"n1": "first negative"}, {"q1": "what?"}, "ds")
+    assert "<b>n1</b> (cos 0.500, from dense + bm25)<br>first negative" in page
+    counts = {"queries": 2, "queries_written": 2, "candidates": 10, "negatives": 4, "given_negatives": 0}
+    counts |= {"queries_short": 0, "queries_dropped": 0, "padded": 0}
+    sources = {"dense": {"candidates": 8, "negatives": 3}, "bm25": {"candidates": 6, "negatives": 2}}
+    page = summary_html({"selection_score": "cosine", "counts": counts, "dropped": {}, "sources": sources}, 50, "ds")
+    assert "<tr><td>bm25</td><td>6</td><td>2</td><td>50.0%</td></tr>" in page
+    assert "per source" not in summary_html({"selection_score": "cosine", "counts": counts, "dropped": {}}, 50, "ds")

@@ -86,3 +86,22 @@ def test_dense_bm25_and_a_run_file_fused_over_sharded_searches(tmp_path, dataset
     assert plan(candidate_sources=["bm25", "dense"]) == fusion  # another order, another fusion tie-break
     run.write_text(run.read_text() + f"{query} Q0 {corpus[-5]} 4 0 x\n")
     assert plan() == {"read_run": 1, **fusion}
+    run.write_text("".join(run_lines))
+
+    # the audit counts false negatives by source: judgments that call three negatives relevant
+    picked = [
+        (r["query"], d, src)
+        for r in read_jsonl(results / "negatives.jsonl")
+        for d, src in zip(r["docs"], r["doc_sources"], strict=True)
+        if src
+    ]
+    marked = [next(p for p in picked if "dense" in p[2]), *[p for p in picked if p[2] == ["bm25"]][:2]]
+    audit_qrels = tmp_path / "audit.tsv"
+    audit_qrels.write_text(fixture_data["qrels"].read_text() + "".join(f"{q}\t{d}\t1\n" for q, d, _ in marked))
+    write_config(tmp_path, {"fx": {**block, "audit_qrels": str(audit_qrels)}}, scatter={"embed": 2, "search": 2})
+    snakemake(tmp_path)
+    configured = json.loads((results / "audit.json").read_text())["strategies"]["negflow (configured)"]
+    assert configured["false_negatives"] == 3
+    for source in ("dense", "bm25", "run_mine"):
+        assert configured["sources"][source]["false_negatives"] == sum(source in src for _, _, src in marked)
+        assert configured["sources"][source]["negatives"] == sum(source in src for _, _, src in picked)

@@ -33,6 +33,9 @@ def audit_selection(
 ) -> dict[str, dict]:
     """Replay each strategy on every audited query (one with judgments); count false negatives and ranks."""
     stats = {name: {"negatives": 0, "false_negatives": 0, "ranks": [], "short": 0, "padded": 0} for name in strategies}
+    # with several candidate sources: each strategy's negatives and false negatives by the source that
+    # returned them (a negative two sources returned counts under both)
+    by_source = {name: {s: [0, 0] for s in candidates.source_names} for name in strategies}
     audited = 0
     bar = ProgressBar(total=len(candidates), desc="replay", unit=" queries", mininterval=5)
     for query in candidates:
@@ -53,6 +56,12 @@ def audit_selection(
             st["negatives"] += len(chosen)
             st["false_negatives"] += sum(d in truth for d in chosen)
             st["ranks"] += query.cand_ranks[picked.chosen].tolist()
+            if query.cand_sources is not None:
+                false = np.array([query.cand_ids[i] in truth for i in picked.chosen.tolist()], dtype=bool)
+                returned = query.cand_sources[picked.chosen]
+                for j, source in enumerate(candidates.source_names):
+                    by_source[name][source][0] += int(returned[:, j].sum())
+                    by_source[name][source][1] += int((returned[:, j] & false).sum())
     bar.close()
     report = {}
     for name, st in stats.items():
@@ -64,6 +73,15 @@ def audit_selection(
             "mean_rank": round(float(ranks.mean()), 2) if len(ranks) else None,
             "settings": asdict(strategies[name]),
         }
+        if candidates.source_names:
+            report[name]["sources"] = {
+                source: {
+                    "negatives": n,
+                    "false_negatives": f,
+                    "false_negative_rate": round(f / n, 4) if n else None,
+                }
+                for source, (n, f) in by_source[name].items()
+            }
     log.info("audited %d queries", audited)
     return {"queries_audited": audited, "strategies": report}
 

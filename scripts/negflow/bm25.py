@@ -115,7 +115,7 @@ def search_bm25(
             lists = RankedLists(SOURCE_SCHEMA)
             if has_terms:
                 found, scores = retriever.retrieve(
-                    [tokens[i] for i in has_terms], k=k, show_progress=False, n_threads=threads
+                    [tokens[i] for i in has_terms], k=k, show_progress=False, n_threads=threads if threads > 1 else 0
                 )
                 for i, hits, hit_scores in zip(has_terms, found, scores, strict=True):
                     q = int(rows[i])

@@ -260,6 +260,24 @@ def summary_html(selection: dict, documents: int, dataset: str) -> str:
     ]
     drops = list(selection["dropped"].items())
     n_cand = max(1, counts["candidates"])
+    sources = selection.get("sources", {})
+    by_source = ""
+    if sources:  # candidate_sources other than the dense search alone
+        by_source = (
+            "<h3>candidates and negatives per source (one two sources returned counts under both)</h3>"
+            + _table(
+                [
+                    (
+                        html.escape(name),
+                        f"{v['candidates']:,}",
+                        f"{v['negatives']:,}",
+                        f"{100 * v['negatives'] / max(1, counts['negatives']):.1f}%",
+                    )
+                    for name, v in sources.items()
+                ],
+                ("source", "candidates", "negatives", "of negatives"),
+            )
+        )
     warning = no_negatives_warning(selection)
     calibration = selection.get("calibration")
     return (
@@ -272,6 +290,7 @@ def summary_html(selection: dict, documents: int, dataset: str) -> str:
             [(html.escape(k), f"{v:,}", f"{100 * v / n_cand:.1f}%") for k, v in drops],
             ("filter", "dropped", "of candidates"),
         )
+        + by_source
     )
 
 
@@ -284,6 +303,8 @@ def _doc_cell(record: NegativesRecord, i: int, texts: dict[str, str]) -> str:
     score = f"cos {record.query_doc_cos[i]:.3f}"
     if record.query_doc_ce and record.query_doc_ce[i] is not None:
         score += f", CE {record.query_doc_ce[i]:.3f}"
+    if record.doc_sources and record.doc_sources[i]:
+        score += ", from " + " + ".join(record.doc_sources[i])
     doc = record.docs[i]
     return f"<b>{html.escape(doc)}</b> ({score})<br>{html.escape(shorten(texts.get(doc, '')))}"
 

@@ -1,0 +1,150 @@
+"""The bm25 source at scale: negflow's index_bm25 and search_bm25 (the rules' library calls, on prepared
+Arrow tables) against bm25s used directly in one process on the same texts (a Python list of the corpus,
+bm25s.tokenize, BM25.index, BM25.retrieve), on synthetic passages. Each side runs in a process of its
+own, so its peak RSS is its own; the same stemmer, stopwords, k1, b and candidates (100) on both.
+
+Passages: 30-80 words drawn from a Zipf distribution over 50,000 made-up words; queries 3-8 words.
+
+Usage: python bench/bm25_scale.py [--sizes 300000,1000000] [--queries 10000] [--workdir /tmp/negflow-bench-bm25]
+       python bench/bm25_scale.py --smoke   # 3,000 passages, 200 queries: checks the code path only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "scripts")]
+
+SETTINGS = {"bm25_k1": 1.5, "bm25_b": 0.75, "bm25_stemmer": "english", "bm25_stopwords": "en"}
+CANDIDATES = 100
+VOCABULARY = 50_000
+
+
+def texts(n: int, low: int, high: int, seed: int) -> list[str]:
+    """n synthetic texts of low..high Zipf-distributed made-up words."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(low, high + 1, size=n)
+    words = np.minimum(rng.zipf(1.2, size=int(lengths.sum())), VOCABULARY) - 1
+    names = np.array([f"w{i:x}q" for i in range(VOCABULARY)], dtype=object)
+    tokens = names[words]
+    ends = np.cumsum(lengths)
+    return [" ".join(tokens[end - length : end]) for end, length in zip(ends, lengths, strict=True)]
+
+
+def write_prepared(folder: Path, table: pa.Table) -> None:
+    """A table in prepare's layout (Arrow stream files listed in state.json), as the stages read it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with pa.ipc.new_stream(str(folder / "data-00000-of-00001.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+
+
+def make_data(workdir: Path, size: int, queries: int) -> Path:
+    folder = workdir / f"data-{size}"
+    if (folder / "qrels" / "state.json").exists():
+        return folder
+    docs = texts(size, 30, 80, 1)
+    write_prepared(folder / "corpus", pa.table({"id": [f"d{i}" for i in range(size)], "text": docs}))
+    asked = texts(queries, 3, 8, 2)
+    write_prepared(folder / "queries", pa.table({"id": [f"q{i}" for i in range(queries)], "text": asked}))
+    empty = {"query_id": pa.string(), "doc_id": pa.string(), "doc_row": pa.int64(), "score": pa.int32()}
+    qrels = pa.table({**{k: pa.array([], t) for k, t in empty.items()}, "positive": pa.array([], pa.bool_())})
+    write_prepared(folder / "qrels", qrels)
+    return folder
+
+
+def run_negflow(data: Path, out: Path) -> dict:
+    from negflow.bm25 import index_bm25, search_bm25
+
+    start = time.perf_counter()
+    index_bm25(str(data / "corpus"), SETTINGS, str(out / "index"))
+    indexed = time.perf_counter()
+    search_bm25(
+        str(out / "index"),
+        str(data / "queries"),
+        str(data / "corpus"),
+        str(data / "qrels"),
+        SETTINGS,
+        CANDIDATES,
+        str(out / "candidates.parquet"),
+    )
+    return {"index": indexed - start, "search": time.perf_counter() - indexed}
+
+
+def run_bm25s(data: Path, out: Path) -> dict:
+    import bm25s
+    import Stemmer
+
+    from negflow.store import load_table
+
+    corpus = load_table(data / "corpus", ["text"])["text"].to_pylist()
+    queries = load_table(data / "queries", ["text"])["text"].to_pylist()
+    stemmer = Stemmer.Stemmer(SETTINGS["bm25_stemmer"])
+    start = time.perf_counter()
+    retriever = bm25s.BM25(k1=SETTINGS["bm25_k1"], b=SETTINGS["bm25_b"])
+    retriever.index(bm25s.tokenize(corpus, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    indexed = time.perf_counter()
+    tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, show_progress=False)
+    retriever.retrieve(tokens, k=CANDIDATES, show_progress=False)
+    return {"index": indexed - start, "search": time.perf_counter() - indexed}
+
+
+def child(side: str, data: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    times = (run_negflow if side == "negflow" else run_bm25s)(data, out)
+    times["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(times))
+
+
+def measure(side: str, data: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", side, "--data", str(data), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="300000,1000000")
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--workdir", default="/tmp/negflow-bench-bm25")
+    parser.add_argument("--smoke", action="store_true", help="3,000 passages, 200 queries: the code path only")
+    parser.add_argument("--child", choices=["negflow", "bm25s"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, Path(args.data), Path(args.out))
+        return
+    sizes = [3_000] if args.smoke else [int(v) for v in args.sizes.split(",")]
+    queries = 200 if args.smoke else args.queries
+    workdir = Path(args.workdir)
+    print(f"{'passages':>10s} {'side':>8s} {'index docs/s':>13s} {'search queries/s':>17s} {'peak RSS MB':>12s}")
+    for size in sizes:
+        data = make_data(workdir, size, queries)
+        got = {side: measure(side, data, workdir / f"{side}-{size}") for side in ("negflow", "bm25s")}
+        for side, r in got.items():
+            print(
+                f"{size:10,d} {side:>8s} {size / r['index']:13,.0f} {queries / r['search']:17,.0f} "
+                f"{r['peak_rss_mb']:12,.0f}"
+            )
+        n, b = got["negflow"], got["bm25s"]
+        print(
+            f"{size:10,d} negflow / bm25s: index time {n['index'] / b['index']:.2f}x, search time "
+            f"{n['search'] / b['search']:.2f}x, peak RSS {n['peak_rss_mb'] / b['peak_rss_mb']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
