@@ -14,13 +14,14 @@ from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
 from negflow.refs import is_local_data, split_ref
 from negflow.shards import SHARD_PATTERN
-from negflow.sources import is_fused, source_name
+from negflow.sources import is_fused, model_source_datasets, source_name
 
 try:
     SCHEMA = load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
     DATASETS = dataset_settings(
         config, SCHEMA, os.path.join(workflow.basedir, "config", "datasets")
     )
+    DATASETS |= model_source_datasets(DATASETS)  # a second model's own prepare/embed/search
     SCATTER = scatter_counts(config, SCHEMA)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -63,6 +64,8 @@ def all_outputs():
     and tables, and the audit when it has something to measure against."""
     targets = []
     for name, settings in sorted(DATASETS.items()):
+        if "model_source_of" in settings:
+            continue  # a candidate source: its dataset's fusion asks for what it needs
         files = [
             rules.export_negatives.output.negatives,
             rules.export_negatives.output.report,
@@ -179,6 +182,10 @@ def source_tables(wildcards):
             path = rules.merge_candidates.output.candidates
         elif name == "bm25":
             path = rules.merge_bm25_candidates.output.candidates
+        elif name.startswith("model_"):  # its own dataset's search
+            path = rules.merge_candidates.output.candidates.replace(
+                "{dataset}", f"{wildcards.dataset}.{name}"
+            )
         else:
             path = rules.read_run.output.candidates.replace("{source}", name)
         tables[name] = of_dataset(path, wildcards)

@@ -24,6 +24,8 @@ rule fuse_candidates:
         unpack(source_tables),
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
+        corpus_dir=rules.prepare.output.corpus,
+        queries_dir=rules.prepare.output.queries,
         code=code_of("fuse_candidates"),
     output:
         candidates=layout.fuse_candidates.candidates,

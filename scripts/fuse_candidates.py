@@ -15,6 +15,8 @@ def main(log):
         {name: snakemake.input[name] for name in names},
         list(snakemake.input.corpus),
         list(snakemake.input.queries),
+        snakemake.input.corpus_dir,
+        snakemake.input.queries_dir,
         snakemake.output.candidates,
     )
 

@@ -169,7 +169,8 @@ def test_fusion_is_the_union_by_reciprocal_rank_with_exact_cosines(staged, tmp_p
         str(tmp_path / "index"), *(str(out / p) for p in ("queries", "corpus", "qrels")), BM25, 10, str(tmp_path / "b")
     )
     sources = {"dense": str(out / "candidates.parquet"), "bm25": str(tmp_path / "b")}
-    counts = fuse_candidates(sources, paths["corpus"], paths["queries"], str(tmp_path / "fused.parquet"))
+    dirs = [str(out / "corpus"), str(out / "queries")]
+    counts = fuse_candidates(sources, paths["corpus"], paths["queries"], *dirs, str(tmp_path / "fused.parquet"))
     fused = pq.read_table(tmp_path / "fused.parquet").to_pylist()
     tables = {name: pq.read_table(path).to_pylist() for name, path in sources.items()}
     corpus, queries = ShardedEmbeddings(paths["corpus"]), ShardedEmbeddings(paths["queries"])

@@ -44,7 +44,8 @@ def test_dense_bm25_and_a_run_file_fused_over_sharded_searches(tmp_path, dataset
         "bm25": str(one_shard / "bm25.parquet"),
         "run_mine": str(results / "runs" / "run_mine.parquet"),
     }
-    fuse_candidates(tables, embeddings["corpus"], embeddings["queries"], str(one_shard / "fused.parquet"))
+    prepared = [str(results / "prepare" / p) for p in ("corpus", "queries")]
+    fuse_candidates(tables, embeddings["corpus"], embeddings["queries"], *prepared, str(one_shard / "fused.parquet"))
     fused = pq.read_table(results / "fuse" / "candidates.parquet")
     assert fused.equals(pq.read_table(one_shard / "fused.parquet"))
 
@@ -105,3 +106,54 @@ def test_dense_bm25_and_a_run_file_fused_over_sharded_searches(tmp_path, dataset
     for source in ("dense", "bm25", "run_mine"):
         assert configured["sources"][source]["false_negatives"] == sum(source in src for _, _, src in marked)
         assert configured["sources"][source]["negatives"] == sum(source in src for _, _, src in picked)
+
+
+def test_a_second_model_is_a_source_with_its_own_embed_and_search(tmp_path, dataset_block, tiny_models):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    second = SentenceTransformer(str(tiny_models["embedder"]), device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for weight in second.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    second.save(str(tmp_path / "second"))
+    source = {"model": str(tmp_path / "second"), "query_prompt": "q: "}
+    block = {**dataset_block, "candidate_sources": ["dense", source], "candidates": 10, "train_formats": []}
+    write_config(tmp_path, {"fx": block})
+    snakemake(tmp_path)
+    own = tmp_path / "results" / "fx.model_second"
+    assert not (own / "negatives.jsonl").exists()  # a source runs up to its search, nothing after
+    assert json.loads((own / "prepare" / "manifest.json").read_text())["query_prompt"] == "q: "
+    theirs = pq.read_table(own / "search" / "candidates.parquet").to_pylist()
+    fused = pq.read_table(tmp_path / "results" / "fx" / "fuse" / "candidates.parquet").to_pylist()
+    found = {(r["query_row"], r["doc_row"]): r for r in fused}
+    assert all(found[(r["query_row"], r["doc_row"])]["rank_model_second"] == r["rank"] for r in theirs)
+    assert all(found[(r["query_row"], r["doc_row"])]["score_model_second"] == r["cosine"] for r in theirs)
+    only_theirs = [r for r in fused if r["rank_dense"] is None]
+    assert only_theirs  # the second model finds documents the first does not rank in its 10
+    corpus = np.concatenate([np.load(p) for p in sorted((tmp_path / "results/fx/embed/corpus").glob("*.npy"))])
+    queries = np.concatenate([np.load(p) for p in sorted((tmp_path / "results/fx/embed/queries").glob("*.npy"))])
+    for r in only_theirs:  # the run's own model's cosine, not the source's
+        direct = float(corpus[r["doc_row"]].astype(np.float64) @ queries[r["query_row"]].astype(np.float64))
+        assert r["cosine"] == pytest.approx(direct, abs=1e-6)
+    by_id = {(r["query_id"], r["doc_id"]): r for r in fused}
+    listed = 0
+    for record in read_jsonl(tmp_path / "results/fx/negatives.jsonl"):
+        first = sum(1 for grade in record["doc_scores"] if grade >= 1)
+        for doc, found in zip(record["docs"][first:], record["doc_sources"][first:], strict=True):
+            row = by_id[(record["query"], doc)]
+            assert found == [s for s in ("dense", "model_second") if row[f"rank_{s}"] is not None]
+            listed += "model_second" in found
+    assert listed > 0
+
+    write_config(tmp_path, {"fx": {**block, "candidate_sources": ["dense", {**source, "query_prompt": "query: "}]}})
+    assert planned_jobs(snakemake(tmp_path, "-n")) == {
+        "prepare": 1,  # the second model's, not the run's
+        "prepare_judgments": 1,
+        "embed": 1,
+        "search": 1,
+        "merge_candidates": 1,
+        "fuse_candidates": 1,
+        **{job: n for job, n in SELECTION_JOBS.items() if not job.startswith("export_") or job == "export_negatives"},
+    }

@@ -15,7 +15,7 @@ from negflow.errors import ConfigError
 from negflow.layout import DATASET_NAME_RULE, is_dataset_name
 from negflow.refs import check_model_ref, is_hub_model, is_local_data, resolve_data_ref
 from negflow.selection import SelectionSettings
-from negflow.sources import source_names
+from negflow.sources import model_source_settings, source_names
 
 
 def load_schema(path: str | os.PathLike) -> dict:
@@ -204,17 +204,20 @@ def check_data_sources(block: dict, where: str) -> None:
 
 def check_candidate_sources(settings: dict, where: str) -> list:
     """The candidate sources with each run file's path resolved under `data_root`: each source once, run
-    files that exist (and only on BEIR data: a pairs dataset's query ids are hashes no run file names), and
-    a stemmer and stopword list bm25s knows."""
+    files that exist (and only on BEIR data: a pairs dataset's query ids are hashes no run file names), a
+    second model that could load with its options, and a stemmer and stopword list bm25s knows."""
     sources = [
-        s if isinstance(s, str) else {"run": resolve_data_ref(s["run"], settings["data_root"])}
+        {"run": resolve_data_ref(s["run"], settings["data_root"])} if isinstance(s, dict) and "run" in s else s
         for s in settings["candidate_sources"]
     ]
     names = source_names(sources)
     if len(set(names)) != len(names):
         raise ConfigError(f"config: {where}.candidate_sources: each source may be listed once (got {', '.join(names)})")
     for source in sources:
-        if isinstance(source, dict):
+        if isinstance(source, dict) and "model" in source:
+            check_model_ref(source["model"], f"{where}.candidate_sources", "embedding")
+            check_model_settings(model_source_settings(settings, source), f"{where}.candidate_sources")
+        elif isinstance(source, dict):
             if settings["pairs"] is not None:
                 raise ConfigError(
                     f"config: {where}.candidate_sources: a run file names query ids, and a pairs dataset's queries "

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negflow.bm25 import SOURCE_SCHEMA
-from negflow.errors import InputError
+from negflow.errors import ConfigError, InputError
 from negflow.files import SortedRows, atomic_output
 from negflow.progress import ProgressBar
 from negflow.search import CANDIDATES_SCHEMA, exact_cosines, exclusions_by_query, qrels_rows
@@ -37,11 +37,61 @@ FUSE_BLOCK = 4_096  # queries fused at once
 
 
 def source_name(source: str | dict) -> str:
-    """The name a source's columns and `doc_sources` carry: `dense`, `bm25`, or `run_<file stem>` (letters,
-    digits and '_')."""
+    """The name a source's columns and `doc_sources` carry: `dense`, `bm25`, `run_<file stem>` or
+    `model_<the model's last path part>` (letters, digits and '_')."""
     if isinstance(source, str):
         return source
-    return "run_" + re.sub(r"[^A-Za-z0-9_]", "_", Path(source["run"]).stem)
+    if "run" in source:
+        return "run_" + re.sub(r"[^A-Za-z0-9_]", "_", Path(source["run"]).stem)
+    return "model_" + re.sub(r"[^A-Za-z0-9_]", "_", source["model"].rstrip("/").split("/")[-1].split(":")[-1])
+
+
+# What a `{model: ID}` source's own dataset does not do: it embeds and searches, nothing after.
+MODEL_SOURCE_OFF = {
+    "candidate_sources": [DENSE],
+    "candidates_per_source": None,
+    "ce": None,
+    "selection": "fixed",
+    "audit_qrels": None,
+    "finetune_eval_qrels": None,
+    "train_formats": [],
+}
+
+
+# A second model's own options, as a `{model: ID}` source gives them; the dataset's are its own model's.
+MODEL_OPTIONS = {
+    "embedding_revision": None,
+    "embedding_model_kwargs": {},
+    "truncate_dim": None,
+    "query_prompt": None,
+    "doc_prompt": None,
+    "query_prompt_name": None,
+    "doc_prompt_name": None,
+}
+
+
+def model_source_settings(settings: dict, source: dict) -> dict:
+    """The settings a `{model: ID}` source runs with: the dataset's data and run settings, that model
+    with the options the source gives (the others at their defaults), and nothing after the search."""
+    options = {k: v for k, v in source.items() if k != "model"}
+    return {**settings, **MODEL_SOURCE_OFF, **MODEL_OPTIONS, **options, "embedding": source["model"]}
+
+
+def model_source_datasets(datasets: dict[str, dict]) -> dict[str, dict]:
+    """A dataset of its own (`<dataset>.<source name>`) for every `{model: ID}` source: the dataset's
+    settings with that model and its options, so the usual prepare, embed and search rules run it; fusion
+    reads its search's candidates. `model_source_of` names the dataset it serves (the run's targets skip it)."""
+    derived = {}
+    for name, settings in datasets.items():
+        for source in settings["candidate_sources"]:
+            if isinstance(source, dict) and "model" in source:
+                own = f"{name}.{source_name(source)}"
+                if own in datasets:
+                    raise ConfigError(
+                        f"config: datasets.{own}: the name of dataset {name}'s {source_name(source)} source"
+                    )
+                derived[own] = model_source_settings(settings, source) | {"model_source_of": name}
+    return derived
 
 
 def source_names(sources: list) -> list[str]:
@@ -168,21 +218,42 @@ def fused_schema(names: list[str]) -> pa.Schema:
     return pa.schema(fields)
 
 
+def score_of(path: str) -> str:
+    """A source table's score column: `cosine` for an embedding model's search, else `score`."""
+    from negflow.files import open_parquet
+
+    return "cosine" if "cosine" in open_parquet(path).schema_arrow.names else "score"
+
+
+def check_rows(name: str, part: pa.Table, doc_ids: pa.Array, query_ids: pa.Array) -> None:
+    """A source's rows must be the run's own (a second model's prepare numbers the same files the same way):
+    their ids at those rows, or the run stops before fusing documents by the wrong number."""
+    same = [
+        pc.all(pc.equal(ids.take(part[row]), part[id_column])).as_py() is not False
+        for ids, row, id_column in ((doc_ids, "doc_row", "doc_id"), (query_ids, "query_row", "query_id"))
+    ]
+    if not all(same):
+        raise ValueError(f"source {name}: its corpus or query rows are not the run's; rerun its prepare")
+
+
 def fuse_candidates(
-    source_paths: dict[str, str], corpus_shards: list[str], query_shards: list[str], out_path: str
+    source_paths: dict[str, str],
+    corpus_shards: list[str],
+    query_shards: list[str],
+    corpus_dir: str,
+    queries_dir: str,
+    out_path: str,
 ) -> dict[str, int]:
     """The union of every source's candidates per query, ranked by reciprocal rank fusion (module
-    docstring), with the exact embedding cosine of each; `source_paths` in the configured order."""
+    docstring), with the exact embedding cosine of each; `source_paths` in the configured order. Every
+    source's (row, id) pairs are checked against the run's prepared corpus and queries."""
     names = list(source_paths)
     corpus, queries = ShardedEmbeddings(corpus_shards), ShardedEmbeddings(query_shards)
     readers = {
-        name: SortedRows(
-            path,
-            "query_row",
-            ["query_id", "doc_id", "query_row", "doc_row", "rank", "cosine" if name == DENSE else "score"],
-        )
+        name: SortedRows(path, "query_row", ["query_id", "doc_id", "query_row", "doc_row", "rank", score_of(path)])
         for name, path in source_paths.items()
     }
+    doc_ids, query_ids = load_table(corpus_dir, ["id"])["id"], load_table(queries_dir, ["id"])["id"]
     schema = fused_schema(names)
     counts = {"candidates": 0, "computed_cosines": 0} | {f"from_{name}": 0 for name in names}
     with (
@@ -193,6 +264,8 @@ def fuse_candidates(
         for start in range(0, len(queries), FUSE_BLOCK):
             stop = min(start + FUSE_BLOCK, len(queries))
             parts = [readers[name].below(stop) for name in names]
+            for name, part in zip(names, parts, strict=True):
+                check_rows(name, part, doc_ids, query_ids)
             writer.write_table(_fuse_block(names, parts, corpus, queries, schema, counts))
             bar.update(stop - start)
     log.info("fused %s: %s", " + ".join(names), ", ".join(f"{k} {v}" for k, v in counts.items()))
