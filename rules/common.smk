@@ -21,7 +21,9 @@ try:
     DATASETS = dataset_settings(
         config, SCHEMA, os.path.join(workflow.basedir, "config", "datasets")
     )
-    DATASETS |= model_source_datasets(DATASETS)  # a second model's own prepare/embed/search
+    DATASETS |= model_source_datasets(
+        DATASETS
+    )  # a second model's own prepare/embed/search
     SCATTER = scatter_counts(config, SCHEMA)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
