@@ -46,6 +46,12 @@ def test_rule_settings_add_what_only_some_runs_depend_on():
     recorded = provenance_settings(settings | {"pairs": "p.jsonl", "index": "ivf"})
     assert list(recorded)[:3] == ["pairs", "pairs_revision", "corpus"]
     assert list(recorded)[-2:] == ["ivf_nlist", "ivf_nprobe"]
+    # the default [dense] records what it always did; fused sources record their own settings
+    assert not {"candidate_sources", "bm25_k1"} & set(provenance_settings(settings))
+    fused = provenance_settings(settings | {"candidate_sources": ["dense", "bm25"], "candidates_per_source": 50})
+    assert {"candidate_sources", "candidates_per_source", "bm25_k1", "bm25_stemmer"} <= set(fused)
+    assert "candidates_per_source" not in rule_settings("search", settings)
+    assert rule_settings("search", settings | {"candidates_per_source": 50})["candidates_per_source"] == 50
     model_options = ["trust_remote_code", "query_prompt_name", "doc_prompt_name", "truncate_dim"]
     model_options += [f"{kind}_{option}" for kind in ("embedding", "ce") for option in ("revision", "model_kwargs")]
     assert set(model_options) <= set(recorded)
