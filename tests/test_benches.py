@@ -15,6 +15,7 @@ from conftest import REPO, SHARED_DATASETS
 
 NUMBER = r"[\d,]+(\.\d+)?"
 BENCHES = {  # bench: (reads ../shared/datasets, has --workdir, what its output must hold)
+    "bm25_scale.py": (False, True, [rf"3,000 negflow / bm25s: index time {NUMBER}x, search time {NUMBER}x"]),
     "calibration.py": (
         True,
         True,
