@@ -170,7 +170,7 @@ def run_file(wildcards):
     runs = {
         source_name(s): s["run"]
         for s in settings["candidate_sources"]
-        if isinstance(s, dict)
+        if isinstance(s, dict) and "run" in s
     }
     return runs[wildcards.source]
 

@@ -19,6 +19,7 @@ def main(log):
         snakemake.input.qrels_dir,
         per_source(settings),
         snakemake.output.candidates,
+        settings["queries"],
     )
 
 

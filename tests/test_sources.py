@@ -103,7 +103,7 @@ def test_a_query_of_stopwords_only_gets_no_bm25_candidates_and_is_counted(staged
     assert set(got["query_id"].to_pylist()) == {"words"}
 
 
-def test_a_run_file_is_read_per_query_by_score_without_qrels_documents(staged, tmp_path):
+def test_a_run_file_is_read_per_query_by_score_without_qrels_documents(staged, fixture_data, tmp_path):
     out, _ = staged
     query_ids = load_table(out / "queries", ["id"])["id"].to_pylist()
     doc_ids = load_table(out / "corpus", ["id"])["id"].to_pylist()
@@ -117,11 +117,12 @@ def test_a_run_file_is_read_per_query_by_score_without_qrels_documents(staged, t
         f"{q} Q0 {others[2]} 4 1.5 mine",  # ties others[0] on score: the file's rank decides
         f"{q} Q0 {others[1]} 9 0.1 mine",  # a repeated pair keeps its best line
         f"{query_ids[-1]} Q0 {others[3]} 1 -0.5 mine",
+        f"q-unjudged Q0 {others[4]} 1 5.0 mine",  # a query of the queries file that is not mined: skipped
     ]
     run = tmp_path / "bm25 run.trec"
     run.write_text("\n".join(lines) + "\n")
     dirs = [str(out / p) for p in ("queries", "corpus", "qrels")]
-    counts = read_run(str(run), *dirs, 2, str(tmp_path / "t.parquet"))
+    counts = read_run(str(run), *dirs, 2, str(tmp_path / "t.parquet"), str(fixture_data["queries"]))
     got = pq.read_table(tmp_path / "t.parquet").to_pylist()
     assert [(r["query_id"], r["doc_id"], r["rank"], r["score"]) for r in got] == [
         (q, others[1], 1, 2.5),
@@ -129,7 +130,13 @@ def test_a_run_file_is_read_per_query_by_score_without_qrels_documents(staged, t
         (query_ids[-1], others[3], 1, -0.5),
     ]
     assert [r["doc_row"] for r in got] == [doc_ids.index(r["doc_id"]) for r in got]
-    assert counts == {"lines": 6, "queries": 2, "candidates": 3, "dropped_qrels_documents": 1}
+    assert counts == {
+        "lines": 7,
+        "lines_of_queries_not_mined": 1,
+        "queries": 2,
+        "candidates": 3,
+        "dropped_qrels_documents": 1,
+    }
     assert source_name({"run": str(run)}) == "run_bm25_run"
 
     jsonl = tmp_path / "run.jsonl"
@@ -150,14 +157,17 @@ def test_a_run_file_is_read_per_query_by_score_without_qrels_documents(staged, t
         ("{q} Q0 {d} 1 nan t", "{run}:2: score is NaN"),
     ],
 )
-def test_a_bad_run_line_is_refused_with_its_file_and_line_and_nothing_written(staged, tmp_path, line, message):
+def test_a_bad_run_line_is_refused_with_its_file_and_line_and_nothing_written(
+    staged, fixture_data, tmp_path, line, message
+):
     out, _ = staged
     q = load_table(out / "queries", ["id"])["id"][0].as_py()
     d = load_table(out / "corpus", ["id"])["id"][0].as_py()
     run = tmp_path / "run.txt"
     run.write_text(f"{q} Q0 {d} 1 1.0 t\n" + line.format(q=q, d=d) + "\n")
     with pytest.raises(InputError) as error:
-        read_run(str(run), *(str(out / p) for p in ("queries", "corpus", "qrels")), 5, str(tmp_path / "t.parquet"))
+        dirs = [str(out / p) for p in ("queries", "corpus", "qrels")]
+        read_run(str(run), *dirs, 5, str(tmp_path / "t.parquet"), str(fixture_data["queries"]))
     assert str(error.value).startswith(message.format(run=run))
     assert not (tmp_path / "t.parquet").exists()
 

@@ -119,7 +119,10 @@ def test_a_second_model_is_a_source_with_its_own_embed_and_search(tmp_path, data
             weight.add_(0.5 * torch.randn_like(weight))
     second.save(str(tmp_path / "second"))
     source = {"model": str(tmp_path / "second"), "query_prompt": "q: "}
-    block = {**dataset_block, "candidate_sources": ["dense", source], "candidates": 10, "train_formats": []}
+    run = tmp_path / "mine.trec"  # beside a second model, as the two kinds of mapping source
+    run.write_text("q0 Q0 argparse.Namespace 1 1.0 x\n")
+    sources = ["dense", source, {"run": str(run)}]
+    block = {**dataset_block, "candidate_sources": sources, "candidates": 10, "train_formats": []}
     write_config(tmp_path, {"fx": block})
     snakemake(tmp_path)
     own = tmp_path / "results" / "fx.model_second"
@@ -143,11 +146,12 @@ def test_a_second_model_is_a_source_with_its_own_embed_and_search(tmp_path, data
         first = sum(1 for grade in record["doc_scores"] if grade >= 1)
         for doc, found in zip(record["docs"][first:], record["doc_sources"][first:], strict=True):
             row = by_id[(record["query"], doc)]
-            assert found == [s for s in ("dense", "model_second") if row[f"rank_{s}"] is not None]
+            assert found == [s for s in ("dense", "model_second", "run_mine") if row[f"rank_{s}"] is not None]
             listed += "model_second" in found
     assert listed > 0
 
-    write_config(tmp_path, {"fx": {**block, "candidate_sources": ["dense", {**source, "query_prompt": "query: "}]}})
+    changed = ["dense", {**source, "query_prompt": "query: "}, {"run": str(run)}]
+    write_config(tmp_path, {"fx": {**block, "candidate_sources": changed}})
     assert planned_jobs(snakemake(tmp_path, "-n")) == {
         "prepare": 1,  # the second model's, not the run's
         "prepare_judgments": 1,

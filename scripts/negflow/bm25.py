@@ -82,8 +82,10 @@ def search_bm25(
     threads: int = 1,
 ) -> dict[str, int]:
     """The `candidates` best documents by BM25 of one shard of the queries, the query's qrels documents left
-    out (as the dense search does), ties by corpus row. A query none of whose words is in the index
-    after stopwords (or an empty one) gets no BM25 candidates: counted, never an error."""
+    out (as the dense search does); among the documents bm25s returns, ties by corpus row (which of several
+    tied documents at the cut bm25s returns is its own, the same on every run). A query none of whose
+    words is in the index after stopwords (or an empty one) gets no BM25 candidates: counted, never an
+    error."""
     import bm25s
 
     retriever = bm25s.BM25.load(index_dir, mmap=True, load_vocab=True)

@@ -212,8 +212,9 @@ class Candidates:
         def path(pattern: str, **wildcards: str) -> str:
             return str(Path(workdir) / layout.run_file(pattern, dataset, **wildcards))
 
+        fused = path(layout.fuse_candidates.candidates)  # a run with candidate sources other than dense alone
         return cls(
-            path(layout.merge_candidates.candidates),
+            fused if Path(fused).exists() else path(layout.merge_candidates.candidates),
             path(layout.compute_qrels_cosines.cosines),
             sorted(glob.glob(path(layout.embed.corpus, scatteritem="*"))),
             sorted(glob.glob(path(layout.embed.queries, scatteritem="*"))),

@@ -61,7 +61,7 @@ RULE_SETTINGS = {
     "search": ["candidates", "index", "device"],
     "index_bm25": BM25_SETTINGS,
     "search_bm25": [*BM25_SETTINGS, "candidates", "candidates_per_source"],
-    "read_run": ["candidates", "candidates_per_source"],
+    "read_run": ["queries", "candidates", "candidates_per_source"],
     "fuse_candidates": ["candidate_sources"],
     "prepare_ce_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_seq_len"],
     "score_pairs": ["ce", "ce_revision", "trust_remote_code", "ce_model_kwargs", "ce_seq_len", "ce_dtype", "device"],
@@ -152,6 +152,8 @@ def provenance_settings(settings: dict) -> dict[str, Any]:
     if settings["selection"] != "auto":
         rules = tuple(rule for rule in rules if rule != "calibrate_selection")
     keys = [key for rule in rules for key in RULE_SETTINGS[rule]] + INDEX_SETTINGS[settings["index"]]
+    if settings["candidates_per_source"] is not None:  # what the dense search (and every source) returned
+        keys.append("candidates_per_source")
     return {key: settings[key] for key in dict.fromkeys(keys)}
 
 

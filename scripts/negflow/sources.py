@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negflow.beir import ReadStats, iter_queries
 from negflow.bm25 import SOURCE_SCHEMA
 from negflow.errors import ConfigError, InputError
 from negflow.files import SortedRows, atomic_output
 from negflow.progress import ProgressBar
-from negflow.search import CANDIDATES_SCHEMA, exact_cosines, exclusions_by_query, qrels_rows
+from negflow.search import CANDIDATES_SCHEMA, exact_cosines, exclusions_by_query, per_source, qrels_rows
 from negflow.store import ShardedEmbeddings, load_table
 
 log = logging.getLogger("negflow")
@@ -74,7 +75,8 @@ def model_source_settings(settings: dict, source: dict) -> dict:
     """The settings a `{model: ID}` source runs with: the dataset's data and run settings, that model
     with the options the source gives (the others at their defaults), and nothing after the search."""
     options = {k: v for k, v in source.items() if k != "model"}
-    return {**settings, **MODEL_SOURCE_OFF, **MODEL_OPTIONS, **options, "embedding": source["model"]}
+    own = {"embedding": source["model"], "candidates": per_source(settings)}  # its search returns its share
+    return {**settings, **MODEL_SOURCE_OFF, **MODEL_OPTIONS, **options, **own}
 
 
 def model_source_datasets(datasets: dict[str, dict]) -> dict[str, dict]:
@@ -144,12 +146,19 @@ def _run_lines(path: str):
 
 
 def read_run(
-    path: str, queries_dir: str, corpus_dir: str, qrels_dir: str, candidates: int, out_path: str
+    path: str,
+    queries_dir: str,
+    corpus_dir: str,
+    qrels_dir: str,
+    candidates: int,
+    out_path: str,
+    queries_ref: str | None = None,
 ) -> dict[str, int]:
     """A run file a user already has, as a candidate source: per query its `candidates` best documents by
     score (ties by the file's rank, then corpus row), the query's qrels documents left out as every source
-    does. A query or document the dataset does not hold is refused with the file:line that names it,
-    before anything is written."""
+    does. Lines of a query the dataset holds (`queries_ref`, its queries file) but does not mine (no
+    positive) are skipped and counted; a query or document the dataset does not hold is refused with the
+    file:line that names it, before anything is written."""
     lines, qids, dids, ranks, scores = [], [], [], [], []
     for number, q, d, rank, score in _run_lines(path):
         lines.append(number)
@@ -161,20 +170,27 @@ def read_run(
     doc_ids = load_table(corpus_dir, ["id"])["id"]
     q_rows = pc.index_in(pa.array(qids, pa.string()), value_set=query_ids).to_numpy(zero_copy_only=False)
     d_rows = pc.index_in(pa.array(dids, pa.string()), value_set=doc_ids).to_numpy(zero_copy_only=False)
+    not_mined = np.zeros(len(lines), dtype=bool)
+    if q_rows.dtype.kind == "f" and queries_ref is not None:
+        missing = np.isnan(q_rows)
+        held = {q for q, _ in iter_queries(queries_ref, ReadStats())}
+        not_mined = missing & np.array([q in held for q in qids], dtype=bool)
     for rows, ids, what in ((q_rows, qids, "query"), (d_rows, dids, "document")):
-        unknown = np.flatnonzero(np.isnan(rows)) if rows.dtype.kind == "f" else np.array([], dtype=np.int64)
+        unknown = np.flatnonzero(np.isnan(rows) & ~not_mined) if rows.dtype.kind == "f" else np.array([], dtype=int)
         if len(unknown):
             i = int(unknown[0])
             raise InputError(
                 f"{path}:{lines[i]}: {what} {ids[i]!r} is not in the dataset's {what} table "
                 f"({len(unknown)} lines name an unknown {what})"
             )
-    q_rows, d_rows = q_rows.astype(np.int64), d_rows.astype(np.int64)
-    scores_arr, ranks_arr = np.asarray(scores, dtype=np.float64), np.asarray(ranks, dtype=np.int64)
+    mined = ~not_mined
+    q_rows, d_rows = q_rows[mined].astype(np.int64), d_rows[mined].astype(np.int64)
+    scores_arr = np.asarray(scores, dtype=np.float64)[mined]
+    ranks_arr = np.asarray(ranks, dtype=np.int64)[mined]
     excluded = exclusions_by_query(*qrels_rows(qrels_dir, query_ids.to_pylist())[:2])
     keep = np.array(
         [d not in excluded.get(q, ()) for q, d in zip(q_rows.tolist(), d_rows.tolist(), strict=True)], dtype=bool
-    )
+    ).reshape(-1)
     # one line per (query, document): a repeated pair keeps its best score
     order = np.lexsort((d_rows, ranks_arr, -scores_arr, q_rows))
     order = order[keep[order]]
@@ -200,6 +216,7 @@ def read_run(
         pq.write_table(table, str(tmp))
     counts = {
         "lines": len(lines),
+        "lines_of_queries_not_mined": int(not_mined.sum()),
         "queries": len(np.unique(q_sorted)),
         "candidates": table.num_rows,
         "dropped_qrels_documents": int((~keep).sum()),
@@ -229,8 +246,9 @@ def check_rows(name: str, part: pa.Table, doc_ids: pa.Array, query_ids: pa.Array
     """A source's rows must be the run's own (a second model's prepare numbers the same files the same way):
     their ids at those rows, or the run stops before fusing documents by the wrong number."""
     same = [
-        pc.all(pc.equal(ids.take(part[row]), part[id_column])).as_py() is not False
+        pc.max(part[row]).as_py() < len(ids) and pc.all(pc.equal(ids.take(part[row]), part[id_column])).as_py()
         for ids, row, id_column in ((doc_ids, "doc_row", "doc_id"), (query_ids, "query_row", "query_id"))
+        if part.num_rows
     ]
     if not all(same):
         raise ValueError(f"source {name}: its corpus or query rows are not the run's; rerun its prepare")
@@ -290,7 +308,8 @@ def _fuse_block(names, parts, corpus, queries, schema, counts) -> pa.Table:
     scores = np.full((len(names), n), np.nan, dtype=np.float32)
     ranks[src, pair], scores[src, pair] = rank, score
     returned = ranks >= 0
-    rrf = np.where(returned, 1.0 / (RRF_K + np.where(returned, ranks, 0)), 0.0).sum(axis=0)
+    # summed smallest first: the same float for the same ranks whichever sources gave them, so ties stay ties
+    rrf = np.sort(np.where(returned, 1.0 / (RRF_K + np.where(returned, ranks, 0)), 0.0), axis=0).sum(axis=0)
     uq, ud = q[new], d[new]
     first = order[new]  # a row of each pair in the block's concatenation, for its ids
     cosine = np.full(n, np.nan, dtype=np.float32)
