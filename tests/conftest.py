@@ -20,6 +20,28 @@ SHARED_DATASETS = Path(os.environ.get("NEGFLOW_SHARED_DATASETS", REPO.parent / "
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# The slowest test files (a minute or more of Snakemake runs each) in the order `make test` hands them out,
+# before the rest: each file goes to one worker whole (`--dist loadgroup`), so the two workers end
+# together instead of one running the last long file alone.
+SLOWEST_FIRST = [
+    "test_workflow",
+    "test_slurm",
+    "test_faults",
+    "test_real_model",
+    "test_pairs_workflow",
+    "test_sources_workflow",
+    "test_dropin",
+    "test_calibration",
+    "test_display",
+    "test_cli",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
+
+
 def _tokenizer_dir(path: Path, texts: list[str]) -> None:
     """A real WordPiece tokenizer whose vocabulary covers the fixture text."""
     from transformers import BertTokenizerFast
