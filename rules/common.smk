@@ -14,7 +14,12 @@ from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
 from negflow.refs import is_local_data, split_ref
 from negflow.shards import SHARD_PATTERN
-from negflow.sources import is_fused, model_source_datasets, source_name
+from negflow.sources import (
+    is_fused,
+    model_source_dataset,
+    model_source_datasets,
+    source_name,
+)
 
 try:
     SCHEMA = load_schema(os.path.join(workflow.basedir, "config", "schema.yaml"))
@@ -177,20 +182,20 @@ def run_file(wildcards):
 
 def source_tables(wildcards):
     """Each candidate source's table, by source name, for fuse_candidates."""
+    dataset = wildcards.dataset
     tables = {}
-    for source in DATASETS[wildcards.dataset]["candidate_sources"]:
+    for source in DATASETS[dataset]["candidate_sources"]:
         name = source_name(source)
         if name == "dense":
-            path = rules.merge_candidates.output.candidates
+            path = layout.run_file(layout.merge_candidates.candidates, dataset)
         elif name == "bm25":
-            path = rules.merge_bm25_candidates.output.candidates
+            path = layout.run_file(layout.merge_bm25_candidates.candidates, dataset)
         elif name.startswith("model_"):  # its own dataset's search
-            path = rules.merge_candidates.output.candidates.replace(
-                "{dataset}", f"{wildcards.dataset}.{name}"
-            )
+            own = model_source_dataset(dataset, name)
+            path = layout.run_file(layout.merge_candidates.candidates, own)
         else:
-            path = rules.read_run.output.candidates.replace("{source}", name)
-        tables[name] = of_dataset(path, wildcards)
+            path = layout.run_file(layout.read_run.candidates, dataset, source=name)
+        tables[name] = path
     return tables
 
 

@@ -51,6 +51,7 @@ def export_negatives(
     counts: Counter = Counter()
     names = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce", "negative_rank")
     dist = {name: array("d") for name in names}  # C doubles, not a Python float each
+    by_source = np.zeros((2, len(candidates.source_names)), dtype=np.int64)  # candidates, negatives per source
     with (
         atomic_output(out_path) as tmp,
         open(tmp, "w", encoding="utf-8") as out,
@@ -64,8 +65,7 @@ def export_negatives(
             counts["queries"] += 1
             counts["candidates"] += len(query.cand_rows)
             if query.cand_sources is not None:
-                for name, n in zip(candidates.source_names, query.cand_sources.sum(axis=0).tolist(), strict=True):
-                    counts[f"source_candidates_{name}"] += n
+                by_source[0] += query.cand_sources.sum(axis=0)
             counts["given_negatives"] += given
             for reason, n in picked.dropped.items():
                 counts[f"dropped_{reason}"] += n
@@ -95,8 +95,7 @@ def export_negatives(
                 sources = [[] for _ in range(len(query.pos_ids) + given)]
                 sources += [[n for n, hit in zip(names, row, strict=True) if hit] for row in returned.tolist()]
                 sources += [[] for _ in padded]
-                for name, n in zip(names, returned.sum(axis=0).tolist(), strict=True):
-                    counts[f"source_negatives_{name}"] += n
+                by_source[1] += returned.sum(axis=0)
             record = NegativesRecord(
                 query=query.query_id,
                 docs=query.pos_ids
@@ -138,8 +137,8 @@ def export_negatives(
     }
     if candidates.source_names:  # a negative counts under every source that returned it
         report["sources"] = {
-            name: {"candidates": counts[f"source_candidates_{name}"], "negatives": counts[f"source_negatives_{name}"]}
-            for name in candidates.source_names
+            name: {"candidates": int(c), "negatives": int(n)}
+            for name, c, n in zip(candidates.source_names, *by_source, strict=True)
         }
     if calibration is not None:
         report["calibration"] = calibration

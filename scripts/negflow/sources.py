@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 from negflow.beir import ReadStats, iter_queries
 from negflow.bm25 import SOURCE_SCHEMA
 from negflow.errors import ConfigError, InputError
-from negflow.files import SortedRows, atomic_output
+from negflow.files import SortedRows, atomic_output, open_parquet
 from negflow.progress import ProgressBar
-from negflow.search import CANDIDATES_SCHEMA, exact_cosines, exclusions_by_query, per_source, qrels_rows
+from negflow.search import CANDIDATES_SCHEMA, exact_cosines, per_source, qrels_rows
 from negflow.store import ShardedEmbeddings, load_table
 
 log = logging.getLogger("negflow")
@@ -79,6 +79,11 @@ def model_source_settings(settings: dict, source: dict) -> dict:
     return {**settings, **MODEL_SOURCE_OFF, **MODEL_OPTIONS, **options, **own}
 
 
+def model_source_dataset(dataset: str, name: str) -> str:
+    """The name of the dataset a `{model: ID}` source of `dataset` runs as (its results folder)."""
+    return f"{dataset}.{name}"
+
+
 def model_source_datasets(datasets: dict[str, dict]) -> dict[str, dict]:
     """A dataset of its own (`<dataset>.<source name>`) for every `{model: ID}` source: the dataset's
     settings with that model and its options, so the usual prepare, embed and search rules run it; fusion
@@ -87,7 +92,7 @@ def model_source_datasets(datasets: dict[str, dict]) -> dict[str, dict]:
     for name, settings in datasets.items():
         for source in settings["candidate_sources"]:
             if isinstance(source, dict) and "model" in source:
-                own = f"{name}.{source_name(source)}"
+                own = model_source_dataset(name, source_name(source))
                 if own in datasets:
                     raise ConfigError(
                         f"config: datasets.{own}: the name of dataset {name}'s {source_name(source)} source"
@@ -187,10 +192,8 @@ def read_run(
     q_rows, d_rows = q_rows[mined].astype(np.int64), d_rows[mined].astype(np.int64)
     scores_arr = np.asarray(scores, dtype=np.float64)[mined]
     ranks_arr = np.asarray(ranks, dtype=np.int64)[mined]
-    excluded = exclusions_by_query(*qrels_rows(qrels_dir, query_ids.to_pylist())[:2])
-    keep = np.array(
-        [d not in excluded.get(q, ()) for q, d in zip(q_rows.tolist(), d_rows.tolist(), strict=True)], dtype=bool
-    ).reshape(-1)
+    judged_q, judged_d, _ = qrels_rows(qrels_dir, query_ids.to_pylist())
+    keep = ~np.isin(q_rows * len(doc_ids) + d_rows, judged_q * len(doc_ids) + judged_d)
     # one line per (query, document): a repeated pair keeps its best score
     order = np.lexsort((d_rows, ranks_arr, -scores_arr, q_rows))
     order = order[keep[order]]
@@ -225,20 +228,18 @@ def read_run(
     return counts
 
 
-FUSED_EXTRA = [("rrf", pa.float64())]
-
-
 def fused_schema(names: list[str]) -> pa.Schema:
-    fields = list(CANDIDATES_SCHEMA) + [pa.field(n, t) for n, t in FUSED_EXTRA]
+    fields = [*CANDIDATES_SCHEMA, pa.field("rrf", pa.float64())]
     for name in names:
         fields += [pa.field(rank_column(name), pa.int32()), pa.field(score_column(name), pa.float32())]
     return pa.schema(fields)
 
 
+SCORE = 5  # the score's column in a source's table as fusion reads it: `score`, or an embedding search's `cosine`
+
+
 def score_of(path: str) -> str:
     """A source table's score column: `cosine` for an embedding model's search, else `score`."""
-    from negflow.files import open_parquet
-
     return "cosine" if "cosine" in open_parquet(path).schema_arrow.names else "score"
 
 
@@ -268,7 +269,7 @@ def fuse_candidates(
     names = list(source_paths)
     corpus, queries = ShardedEmbeddings(corpus_shards), ShardedEmbeddings(query_shards)
     readers = {
-        name: SortedRows(path, "query_row", ["query_id", "doc_id", "query_row", "doc_row", "rank", score_of(path)])
+        name: SortedRows(path, "query_row", [*SOURCE_SCHEMA.names[:SCORE], score_of(path)])
         for name, path in source_paths.items()
     }
     doc_ids, query_ids = load_table(corpus_dir, ["id"])["id"], load_table(queries_dir, ["id"])["id"]
@@ -296,7 +297,7 @@ def _fuse_block(names, parts, corpus, queries, schema, counts) -> pa.Table:
     d = np.concatenate([p["doc_row"].to_numpy() for p in parts])
     src = np.concatenate([np.full(p.num_rows, i, dtype=np.int64) for i, p in enumerate(parts)])
     rank = np.concatenate([p["rank"].to_numpy().astype(np.int64) for p in parts])
-    score = np.concatenate([p.column(5).to_numpy().astype(np.float32) for p in parts])
+    score = np.concatenate([p.column(SCORE).to_numpy().astype(np.float32) for p in parts])
     query_id = pa.chunked_array([c for p in parts for c in p["query_id"].chunks], pa.string())
     doc_id = pa.chunked_array([c for p in parts for c in p["doc_id"].chunks], pa.string())
     order = np.lexsort((src, d, q))
