@@ -24,10 +24,10 @@ demo: install
 	@echo "Negatives written to results/demo/negatives.jsonl ($$(wc -l < results/demo/negatives.jsonl) queries). First line:"
 	@head -n 1 results/demo/negatives.jsonl | cut -c 1-400
 
-# two workers, a test file each (each bench smoke on its own; conftest.SLOWEST_FIRST sets the order): a
-# Snakemake run's jobs wait on single-threaded imports half the time
+# two workers, a test file each, or a test each in the files of conftest.SPLIT_BY_TEST (conftest.SLOWEST_FIRST
+# sets the order): a Snakemake run's jobs wait on single-threaded imports half the time
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadgroup --no-loadscope-reorder tests
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 lint: install
 	$(BIN)/snakemake --lint --configfile config/demo.yaml

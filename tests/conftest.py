@@ -21,8 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 # The slowest test files (a minute or more of Snakemake runs each) in the order `make test` hands them out,
-# before the rest: each file goes to one worker whole (`--dist loadgroup`), so the two workers end
-# together instead of one running the last long file alone.
+# before the rest, so the two workers end together instead of one running the last long file alone.
 SLOWEST_FIRST = [
     "test_workflow",
     "test_slurm",
@@ -37,9 +36,38 @@ SLOWEST_FIRST = [
 ]
 
 
+# Files whose tests share no module-scoped fixture: each of their tests is a work unit of its own under
+# `make test`, the rest go to a worker a file at a time (FileScheduling).
+SPLIT_BY_TEST = {"test_benches.py", "test_slurm.py", "test_sources_workflow.py", "test_bad_input.py"}
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        shared = [d.argname for chain in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in chain]
+        shared = [name for name in shared if fixtures.name2fixturedefs[name][-1].scope in ("module", "class")]
+        if Path(item.path).name in SPLIT_BY_TEST and shared:
+            raise pytest.UsageError(f"{item.nodeid} uses module-scoped {shared}: take its file out of SPLIT_BY_TEST")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, except that the tests of SPLIT_BY_TEST files are handed out one by one. pytest-xdist's
+    own `loadgroup` would do this by marks, but its renaming of node ids has no effect under pytest 9.2 (it sets
+    `item._nodeid`, which pytest no longer reads), so it handed out every test alone: the tests of a file with
+    a module-scoped Snakemake run went to both workers, and each built the run (test_real_model's and
+    test_pairs_workflow's, 200 s of the suite's 2,800 worker-seconds)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPLIT_BY_TEST else path
+
+    return FileScheduling(config, log)
 
 
 def _tokenizer_dir(path: Path, texts: list[str]) -> None:

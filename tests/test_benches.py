@@ -81,8 +81,7 @@ def test_every_bench_has_a_smoke_run():
 
 
 @pytest.mark.slow
-# each bench a group of its own (make test's --dist loadgroup): the two workers share them out
-@pytest.mark.parametrize("bench", [pytest.param(b, marks=pytest.mark.xdist_group(b)) for b in sorted(BENCHES)])
+@pytest.mark.parametrize("bench", sorted(BENCHES))  # each a work unit of its own (conftest.SPLIT_BY_TEST)
 def test_a_bench_runs_at_its_smoke_size_and_reports(bench, tmp_path):
     shared, workdir, expected = BENCHES[bench]
     cmd = [sys.executable, str(REPO / "bench" / bench), "--smoke"]
