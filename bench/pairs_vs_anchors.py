@@ -10,8 +10,9 @@ other than the visible positive; lower is harder).
 1. negflow, pair mode: a JSONL file of ["query", "positive"] lines with the corpus as `corpus:` (default
    selection, num_negatives 10); the wall time is that of the whole Snakemake call (--forceall).
 2. negflow, BEIR mode on the same data (the judged queries, the corpus, qrels of the visible positives with
-   score 1), and both modes again with `sampling: top`: the candidates (compared by query text and doc id),
-   the per-filter drop counts and, with top sampling, the negatives must be equal. Random picks may differ:
+   score 1), and both modes again with `sampling: top` (a rerun of the exports only: the setting changes
+   nothing upstream): the candidates (compared by query text and doc id), the per-filter drop counts and,
+   with top sampling, the negatives must be equal. Random picks may differ:
    their noise is keyed by query and document row, and pair mode merges the corpus' identical texts, so with
    random sampling `duplicate_of_negative` (which follows the order negatives are taken in) may differ too.
 3. sentence-transformers' mine_hard_negatives on the same pairs and corpus, embedding with its own model
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -76,9 +78,11 @@ def read_jsonl(path: Path) -> list:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
-def write_config(workdir: Path, data: Path, judged: list[dict], pairs: list[tuple[str, str]], visible) -> list[str]:
-    """The judged queries as a pair file and as BEIR queries + qrels (the visible positive, score 1), each
-    mined with the default sampling and with top; the dataset names."""
+def write_config(
+    workdir: Path, data: Path, judged: list[dict], pairs: list[tuple[str, str]], visible, sampling: str | None = None
+) -> None:
+    """The judged queries as a pair file (dataset `pairs`) and as BEIR queries + qrels (the visible positive,
+    score 1; dataset `beir`), mined with the default sampling or the one given."""
     files = {"pairs": workdir / "pairs.jsonl", "queries": workdir / "queries.jsonl", "qrels": workdir / "qrels.tsv"}
     files["pairs"].write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
     files["queries"].write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in judged), encoding="utf-8")
@@ -87,13 +91,13 @@ def write_config(workdir: Path, data: Path, judged: list[dict], pairs: list[tupl
     )
     common = {"corpus": str(data / "corpus.jsonl"), "embedding": MODEL, "num_negatives": NEGATIVES}
     common["train_formats"] = []
+    if sampling:
+        common["sampling"] = sampling
     blocks = {
         "pairs": {"pairs": str(files["pairs"]), **common},
         "beir": {"queries": str(files["queries"]), "qrels": str(files["qrels"]), **common},
     }
-    blocks |= {f"{mode}_top": {**blocks[mode], "sampling": "top"} for mode in MODES}
     (workdir / "config.yaml").write_text(yaml.safe_dump({"datasets": blocks}))
-    return list(blocks)
 
 
 def snakemake(workdir: Path, names: list[str], *options: str) -> float:
@@ -124,10 +128,10 @@ def sizes(by_mode: dict[str, dict]) -> str:
     return " vs ".join(str(len(by_mode[mode])) for mode in MODES)
 
 
-def check_modes(results: dict[str, Path], qid: dict[str, dict[str, str]]) -> None:
+def check_modes(results: dict[str, dict[str, Path]], qid: dict[str, dict[str, str]]) -> None:
     """Print whether pair and BEIR mode retrieved the same candidates (and where not), dropped as many per
-    filter, and with top sampling selected the same negatives."""
-    found = {mode: candidates(results[mode], qid[mode]) for mode in MODES}
+    filter, and with top sampling selected the same negatives (`results`: each sampling's mode folders)."""
+    found = {mode: candidates(results["top"][mode], qid[mode]) for mode in MODES}
     ids = {mode: {q: [d for d, _ in c] for q, c in found[mode].items()} for mode in MODES}
     cosine = {mode: {(q, d): c for q, cands in found[mode].items() for d, c in cands} for mode in MODES}
     shared = cosine["pairs"].keys() & cosine["beir"].keys()
@@ -141,17 +145,18 @@ def check_modes(results: dict[str, Path], qid: dict[str, dict[str, str]]) -> Non
                 f"  query {q}: pairs only {[(d, p.index(d) + 1) for d in p if d not in b]}, "
                 f"beir only {[(d, b.index(d) + 1) for d in b if d not in p]} (doc, rank); same set: {set(p) == set(b)}"
             )
-    for suffix, sampling in (("", "random (default)"), ("_top", "top")):
-        dropped = {m: json.loads((results[m + suffix] / "selection.json").read_text())["dropped"] for m in MODES}
+    for sampling in ("random", "top"):
+        dropped = {m: json.loads((results[sampling][m] / "selection.json").read_text())["dropped"] for m in MODES}
         # which near-duplicate of a kept negative is met depends on the order negatives are taken in, and
         # random order is keyed by corpus row, which differs where pair mode merged identical texts
-        ordered = {"duplicate_of_negative"} if suffix == "" else set()
+        ordered = {"duplicate_of_negative"} if sampling == "random" else set()
         same = {m: {k: v for k, v in dropped[m].items() if k not in ordered} for m in MODES}
         skipped = f" (all but {', '.join(sorted(ordered))}, which follows the random order)" if ordered else ""
-        print(f"selection drops equal, sampling {sampling}{skipped}: {same['pairs'] == same['beir']}")
+        shown = "random (default)" if sampling == "random" else sampling
+        print(f"selection drops equal, sampling {shown}{skipped}: {same['pairs'] == same['beir']}")
         for mode in MODES:
             print(f"  {mode:5s} {dropped[mode]}")
-    top = {mode: negatives(results[f"{mode}_top"], qid[mode]) for mode in MODES}
+    top = {mode: negatives(results["top"][mode], qid[mode]) for mode in MODES}
     print(f"negatives equal, sampling top: {top['pairs'] == top['beir']} ({sizes(top)} queries)")
 
 
@@ -189,25 +194,32 @@ def main() -> None:
     visible = {q: d for q, (d, _) in visible_positives(qrels).items()}
     judged = [q for q in read_jsonl(data / "queries.jsonl") if q["_id"] in visible]
     pairs = [(q["text"], doc_text[visible[q["_id"]]]) for q in judged]
-    names = write_config(workdir, data, judged, pairs, visible)
+    write_config(workdir, data, judged, pairs, visible)
     negflow_wall = snakemake(workdir, ["pairs"], "--forceall")
-    snakemake(workdir, [name for name in names if name != "pairs"])
+    snakemake(workdir, ["beir"])
+    live = {mode: workdir / "results" / mode for mode in MODES}  # every stage's files; top sampling's exports
+    results = {"random": {mode: workdir / "random" / mode for mode in MODES}, "top": live}
+    for mode in MODES:  # the default's exports, kept aside before the rerun with top sampling replaces them
+        results["random"][mode].mkdir(parents=True, exist_ok=True)
+        for name in ("negatives.jsonl", "selection.json"):
+            shutil.copyfile(live[mode] / name, results["random"][mode] / name)
+    write_config(workdir, data, judged, pairs, visible, sampling="top")
+    snakemake(workdir, list(MODES))
 
     # by BEIR query id: pair mode's query ids are content hashes of the normalised text
     qid = {
         "pairs": {text_hash(normalise(q["text"])): q["_id"] for q in judged},
         "beir": {q["_id"]: q["_id"] for q in judged},
     }
-    results = {name: workdir / "results" / name for name in names}
     print(f"\nmsmarco-subset, {len(judged)} judged queries as pairs, all-MiniLM-L6-v2, {NEGATIVES} negatives")
     check_modes(results, qid)
 
     # exact ranking on pair mode's embeddings; its corpus holds every distinct text once, so rows are texts
-    prepared = results["pairs"] / "prepare"
+    prepared = live["pairs"] / "prepare"
     row_of_text = {normalise(t): i for i, t in enumerate(load_table(prepared / "corpus", ["text"])["text"].to_pylist())}
     q_order = [qid["pairs"][i] for i in load_table(prepared / "queries", ["id"])["id"].to_pylist()]
     emb = {
-        part: ShardedEmbeddings(sorted(str(p) for p in (results["pairs"] / "embed" / part).glob("*.npy")))
+        part: ShardedEmbeddings(sorted(str(p) for p in (live["pairs"] / "embed" / part).glob("*.npy")))
         for part in ("queries", "corpus")
     }
     emb = {part: e.take(np.arange(len(e))) for part, e in emb.items()}
@@ -222,8 +234,11 @@ def main() -> None:
         return {q: [row_of_text[normalise(doc_text[d])] for d in docs] for q, docs in picks.items()}
 
     table = {
-        NEGFLOW: (rows(negatives(results["pairs"], qid["pairs"])), negflow_wall),
-        "negflow BEIR mode default (reference, not timed)": (rows(negatives(results["beir"], qid["beir"])), None),
+        NEGFLOW: (rows(negatives(results["random"]["pairs"], qid["pairs"])), negflow_wall),
+        "negflow BEIR mode default (reference, not timed)": (
+            rows(negatives(results["random"]["beir"], qid["beir"])),
+            None,
+        ),
     }
     from sentence_transformers import SentenceTransformer
 
