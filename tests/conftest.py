@@ -241,15 +241,14 @@ def copy_workflow(workdir: Path) -> Path:
     return copy(REPO, workdir / "workflow", with_library=True)
 
 
-def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+def snakemake_cmd(workdir: Path, *args: str, launcher: tuple[str, ...] = ("-m", "snakemake")) -> list[str]:
     """The command that runs the workflow in `workdir` with the workdir's config.yaml: the repository's,
     or the workdir's own copy (copy_workflow). The `=` keeps Snakemake's multi-file --configfile option
-    from swallowing targets given after it."""
+    from swallowing targets given after it. `launcher`: what Python runs instead of `-m snakemake`."""
     own = workdir / "workflow" / "Snakefile"
     return [
         sys.executable,
-        "-m",
-        "snakemake",
+        *launcher,
         "-s",
         str(own if own.exists() else REPO / "Snakefile"),
         "--directory",
@@ -262,10 +261,15 @@ def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, env: dict | None = None, timeout: float | None = None
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    env: dict | None = None,
+    timeout: float | None = None,
+    launcher: tuple[str, ...] = ("-m", "snakemake"),
 ) -> subprocess.CompletedProcess:
     """Run the workflow (see snakemake_cmd) and fail with its output's tail unless `check` is off."""
-    cmd = snakemake_cmd(workdir, *args)
+    cmd = snakemake_cmd(workdir, *args, launcher=launcher)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
