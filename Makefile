@@ -27,7 +27,7 @@ demo: install
 # two workers, a test file each, or a test each in the files of conftest.SPLIT_BY_TEST (conftest.SLOWEST_FIRST
 # sets the order): a Snakemake run's jobs wait on single-threaded imports half the time
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 lint: install
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
