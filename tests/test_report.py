@@ -100,3 +100,29 @@ def test_a_run_with_several_sources_shows_them_per_negative_and_in_the_counts():
     page = summary_html({"selection_score": "cosine", "counts": counts, "dropped": {}, "sources": sources}, 50, "ds")
     assert "<tr><td>bm25</td><td>6</td><td>2</td><td>50.0%</td></tr>" in page
     assert "per source" not in summary_html({"selection_score": "cosine", "counts": counts, "dropped": {}}, 50, "ds")
+
+
+def test_a_fused_run_plots_negatives_and_their_cosines_per_source(tmp_path, monkeypatch):
+    """Catches a source left out of the plot, or a negative that two sources returned counted once."""
+    import negflow.report as report
+
+    records = [
+        replace(RECORDS[0], doc_sources=[[], ["dense"], ["dense", "bm25"], []]),  # the padded one: no source
+        replace(RECORDS[1], doc_sources=[[]]),
+    ]
+    candidates = _candidates_file(tmp_path)
+    scores = score_sets(scan_negatives(records, candidates, QUERY_IDS), candidates)
+    assert list(scores.negative_cosine_by_source) == ["bm25", "dense"]
+    np.testing.assert_allclose(scores.negative_cosine_by_source["dense"], [0.5, 0.4])
+    np.testing.assert_allclose(scores.negative_cosine_by_source["bm25"], [0.4])
+    figures = []
+    monkeypatch.setattr(report, "_save_figure", lambda fig, path: figures.append(fig))
+    report.plot_scores(scores, tmp_path / "scores.png", "ds")
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes[2:]] == ["ds: negatives per source", "ds: negatives' cosine per source"]
+    labels, patches = axes[2].get_yticklabels(), axes[2].patches
+    bars = {label.get_text(): patch.get_width() for label, patch in zip(labels, patches, strict=True)}
+    assert bars == {"bm25": 1, "dense": 2}
+    assert [t.get_text() for t in axes[3].get_legend().get_texts()] == ["bm25", "dense"]
+    report.plot_scores(score_sets(scan_negatives(RECORDS, candidates, QUERY_IDS), candidates), tmp_path / "s.png", "ds")
+    assert len(figures[1].axes) == 2  # one source: the cosine and CE panels only, as before

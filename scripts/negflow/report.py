@@ -40,6 +40,7 @@ class ScoreSets:
     candidate_counts: np.ndarray
     positive_ce: np.ndarray | None
     negative_ce: np.ndarray | None
+    negative_cosine_by_source: dict[str, np.ndarray] = field(default_factory=dict)  # fused runs only
 
 
 @dataclass
@@ -52,6 +53,9 @@ class ExportScan:
     scores: dict[str, array] = field(default_factory=lambda: {k: array("d") for k in SCORE_KEYS})
     has_ce: bool = False
     ranks: array = field(default_factory=lambda: array("q"))  # of the negatives that were candidates
+    source_cosines: dict[str, array] = field(
+        default_factory=dict
+    )  # negatives' cosines by the sources that returned them
 
 
 SCORE_KEYS = ("positive_cosine", "negative_cosine", "positive_ce", "negative_ce")
@@ -76,6 +80,8 @@ def scan_negatives(records: Iterable[NegativesRecord], candidates_path: str | Pa
             scan.scores[f"{side}_cosine"].append(cos)
             if ce_score is not None:
                 scan.scores[f"{side}_ce"].append(ce_score)
+            for source in r.doc_sources[i] if r.doc_sources and i >= n_pos else ():
+                scan.source_cosines.setdefault(source, array("d")).append(cos)
         block.append((r.query, r.negatives()))
         if len(block) == RANK_BLOCK:
             _add_ranks(scan, block, candidates, query_ids)
@@ -117,6 +123,7 @@ def score_sets(scan: ExportScan, candidates_path: str | Path) -> ScoreSets:
         candidate_counts(candidates_path),
         values("positive_ce") if scan.has_ce else None,
         values("negative_ce") if scan.has_ce else None,
+        {name: np.frombuffer(v, dtype=np.float64) for name, v in sorted(scan.source_cosines.items())},
     )
 
 
@@ -145,13 +152,17 @@ def _figure(panels: int):
 
 def plot_scores(scores: ScoreSets, path: str | Path, dataset: str) -> None:
     """Histograms of positive vs negative scores: cosine (with all candidates for context) and, when a
-    cross-encoder scored the pairs, CE. Negatives piled against the positives are false-negative risk."""
+    cross-encoder scored the pairs, CE. Negatives piled against the positives are false-negative risk. With
+    several candidate sources, two more panels: the negatives each source returned (one that two returned
+    counts under both) and their cosines, so a source that brings only easy or only near-positive documents
+    shows."""
     panels = [("cosine", scores.positive_cosine, scores.negative_cosine, scores.candidate_counts)]
     if scores.positive_ce is not None:
         panels.append(("cross-encoder score", scores.positive_ce, scores.negative_ce, None))
-    fig, axes = _figure(len(panels))
+    by_source = scores.negative_cosine_by_source
+    fig, axes = _figure(len(panels) + 2 * bool(by_source))
     centers = (COSINE_GRID[1:] + COSINE_GRID[:-1]) / 2
-    for ax, (name, pos, neg, cand) in zip(axes[0], panels, strict=True):
+    for ax, (name, pos, neg, cand) in zip(axes[0][: len(panels)], panels, strict=True):
         filled = centers[cand > 0] if cand is not None else np.empty(0)
         values = [v for v in (pos, neg, filled) if len(v)]
         lo = min(float(v.min()) for v in values) if values else 0.0
@@ -168,7 +179,28 @@ def plot_scores(scores: ScoreSets, path: str | Path, dataset: str) -> None:
         ax.set_ylabel("density")
         ax.set_title(f"{dataset}: query-document {name}")
         ax.legend()
+    if by_source:
+        _plot_sources(axes[0][len(panels)], axes[0][len(panels) + 1], by_source, dataset)
     _save_figure(fig, path)
+
+
+def _plot_sources(counts_ax, cosines_ax, by_source: dict[str, np.ndarray], dataset: str) -> None:
+    names = list(by_source)
+    counts_ax.barh(names, [len(by_source[n]) for n in names], color="tab:red", alpha=0.6)
+    counts_ax.invert_yaxis()
+    counts_ax.set_xlabel("negatives returned by the source")
+    counts_ax.set_title(f"{dataset}: negatives per source")
+    values = [v for v in by_source.values() if len(v)]
+    lo = min(float(v.min()) for v in values) if values else 0.0
+    hi = max(float(v.max()) for v in values) if values else 1.0
+    bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
+    for name in names:
+        if len(by_source[name]):
+            cosines_ax.hist(by_source[name], bins=bins, density=True, histtype="step", label=name)
+    cosines_ax.set_xlabel("cosine")
+    cosines_ax.set_ylabel("density")
+    cosines_ax.set_title(f"{dataset}: negatives' cosine per source")
+    cosines_ax.legend()
 
 
 def plot_ranks(ranks: np.ndarray, candidates: int, path: str | Path, dataset: str) -> None:
