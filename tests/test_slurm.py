@@ -5,6 +5,7 @@ negflow's display showing each job's counts, or its error, from status files sta
 CI starts a single-node SLURM with two fake GPUs (.ci/slurm.sh start) and sets NEGFLOW_REQUIRE_SLURM=1,
 so there a missing SLURM fails instead of skipping."""
 
+import json
 import os
 import re
 import shutil
@@ -13,8 +14,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, assert_same_negatives, snakemake, write_config
+from conftest import REPO, assert_same_negatives, read_jsonl, snakemake, write_config
+
+from negflow.bm25 import search_bm25
+from negflow.config import load_schema, setting_defaults
+from negflow.sources import fuse_candidates
 
 
 def slurm_is_up() -> bool:
@@ -108,13 +114,18 @@ def slurm_run(workdir, check: bool = True) -> list[str]:
     return (proc.stdout + proc.stderr).splitlines()
 
 
+def started(shown: list[str]) -> Counter:
+    """Rule -> how many jobs the display showed starting."""
+    return Counter(line.split()[1] for line in shown if line.startswith("▶ "))
+
+
 def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block, tiny_models, local_ce_run):
     """Also the display's counts from statuses stamped a day behind: catches a display that judges a status
     by its mtime (the window after time.time() - 1.0 it had hid every count here)."""
     assert slurm_is_up(), "SLURM is required here but sinfo shows no usable node"
     write_config(tmp_path, {"fx": {**dataset_block, "ce": str(tiny_models["ce"])}}, scatter={"embed": 2})
     shown = slurm_run(tmp_path)
-    planned = dict(Counter(line.split()[1] for line in shown if line.startswith("▶ ")))
+    planned = started(shown)
     assert planned["embed"] == 2 and planned["score_pairs"] == 1  # corpus and queries shard together
     assert_stamped_a_day_behind(tmp_path)
     for shard in ("1-of-2", "2-of-2"):
@@ -123,10 +134,19 @@ def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block,
         )
     assert any(re.fullmatch(r"✓ export_negatives fx \(\d+\.\d s\): .*[\d,]+ negatives", x) for x in shown), shown
 
+    assert slurm_devices(tmp_path, shown) == {"0", "1"}  # GPU jobs ran side by side on both of the node's GPUs
+    assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
+
+
+def slurm_devices(workdir, shown: list[str]) -> set[str]:
+    """Check that every job the run showed ran as a SLURM job of its own that completed, GPU rules with
+    `--gpus=1` on the gpu partition and on the GPU SLURM assigned, the others on the cpu partition; the GPUs
+    the GPU jobs used."""
+    planned = started(shown)
     jobs: dict[str, list[str]] = {}
     devices = set()
-    for log in sorted((tmp_path / "logs").rglob("*.log")):
-        rule = log.relative_to(tmp_path / "logs").parts[0]
+    for log in sorted((workdir / "logs").rglob("*.log")):
+        rule = log.relative_to(workdir / "logs").parts[0]
         if rule == "slurm":  # sbatch's own output files
             continue
         text = log.read_text()
@@ -138,8 +158,7 @@ def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block,
             assert gpus and gpus[1] == found[1], log
             assert re.search(rf"using the GPUs SLURM assigned \(.*CUDA_VISIBLE_DEVICES={gpus[2]}\)", text), log
             devices.add(gpus[2])
-    assert {rule: len(ids) for rule, ids in jobs.items()} == planned  # every job of every rule ran in SLURM
-    assert devices == {"0", "1"}  # GPU jobs ran side by side on both of the node's GPUs
+    assert Counter({rule: len(ids) for rule, ids in jobs.items()}) == planned  # every job ran in SLURM
 
     for rule, ids in jobs.items():
         for job_id in ids:
@@ -152,7 +171,44 @@ def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block,
             else:
                 assert "gpu" not in tres and info["Partition"] == "cpu", (rule, tres)
     assert len({j for ids in jobs.values() for j in ids}) == sum(planned.values())
-    assert_same_negatives(tmp_path / "results/fx/negatives.jsonl", local_ce_run / "results/fx/negatives.jsonl")
+    return devices
+
+
+def test_two_candidate_sources_fuse_through_slurm_as_the_library_fuses_them(tmp_path, dataset_block):
+    """Dense and BM25 candidates, each searched in two SLURM jobs, fused in another: the fused table equals
+    what the library makes of the dense table and of BM25 searched in one piece, and each negative names its
+    sources. Checked against the code: catches a BM25 shard lost between the SLURM jobs (bm25_shards
+    gathering the first search shard only fails it)."""
+    assert slurm_is_up(), "SLURM is required here but sinfo shows no usable node"
+    block = {**dataset_block, "candidate_sources": ["dense", "bm25"], "candidates": 20, "train_formats": []}
+    del block["audit_qrels"]
+    write_config(tmp_path, {"fx": block}, scatter={"search": 2})
+    shown = slurm_run(tmp_path)
+    planned = started(shown)
+    assert planned["search_bm25"] == planned["search"] == 2 and planned["fuse_candidates"] == 1
+    slurm_devices(tmp_path, shown)
+
+    results = tmp_path / "results" / "fx"
+    dirs = [str(results / "prepare" / p) for p in ("queries", "corpus", "qrels")]  # BM25 in one search, here
+    defaults = setting_defaults(load_schema(REPO / "config" / "schema.yaml"))
+    search_bm25(str(results / "bm25" / "index"), *dirs, defaults, 20, str(tmp_path / "bm25.parquet"))
+    tables = {"dense": str(results / "search" / "candidates.parquet"), "bm25": str(tmp_path / "bm25.parquet")}
+    embeddings = {p: sorted(str(f) for f in (results / "embed" / p).glob("*.npy")) for p in ("corpus", "queries")}
+    prepared = [str(results / "prepare" / p) for p in ("corpus", "queries")]
+    fuse_candidates(tables, embeddings["corpus"], embeddings["queries"], *prepared, str(tmp_path / "fused.parquet"))
+    fused = pq.read_table(results / "fuse" / "candidates.parquet")
+    assert fused.equals(pq.read_table(tmp_path / "fused.parquet"))
+    found_by = {
+        (r["query_id"], r["doc_id"]): [s for s in ("dense", "bm25") if r[f"rank_{s}"]] for r in fused.to_pylist()
+    }
+    records = read_jsonl(results / "negatives.jsonl")
+    negatives = [(r["query"], d, src) for r in records for d, src in zip(r["docs"], r["doc_sources"], strict=True)]
+    negatives = [(q, d, src) for q, d, src in negatives if src]
+    assert negatives and all(src == found_by[(q, d)] for q, d, src in negatives)
+    counted = json.loads((results / "selection.json").read_text())["sources"]
+    assert {s: v["negatives"] for s, v in counted.items()} == {
+        s: sum(s in src for _, _, src in negatives) for s in ("dense", "bm25")
+    }
 
 
 def test_a_failing_slurm_job_shows_its_own_error_from_a_status_stamped_a_day_behind(tmp_path, dataset_block):
