@@ -15,7 +15,7 @@ import pytest
 
 from negflow.bm25 import index_bm25, search_bm25, tokenizer
 from negflow.errors import InputError
-from negflow.sources import RRF_K, fuse_candidates, read_run, source_name
+from negflow.sources import RRF_K, _run_lines, _trec_columns, fuse_candidates, read_run, run_columns, source_name
 from negflow.store import ShardedEmbeddings, load_table
 
 BM25 = {"bm25_k1": 1.2, "bm25_b": 0.75, "bm25_stemmer": "english", "bm25_stopwords": "en"}
@@ -150,11 +150,11 @@ def test_a_run_file_is_read_per_query_by_score_without_qrels_documents(staged, f
     [
         (
             "QX Q0 {d} 1 1.0 t",
-            "{run}:2: query 'QX' is not in the dataset's query table (1 lines name an unknown query)",
+            "{run}:3: query 'QX' is not in the dataset's query table (1 lines name an unknown query)",
         ),
-        ("{q} Q0 DX 1 1.0 t", "{run}:2: document 'DX' is not in the dataset's document table"),
-        ("{q} Q0 {d} 1 t", "{run}:2: not a run line (5 fields, a TREC run line has 6: qid Q0 docid rank score"),
-        ("{q} Q0 {d} 1 nan t", "{run}:2: score is NaN"),
+        ("{q} Q0 DX 1 1.0 t", "{run}:3: document 'DX' is not in the dataset's document table"),
+        ("{q} Q0 {d} 1 t", "{run}:3: not a run line (5 fields, a TREC run line has 6: qid Q0 docid rank score"),
+        ("{q} Q0 {d} 1 nan t", "{run}:3: score is NaN"),
     ],
 )
 def test_a_bad_run_line_is_refused_with_its_file_and_line_and_nothing_written(
@@ -164,12 +164,36 @@ def test_a_bad_run_line_is_refused_with_its_file_and_line_and_nothing_written(
     q = load_table(out / "queries", ["id"])["id"][0].as_py()
     d = load_table(out / "corpus", ["id"])["id"][0].as_py()
     run = tmp_path / "run.txt"
-    run.write_text(f"{q} Q0 {d} 1 1.0 t\n" + line.format(q=q, d=d) + "\n")
+    run.write_text(f"{q} Q0 {d} 1 1.0 t\n\n" + line.format(q=q, d=d) + "\n")  # a blank line is still a line
     with pytest.raises(InputError) as error:
         dirs = [str(out / p) for p in ("queries", "corpus", "qrels")]
         read_run(str(run), *dirs, 5, str(tmp_path / "t.parquet"), str(fixture_data["queries"]))
     assert str(error.value).startswith(message.format(run=run))
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path):
+    """The Arrow reader against the line reader on what TREC runs hold: tabs, runs of spaces, CRLF, blank and
+    whitespace-only lines (skipped, yet counted in later line numbers), scientific scores, Unicode ids; a line
+    the Arrow reader does not take (a '+3' rank) hands the whole file to the line reader."""
+    rng = np.random.default_rng(0)
+    lines = [f"q{rng.integers(50)} Q0 d{rng.integers(10**6)} {i} {rng.normal():.6g} bm25" for i in range(1, 3000)]
+    lines[10] = "q1\tQ0\td-ü\t5\t1e-3\ttag"
+    lines[20] = "  q2   Q0 d2  7 -4.5E2 tag  "
+    lines[30:30] = ["", "   \t "]
+    path = tmp_path / "run.trec"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    columns = _trec_columns(str(path))
+    assert columns is not None
+    by_line = list(_run_lines(str(path)))
+    assert columns.lines.tolist() == [n for n, *_ in by_line]
+    assert columns.query_ids.to_pylist() == [q for _, q, *_ in by_line]
+    assert columns.doc_ids.to_pylist() == [d for _, _, d, *_ in by_line]
+    assert columns.ranks.tolist() == [r for *_, r, _ in by_line]
+    assert columns.scores.tolist() == [s for *_, s in by_line]
+    path.write_text("\n".join(lines[:40] + ["q1 Q0 d1 +3 1.0 t"]) + "\n")
+    assert _trec_columns(str(path)) is None
+    assert run_columns(str(path)).ranks.tolist() == [r for *_, r, _ in _run_lines(str(path))]
 
 
 def test_fusion_is_the_union_by_reciprocal_rank_with_exact_cosines(staged, tmp_path):

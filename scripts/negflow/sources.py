@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,70 @@ def _run_lines(path: str):
             yield number, q, d, rank, score
 
 
+@dataclass
+class RunColumns:
+    """A run file's lines as columns: each line's number in the file, query id, doc id, rank and score."""
+
+    lines: np.ndarray
+    query_ids: pa.Array
+    doc_ids: pa.Array
+    ranks: np.ndarray
+    scores: np.ndarray
+
+
+def _trec_columns(path: str) -> RunColumns | None:
+    """A TREC run read by Arrow, no Python object per line (a 50M-line run is a few GB as Python strings);
+    None when any line is not plainly well formed (a field count other than 6, a rank Arrow does not read as
+    an integer, a NaN score): `_run_lines` then reads the file and names the line."""
+    import pyarrow.csv as csv
+
+    try:
+        text = csv.read_csv(
+            path,
+            read_options=csv.ReadOptions(column_names=["line"], block_size=1 << 24),
+            parse_options=csv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
+            convert_options=csv.ConvertOptions(column_types={"line": pa.string()}),
+        )["line"]
+    except pa.ArrowInvalid:  # a \x1f inside a line, bad UTF-8
+        return None
+    text = pc.utf8_trim_whitespace(text)
+    kept = np.flatnonzero(pc.utf8_length(text).to_numpy(zero_copy_only=False) > 0)  # blank lines are skipped
+    fields = pc.utf8_split_whitespace(text.take(pa.array(kept)))
+    if (pc.list_value_length(fields).to_numpy(zero_copy_only=False) != 6).any():
+        return None
+    try:
+        ranks = pc.cast(pc.list_element(fields, 3), pa.int64()).to_numpy()
+        scores = pc.cast(pc.list_element(fields, 4), pa.float64()).to_numpy()
+    except pa.ArrowInvalid:
+        return None
+    if np.isnan(scores).any():
+        return None
+    return RunColumns(kept + 1, pc.list_element(fields, 0), pc.list_element(fields, 2), ranks, scores)
+
+
+def run_columns(path: str) -> RunColumns:
+    """A TREC or JSONL run file's lines as columns (`_trec_columns` for a well-formed TREC run, else line by
+    line), or the file:line of its first malformed line."""
+    if Path(path).suffix not in (".jsonl", ".json"):
+        columns = _trec_columns(path)
+        if columns is not None:
+            return columns
+    lines, qids, dids, ranks, scores = [], [], [], [], []
+    for number, q, d, rank, score in _run_lines(path):
+        lines.append(number)
+        qids.append(q)
+        dids.append(d)
+        ranks.append(rank)
+        scores.append(score)
+    return RunColumns(
+        np.array(lines, dtype=np.int64),
+        pa.array(qids, pa.string()),
+        pa.array(dids, pa.string()),
+        np.array(ranks, dtype=np.int64),
+        np.array(scores, dtype=np.float64),
+    )
+
+
 def read_run(
     path: str,
     queries_dir: str,
@@ -164,34 +229,27 @@ def read_run(
     does. Lines of a query the dataset holds (`queries_ref`, its queries file) but does not mine (no
     positive) are skipped and counted; a query or document the dataset does not hold is refused with the
     file:line that names it, before anything is written."""
-    lines, qids, dids, ranks, scores = [], [], [], [], []
-    for number, q, d, rank, score in _run_lines(path):
-        lines.append(number)
-        qids.append(q)
-        dids.append(d)
-        ranks.append(rank)
-        scores.append(score)
+    run = run_columns(path)
     query_ids = load_table(queries_dir, ["id"])["id"]
     doc_ids = load_table(corpus_dir, ["id"])["id"]
-    q_rows = pc.index_in(pa.array(qids, pa.string()), value_set=query_ids).to_numpy(zero_copy_only=False)
-    d_rows = pc.index_in(pa.array(dids, pa.string()), value_set=doc_ids).to_numpy(zero_copy_only=False)
-    not_mined = np.zeros(len(lines), dtype=bool)
+    q_rows = pc.index_in(run.query_ids, value_set=query_ids).to_numpy(zero_copy_only=False)
+    d_rows = pc.index_in(run.doc_ids, value_set=doc_ids).to_numpy(zero_copy_only=False)
+    not_mined = np.zeros(len(run.lines), dtype=bool)
     if q_rows.dtype.kind == "f" and queries_ref is not None:
-        missing = np.isnan(q_rows)
-        held = {q for q, _ in iter_queries(queries_ref, ReadStats())}
-        not_mined = missing & np.array([q in held for q in qids], dtype=bool)
-    for rows, ids, what in ((q_rows, qids, "query"), (d_rows, dids, "document")):
+        held = pa.array([q for q, _ in iter_queries(queries_ref, ReadStats())], pa.string())
+        not_mined = np.isnan(q_rows) & pc.is_in(run.query_ids, value_set=held).to_numpy(zero_copy_only=False)
+    for rows, ids, what in ((q_rows, run.query_ids, "query"), (d_rows, run.doc_ids, "document")):
         unknown = np.flatnonzero(np.isnan(rows) & ~not_mined) if rows.dtype.kind == "f" else np.array([], dtype=int)
         if len(unknown):
             i = int(unknown[0])
             raise InputError(
-                f"{path}:{lines[i]}: {what} {ids[i]!r} is not in the dataset's {what} table "
+                f"{path}:{run.lines[i]}: {what} {ids[i].as_py()!r} is not in the dataset's {what} table "
                 f"({len(unknown)} lines name an unknown {what})"
             )
     mined = ~not_mined
     q_rows, d_rows = q_rows[mined].astype(np.int64), d_rows[mined].astype(np.int64)
-    scores_arr = np.asarray(scores, dtype=np.float64)[mined]
-    ranks_arr = np.asarray(ranks, dtype=np.int64)[mined]
+    scores_arr = run.scores[mined]
+    ranks_arr = run.ranks[mined]
     judged_q, judged_d, _ = qrels_rows(qrels_dir, query_ids.to_pylist())
     keep = ~np.isin(q_rows * len(doc_ids) + d_rows, judged_q * len(doc_ids) + judged_d)
     # one line per (query, document): a repeated pair keeps its best score
@@ -218,7 +276,7 @@ def read_run(
     with atomic_output(out_path) as tmp:
         pq.write_table(table, str(tmp))
     counts = {
-        "lines": len(lines),
+        "lines": len(run.lines),
         "lines_of_queries_not_mined": int(not_mined.sum()),
         "queries": len(np.unique(q_sorted)),
         "candidates": table.num_rows,
