@@ -47,11 +47,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         shared = [d.argname for chain in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in chain]
-        shared = [name for name in shared if fixtures.name2fixturedefs[name][-1].scope in ("module", "class")]
+        shared = [
+            name for name in shared if fixtures.name2fixturedefs[name][-1].scope in ("module", "class", "package")
+        ]
         if Path(item.path).name in SPLIT_BY_TEST and shared:
             raise pytest.UsageError(f"{item.nodeid} uses module-scoped {shared}: take its file out of SPLIT_BY_TEST")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `-p no:xdist` would refuse it as unknown
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, except that the tests of SPLIT_BY_TEST files are handed out one by one. pytest-xdist's
     own `loadgroup` would do this by marks, but its renaming of node ids has no effect under pytest 9.2 (it sets

@@ -110,11 +110,17 @@ def test_a_fused_run_plots_negatives_and_their_cosines_per_source(tmp_path, monk
         replace(RECORDS[0], doc_sources=[[], ["dense"], ["dense", "bm25"], []]),  # the padded one: no source
         replace(RECORDS[1], doc_sources=[[]]),
     ]
-    candidates = _candidates_file(tmp_path)
-    scores = score_sets(scan_negatives(records, candidates, QUERY_IDS), candidates)
-    assert list(scores.negative_cosine_by_source) == ["bm25", "dense"]
+    single = _candidates_file(tmp_path)
+    fused = tmp_path / "fused.parquet"
+    table = pq.read_table(single)
+    for name in ("dense", "bm25", "run_mine"):  # the run file returned no negative: a bar of 0
+        table = table.append_column(f"rank_{name}", pa.array([1, 2, 3, 1], pa.int32()))
+    pq.write_table(table, fused)
+    scores = score_sets(scan_negatives(records, fused, QUERY_IDS), fused)
+    assert list(scores.negative_cosine_by_source) == ["dense", "bm25", "run_mine"]  # as listed
     np.testing.assert_allclose(scores.negative_cosine_by_source["dense"], [0.5, 0.4])
     np.testing.assert_allclose(scores.negative_cosine_by_source["bm25"], [0.4])
+    assert len(scores.negative_cosine_by_source["run_mine"]) == 0
     figures = []
     monkeypatch.setattr(report, "_save_figure", lambda fig, path: figures.append(fig))
     report.plot_scores(scores, tmp_path / "scores.png", "ds")
@@ -122,7 +128,7 @@ def test_a_fused_run_plots_negatives_and_their_cosines_per_source(tmp_path, monk
     assert [ax.get_title() for ax in axes[2:]] == ["ds: negatives per source", "ds: negatives' cosine per source"]
     labels, patches = axes[2].get_yticklabels(), axes[2].patches
     bars = {label.get_text(): patch.get_width() for label, patch in zip(labels, patches, strict=True)}
-    assert bars == {"bm25": 1, "dense": 2}
-    assert [t.get_text() for t in axes[3].get_legend().get_texts()] == ["bm25", "dense"]
-    report.plot_scores(score_sets(scan_negatives(RECORDS, candidates, QUERY_IDS), candidates), tmp_path / "s.png", "ds")
+    assert bars == {"dense": 2, "bm25": 1, "run_mine": 0}
+    assert [t.get_text() for t in axes[3].get_legend().get_texts()] == ["dense", "bm25"]
+    report.plot_scores(score_sets(scan_negatives(RECORDS, single, QUERY_IDS), single), tmp_path / "s.png", "ds")
     assert len(figures[1].axes) == 2  # one source: the cosine and CE panels only, as before

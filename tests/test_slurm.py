@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, assert_same_negatives, read_jsonl, snakemake, write_config
+from conftest import REPO, assert_same_negatives, snakemake, write_config
 
 from negflow.bm25 import search_bm25
 from negflow.config import load_schema, setting_defaults
+from negflow.negatives import read_negatives
 from negflow.sources import fuse_candidates
 
 
@@ -201,10 +202,12 @@ def test_two_candidate_sources_fuse_through_slurm_as_the_library_fuses_them(tmp_
     found_by = {
         (r["query_id"], r["doc_id"]): [s for s in ("dense", "bm25") if r[f"rank_{s}"]] for r in fused.to_pylist()
     }
-    records = read_jsonl(results / "negatives.jsonl")
-    negatives = [(r["query"], d, src) for r in records for d, src in zip(r["docs"], r["doc_sources"], strict=True)]
-    negatives = [(q, d, src) for q, d, src in negatives if src]
-    assert negatives and all(src == found_by[(q, d)] for q, d, src in negatives)
+    negatives = [
+        (r.query, d, src)
+        for r in read_negatives(results / "negatives.jsonl")
+        for d, src in zip(r.docs[r.n_positives :], r.doc_sources[r.n_positives :], strict=True)
+    ]
+    assert negatives and all(src == found_by.get((q, d), []) for q, d, src in negatives)  # padding: no source
     counted = json.loads((results / "selection.json").read_text())["sources"]
     assert {s: v["negatives"] for s, v in counted.items()} == {
         s: sum(s in src for _, _, src in negatives) for s in ("dense", "bm25")

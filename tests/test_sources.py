@@ -194,6 +194,11 @@ def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path):
     path.write_text("\n".join(lines[:40] + ["q1 Q0 d1 +3 1.0 t"]) + "\n")
     assert _trec_columns(str(path)) is None
     assert run_columns(str(path)).ranks.tolist() == [r for *_, r, _ in _run_lines(str(path))]
+    path.write_text("\n".join(lines[:40] + ["q1 Q0 d1 0x10 1.0 t"]) + "\n")  # Arrow reads it as 16
+    with pytest.raises(InputError, match=r"run.trec:41: not a run line"):
+        run_columns(str(path))
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines[:5]).encode())  # a byte-order mark, either reader
+    assert run_columns(str(path)).query_ids[0].as_py() == next(_run_lines(str(path)))[1] == lines[0].split()[0]
 
 
 def test_fusion_is_the_union_by_reciprocal_rank_with_exact_cosines(staged, tmp_path):

@@ -19,6 +19,7 @@ from negflow.calibration import within_budget
 from negflow.files import SortedRows, atomic_output, open_parquet
 from negflow.negatives import NegativesRecord, read_negatives
 from negflow.selection import no_negatives_warning
+from negflow.sources import fused_sources
 from negflow.store import load_table
 
 EXAMPLE_QUERIES = 5
@@ -123,8 +124,17 @@ def score_sets(scan: ExportScan, candidates_path: str | Path) -> ScoreSets:
         candidate_counts(candidates_path),
         values("positive_ce") if scan.has_ce else None,
         values("negative_ce") if scan.has_ce else None,
-        {name: np.frombuffer(v, dtype=np.float64) for name, v in sorted(scan.source_cosines.items())},
+        negative_cosines_by_source(scan, candidates_path),
     )
+
+
+def negative_cosines_by_source(scan: ExportScan, candidates_path: str | Path) -> dict[str, np.ndarray]:
+    """The cosines of the negatives each listed source returned, in the listed order, a source that returned
+    none included; {} unless the candidates are fused from two sources or more."""
+    names = fused_sources(open_parquet(candidates_path).schema_arrow)
+    if len(names) < 2:
+        return {}
+    return {name: np.frombuffer(scan.source_cosines.get(name, array("d")), dtype=np.float64) for name in names}
 
 
 def negative_ranks(scan: ExportScan) -> np.ndarray:

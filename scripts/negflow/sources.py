@@ -129,7 +129,7 @@ def _run_lines(path: str):
     separated) or a JSONL run (`{"query_id", "doc_id", "score"}`, `rank` optional) line by line; a
     malformed line is refused with its file:line."""
     jsonl = Path(path).suffix in (".jsonl", ".json")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first query id
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -164,8 +164,8 @@ class RunColumns:
 
 def _trec_columns(path: str) -> RunColumns | None:
     """A TREC run read by Arrow, no Python object per line (a 50M-line run is a few GB as Python strings);
-    None when any line is not plainly well formed (a field count other than 6, a rank Arrow does not read as
-    an integer, a NaN score): `_run_lines` then reads the file and names the line."""
+    None when any line is not plainly well formed (a field count other than 6, a rank other than decimal
+    digits, a score Arrow does not read, a NaN score): `_run_lines` then reads the file and names the line."""
     import pyarrow.csv as csv
 
     try:
@@ -182,8 +182,11 @@ def _trec_columns(path: str) -> RunColumns | None:
     fields = pc.utf8_split_whitespace(text.take(pa.array(kept)))
     if (pc.list_value_length(fields).to_numpy(zero_copy_only=False) != 6).any():
         return None
+    ranks = pc.list_element(fields, 3)
+    if not pc.all(pc.match_substring_regex(ranks, r"^-?[0-9]{1,18}$")).as_py():  # Arrow also reads 0x10
+        return None
     try:
-        ranks = pc.cast(pc.list_element(fields, 3), pa.int64()).to_numpy()
+        ranks = pc.cast(ranks, pa.int64()).to_numpy()
         scores = pc.cast(pc.list_element(fields, 4), pa.float64()).to_numpy()
     except pa.ArrowInvalid:
         return None
