@@ -299,6 +299,25 @@ SELECTION_JOBS = {
 }
 
 
+def fused_in_one_piece(results: Path, out: Path, candidates: int, others: dict[str, str] | None = None) -> Path:
+    """What the library fuses from a run's dense table and BM25 searched in one piece (plus `others`, name:
+    table): the reference a sharded or SLURM run's fused table must equal; the fused table's path."""
+    from negflow.bm25 import search_bm25
+    from negflow.config import load_schema, setting_defaults
+    from negflow.sources import fuse_candidates
+
+    dirs = [str(results / "prepare" / p) for p in ("queries", "corpus", "qrels")]
+    defaults = setting_defaults(load_schema(REPO / "config" / "schema.yaml"))
+    search_bm25(str(results / "bm25" / "index"), *dirs, defaults, candidates, str(out / "bm25.parquet"))
+    tables = {"dense": str(results / "search" / "candidates.parquet"), "bm25": str(out / "bm25.parquet")}
+    embeddings = {p: sorted(str(f) for f in (results / "embed" / p).glob("*.npy")) for p in ("corpus", "queries")}
+    prepared = [str(results / "prepare" / p) for p in ("corpus", "queries")]
+    fuse_candidates(
+        tables | (others or {}), embeddings["corpus"], embeddings["queries"], *prepared, str(out / "f.parquet")
+    )
+    return out / "f.parquet"
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

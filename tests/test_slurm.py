@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, assert_same_negatives, snakemake, write_config
+from conftest import REPO, assert_same_negatives, fused_in_one_piece, snakemake, write_config
 
-from negflow.bm25 import search_bm25
-from negflow.config import load_schema, setting_defaults
 from negflow.negatives import read_negatives
-from negflow.sources import fuse_candidates
 
 
 def slurm_is_up() -> bool:
@@ -190,15 +187,8 @@ def test_two_candidate_sources_fuse_through_slurm_as_the_library_fuses_them(tmp_
     slurm_devices(tmp_path, shown)
 
     results = tmp_path / "results" / "fx"
-    dirs = [str(results / "prepare" / p) for p in ("queries", "corpus", "qrels")]  # BM25 in one search, here
-    defaults = setting_defaults(load_schema(REPO / "config" / "schema.yaml"))
-    search_bm25(str(results / "bm25" / "index"), *dirs, defaults, 20, str(tmp_path / "bm25.parquet"))
-    tables = {"dense": str(results / "search" / "candidates.parquet"), "bm25": str(tmp_path / "bm25.parquet")}
-    embeddings = {p: sorted(str(f) for f in (results / "embed" / p).glob("*.npy")) for p in ("corpus", "queries")}
-    prepared = [str(results / "prepare" / p) for p in ("corpus", "queries")]
-    fuse_candidates(tables, embeddings["corpus"], embeddings["queries"], *prepared, str(tmp_path / "fused.parquet"))
     fused = pq.read_table(results / "fuse" / "candidates.parquet")
-    assert fused.equals(pq.read_table(tmp_path / "fused.parquet"))
+    assert fused.equals(pq.read_table(fused_in_one_piece(results, tmp_path, 20)))
     found_by = {
         (r["query_id"], r["doc_id"]): [s for s in ("dense", "bm25") if r[f"rank_{s}"]] for r in fused.to_pylist()
     }

@@ -6,11 +6,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, SELECTION_JOBS, planned_jobs, read_jsonl, snakemake, write_config
-
-from negflow.bm25 import search_bm25
-from negflow.config import load_schema, setting_defaults
-from negflow.sources import fuse_candidates
+from conftest import SELECTION_JOBS, fused_in_one_piece, planned_jobs, read_jsonl, snakemake, write_config
 
 pytestmark = pytest.mark.slow  # runs Snakemake
 
@@ -35,19 +31,10 @@ def test_dense_bm25_and_a_run_file_fused_over_sharded_searches(tmp_path, dataset
     # the fused table is what the library makes of the one-shard sources: sharding changes nothing
     one_shard = tmp_path / "one-shard"
     one_shard.mkdir()
-    dirs = [str(results / "prepare" / p) for p in ("queries", "corpus", "qrels")]
-    defaults = setting_defaults(load_schema(REPO / "config" / "schema.yaml"))
-    search_bm25(str(results / "bm25" / "index"), *dirs, defaults, 20, str(one_shard / "bm25.parquet"))
-    embeddings = {p: sorted(str(f) for f in (results / "embed" / p).glob("*.npy")) for p in ("corpus", "queries")}
-    tables = {
-        "dense": str(results / "search" / "candidates.parquet"),
-        "bm25": str(one_shard / "bm25.parquet"),
-        "run_mine": str(results / "runs" / "run_mine.parquet"),
-    }
-    prepared = [str(results / "prepare" / p) for p in ("corpus", "queries")]
-    fuse_candidates(tables, embeddings["corpus"], embeddings["queries"], *prepared, str(one_shard / "fused.parquet"))
+    run_table = {"run_mine": str(results / "runs" / "run_mine.parquet")}
+    reference = fused_in_one_piece(results, one_shard, 20, run_table)
     fused = pq.read_table(results / "fuse" / "candidates.parquet")
-    assert fused.equals(pq.read_table(one_shard / "fused.parquet"))
+    assert fused.equals(pq.read_table(reference))
 
     # the run file's documents are candidates of its query, found by it alone or with another source
     rows = fused.filter(np.asarray(fused["query_id"].to_pylist()) == query).to_pylist()
