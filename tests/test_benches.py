@@ -59,12 +59,19 @@ BENCHES = {  # bench: (reads ../shared/datasets, has --workdir, what its output 
         ],
     ),
     "prepare_workers.py": (False, True, [rf"2 workers / 1: {NUMBER}x", r"output folders byte-identical: yes"]),
+    "run_files.py": (
+        False,
+        True,
+        [rf"trec arrow / line reader \(baseline\): lines/s {NUMBER}x", rf"jsonl arrow / line reader .* {NUMBER}x"],
+    ),
     "sources.py": (
         True,
         True,
         [
-            rf"dense\+bm25 +all +\d+ +{NUMBER}% +{NUMBER}% +{NUMBER} +{NUMBER} +\d+",
+            rf"msmarco-two: .*\n.*\ndense\+bm25 +all +\d+ +{NUMBER}% +{NUMBER}% +{NUMBER} +{NUMBER} +\d+",
             rf" +bm25 +\d+ +{NUMBER}%",
+            rf"scifact-holdout: .*\n.*\ndense\+bm25 +all +\d+ +{NUMBER}% +- +{NUMBER} +{NUMBER} +\d+",
+            rf"nDCG@10 on train:\n  dense\+bm25 +{NUMBER} +mean {NUMBER}",
         ],
     ),
     "search_memory.py": (False, True, [rf"negflow peak RSS / embedding matrix: {NUMBER}x"]),

@@ -13,9 +13,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from negflow import sources
 from negflow.bm25 import index_bm25, search_bm25, tokenizer
 from negflow.errors import InputError
-from negflow.sources import RRF_K, _run_lines, _trec_columns, fuse_candidates, read_run, run_columns, source_name
+from negflow.sources import (
+    RRF_K,
+    _arrow_columns,
+    _run_lines,
+    fuse_candidates,
+    read_run,
+    run_columns,
+    source_name,
+)
 from negflow.store import ShardedEmbeddings, load_table
 
 BM25 = {"bm25_k1": 1.2, "bm25_b": 0.75, "bm25_stemmer": "english", "bm25_stopwords": "en"}
@@ -172,7 +181,8 @@ def test_a_bad_run_line_is_refused_with_its_file_and_line_and_nothing_written(
     assert not (tmp_path / "t.parquet").exists()
 
 
-def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path):
+@pytest.mark.parametrize("block_bytes", [1 << 24, 1 << 12])  # one block, many
+def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monkeypatch, block_bytes):
     """The Arrow reader against the line reader on what TREC runs hold: tabs, runs of spaces, CRLF, blank and
     whitespace-only lines (skipped, yet counted in later line numbers), scientific scores, Unicode ids; a line
     the Arrow reader does not take (a '+3' rank) hands the whole file to the line reader."""
@@ -183,7 +193,8 @@ def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path):
     lines[30:30] = ["", "   \t "]
     path = tmp_path / "run.trec"
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
-    columns = _trec_columns(str(path))
+    monkeypatch.setattr(sources, "RUN_BLOCK_BYTES", block_bytes)
+    columns = _arrow_columns(str(path))
     assert columns is not None
     by_line = list(_run_lines(str(path)))
     assert columns.lines.tolist() == [n for n, *_ in by_line]
@@ -192,13 +203,48 @@ def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path):
     assert columns.ranks.tolist() == [r for *_, r, _ in by_line]
     assert columns.scores.tolist() == [s for *_, s in by_line]
     path.write_text("\n".join(lines[:40] + ["q1 Q0 d1 +3 1.0 t"]) + "\n")
-    assert _trec_columns(str(path)) is None
+    assert _arrow_columns(str(path)) is None
     assert run_columns(str(path)).ranks.tolist() == [r for *_, r, _ in _run_lines(str(path))]
     path.write_text("\n".join(lines[:40] + ["q1 Q0 d1 0x10 1.0 t"]) + "\n")  # Arrow reads it as 16
     with pytest.raises(InputError, match=r"run.trec:41: not a run line"):
         run_columns(str(path))
     path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines[:5]).encode())  # a byte-order mark, either reader
     assert run_columns(str(path)).query_ids[0].as_py() == next(_run_lines(str(path)))[1] == lines[0].split()[0]
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 24, 1 << 12])  # one block, many
+def test_a_jsonl_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monkeypatch, block_bytes):
+    """The Arrow JSONL reader against the line reader: blank lines (counted in later line numbers), CRLF,
+    escapes and Unicode ids, keys in any order, extra keys, a missing or null rank (0); a line Arrow does not
+    take plainly (a number for an id, which the line reader reads as its text) hands the whole file to the
+    line reader, and a NaN score is still refused with its file:line."""
+    rng = np.random.default_rng(1)
+    rows = [
+        {"query_id": f"q{rng.integers(50)}", "doc_id": f"d{rng.integers(10**6)}", "score": float(rng.normal())}
+        | ({"rank": i} if i % 3 else {})
+        for i in range(1, 3000)
+    ]
+    rows[7] = {"score": 2.5, "doc_id": 'd"\\ü\u2028', "extra": {"nested": [1]}, "query_id": "q-ü", "rank": None}
+    lines = [json.dumps(r, ensure_ascii=i % 2 == 0) for i, r in enumerate(rows)]
+    lines[30:30] = ["", "  \t "]
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
+    monkeypatch.setattr(sources, "RUN_BLOCK_BYTES", block_bytes)
+    columns = _arrow_columns(str(path))
+    assert columns is not None
+    by_line = list(_run_lines(str(path)))
+    assert columns.lines.tolist() == [n for n, *_ in by_line]
+    assert columns.query_ids.to_pylist() == [q for _, q, *_ in by_line]
+    assert columns.doc_ids.to_pylist() == [d for _, _, d, *_ in by_line]
+    assert columns.ranks.tolist() == [r for *_, r, _ in by_line]
+    assert columns.scores.tolist() == [s for *_, s in by_line]
+    assert by_line[7][1:4] == ("q-ü", 'd"\\ü\u2028', 0)
+    path.write_text("\n".join(lines[:40] + ['{"query_id": 7, "doc_id": "d1", "score": 1}']) + "\n")
+    assert _arrow_columns(str(path)) is None
+    assert run_columns(str(path)).query_ids.to_pylist()[-1] == "7"
+    path.write_text("\n".join(lines[:40] + ['{"query_id": "q", "doc_id": "d1", "score": NaN}']) + "\n")
+    with pytest.raises(InputError, match=r"run.jsonl:41: score is NaN"):
+        run_columns(str(path))
 
 
 def test_fusion_is_the_union_by_reciprocal_rank_with_exact_cosines(staged, tmp_path):

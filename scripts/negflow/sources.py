@@ -137,7 +137,7 @@ def _run_lines(path: str):
                 if jsonl:
                     row = json.loads(line)
                     q, d, score = str(row["query_id"]), str(row["doc_id"]), float(row["score"])
-                    rank = int(row.get("rank", 0))
+                    rank = int(row.get("rank") or 0)  # missing or null: 0
                 else:
                     fields = line.split()
                     if len(fields) != 6:
@@ -162,24 +162,56 @@ class RunColumns:
     scores: np.ndarray
 
 
-def _trec_columns(path: str) -> RunColumns | None:
-    """A TREC run read by Arrow, no Python object per line (a 50M-line run is a few GB as Python strings);
-    None when any line is not plainly well formed (a field count other than 6, a rank other than decimal
-    digits, a score Arrow does not read, a NaN score): `_run_lines` then reads the file and names the line."""
+RUN_BLOCK_BYTES = 1 << 24  # a run file is read this much at a time
+
+
+def _nonblank_blocks(path: str):
+    """A run file block by block as Arrow strings, no Python object per line (a 50M-line run is a few GB as
+    Python strings): each block's non-blank lines, trimmed, and their line numbers. Raises pa.ArrowInvalid
+    where Arrow cannot split the file (a \x1f inside a line, bad UTF-8): the line reader then names the line."""
     import pyarrow.csv as csv
 
+    reader = csv.open_csv(
+        path,
+        read_options=csv.ReadOptions(column_names=["line"], block_size=RUN_BLOCK_BYTES),
+        parse_options=csv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
+        convert_options=csv.ConvertOptions(column_types={"line": pa.string()}),
+    )
+    first = 1
+    for batch in reader:
+        text = pc.utf8_trim_whitespace(batch.column(0))
+        kept = np.flatnonzero(pc.utf8_length(text).to_numpy(zero_copy_only=False) > 0)  # blank lines are skipped
+        yield kept + first, text.take(pa.array(kept))
+        first += batch.num_rows
+
+
+def _arrow_columns(path: str) -> RunColumns | None:
+    """A TREC or JSONL run's columns read by Arrow block by block (`_trec_block` or `_jsonl_block`); None
+    where a block is not plainly well formed or Arrow cannot split the file."""
+    read_block = _jsonl_block if Path(path).suffix in (".jsonl", ".json") else _trec_block
+    parts = []
     try:
-        text = csv.read_csv(
-            path,
-            read_options=csv.ReadOptions(column_names=["line"], block_size=1 << 24),
-            parse_options=csv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
-            convert_options=csv.ConvertOptions(column_types={"line": pa.string()}),
-        )["line"]
-    except pa.ArrowInvalid:  # a \x1f inside a line, bad UTF-8
+        for numbers, text in _nonblank_blocks(path):
+            columns = read_block(text) if len(text) else ([], [], np.zeros(0, np.int64), np.zeros(0))
+            if columns is None:
+                return None
+            parts.append((numbers, *columns))
+    except pa.ArrowInvalid:
         return None
-    text = pc.utf8_trim_whitespace(text)
-    kept = np.flatnonzero(pc.utf8_length(text).to_numpy(zero_copy_only=False) > 0)  # blank lines are skipped
-    fields = pc.utf8_split_whitespace(text.take(pa.array(kept)))
+    numbers, qids, dids, ranks, scores = zip(*parts, strict=True) if parts else ([], [], [], [], [])
+    return RunColumns(
+        np.concatenate([np.zeros(0, np.int64), *numbers]),
+        pa.chunked_array(qids, pa.string()),
+        pa.chunked_array(dids, pa.string()),
+        np.concatenate([np.zeros(0, np.int64), *ranks]),
+        np.concatenate([np.zeros(0), *scores]),
+    )
+
+
+def _trec_block(text: pa.Array):
+    """A block of TREC lines as columns; None when a line is not plainly well formed (a field count other
+    than 6, a rank other than decimal digits, a score Arrow does not read, a NaN score)."""
+    fields = pc.utf8_split_whitespace(text)
     if (pc.list_value_length(fields).to_numpy(zero_copy_only=False) != 6).any():
         return None
     ranks = pc.list_element(fields, 3)
@@ -192,16 +224,44 @@ def _trec_columns(path: str) -> RunColumns | None:
         return None
     if np.isnan(scores).any():
         return None
-    return RunColumns(kept + 1, pc.list_element(fields, 0), pc.list_element(fields, 2), ranks, scores)
+    return pc.list_element(fields, 0), pc.list_element(fields, 2), ranks, scores
+
+
+JSONL_RUN_SCHEMA = pa.schema(
+    [("query_id", pa.string()), ("doc_id", pa.string()), ("rank", pa.int64()), ("score", pa.float64())]
+)
+
+
+def _jsonl_block(text: pa.Array):
+    """A block of JSONL lines as columns, parsed by Arrow as one buffer (a row per line); None when a line is
+    not plainly `{"query_id": str, "doc_id": str, "score": number, "rank": int}` (a number for an id, a
+    missing or NaN score, a repeated key, two objects). A missing or null rank is 0, as the line reader has
+    it."""
+    import pyarrow.json as pj
+
+    joined = pc.binary_join_element_wise(text, "", "\n")  # each line and its newline, end to end
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
+    buffer = joined.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    options = pj.ParseOptions(explicit_schema=JSONL_RUN_SCHEMA, unexpected_field_behavior="ignore")
+    try:
+        table = pj.read_json(pa.BufferReader(buffer), parse_options=options).combine_chunks()
+    except pa.ArrowInvalid:
+        return None
+    if table.num_rows != len(text) or any(table[c].null_count for c in ("query_id", "doc_id", "score")):
+        return None
+    scores = table["score"].to_numpy()
+    if np.isnan(scores).any():
+        return None
+    ranks = pc.fill_null(table["rank"], 0).to_numpy()
+    return table["query_id"].chunk(0), table["doc_id"].chunk(0), ranks, scores
 
 
 def run_columns(path: str) -> RunColumns:
-    """A TREC or JSONL run file's lines as columns (`_trec_columns` for a well-formed TREC run, else line by
+    """A TREC or JSONL run file's lines as columns (read by Arrow where every line is well formed, else line by
     line), or the file:line of its first malformed line."""
-    if Path(path).suffix not in (".jsonl", ".json"):
-        columns = _trec_columns(path)
-        if columns is not None:
-            return columns
+    columns = _arrow_columns(path)
+    if columns is not None:
+        return columns
     lines, qids, dids, ranks, scores = [], [], [], [], []
     for number, q, d, rank, score in _run_lines(path):
         lines.append(number)
