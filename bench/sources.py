@@ -1,25 +1,36 @@
-"""Candidate sources on densely judged data: the dense model alone, BM25 alone, and both fused, each mined by
-the workflow with the default selection (and the fused pool with `selection: auto`).
+"""Candidate sources on judged data: the dense model alone, BM25 alone, and both fused, each mined by the
+workflow with the default selection (and the fused pool with `selection: auto`).
 
-Protocol (msmarco-two, as bench/calibration.py): ../shared/datasets/msmarco-subset, two relevant passages
-(grade >= 2) shown to the miner per judged query, chosen by a seeded hash; the other relevant passages stay
-hidden. all-MiniLM-L6-v2, 10 negatives, 100 candidates per source. For each run:
-- false negatives: the share of negatives that are hidden relevant passages (grade >= 2 in the full qrels);
-- judged non-relevant: the share graded below 2 by the assessors. A judged passage is one some system
-  ranked high, so this is the share of negatives that are both hard and known safe;
+Protocols (all-MiniLM-L6-v2, 100 candidates per source):
+- `msmarco-two` (as bench/calibration.py): ../shared/datasets/msmarco-subset, two relevant passages
+  (grade >= 2) shown to the miner per judged query, chosen by a seeded hash; the other relevant passages
+  stay hidden. 10 negatives.
+- `scifact-holdout` (--scifact): SciFact `train` mined with `audit_holdout` (one positive of each
+  multi-positive query shown, the others hidden), the default number of negatives; with --finetune,
+  all-MiniLM-L6-v2 is fine-tuned on each run's negatives (the finetune rule's training: one epoch, 3
+  negatives a row) once per training seed (--seeds), nDCG@10 on SciFact `test`, on a GPU where there is
+  one. auto has no multi-positive query to calibrate on under `audit_holdout`, so SciFact has no auto row.
+For each run:
+- false negatives: the share of negatives that are hidden relevant passages;
+- judged non-relevant (msmarco-two): the share graded below 2 by the assessors. A judged passage is one
+  some system ranked high, so this is the share of negatives that are both hard and known safe;
 - median rank of the negatives in the run's candidate list (the fused rank where sources are fused) and
   their median cosine; negatives; queries left short;
 - for the fused runs, the same per source that returned the negative (a negative both returned counts
   under both).
 
 Usage: python bench/sources.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench-sources]
-       python bench/sources.py --smoke   # a few queries of msmarco-subset: checks the code path only
+       [--protocols msmarco-two,scifact-holdout] [--finetune [--seeds 42,1]]
+       python bench/sources.py --smoke   # a few queries of each set, one fine-tune: checks the code path only
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,22 +39,25 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
 
-from calibration import MODEL, NEGATIVES, read_qrels, run, show  # noqa: E402
-from selection_vs_anchors import msmarco_subset_and_workdir  # noqa: E402
+from calibration import MODEL, NEGATIVES, finetune_ndcg, read_qrels, run, scifact_train, show  # noqa: E402
+from selection_vs_anchors import smoke_subset  # noqa: E402
 
 from negflow import layout  # noqa: E402
+from negflow.judgments import read_holdout, relevant_docs  # noqa: E402
 from negflow.negatives import read_negatives  # noqa: E402
 
-RUNS = {  # dataset name: (candidate_sources, selection)
+RUNS = {  # run name: (candidate_sources, selection)
     "dense": (["dense"], "fixed"),
     "bm25": (["bm25"], "fixed"),
     "dense+bm25": (["dense", "bm25"], "fixed"),
     "dense+bm25, auto 0.05": (["dense", "bm25"], "auto"),
 }
+SMOKE_RUN = "dense+bm25"  # the one run of --smoke: it has every rule
+PROTOCOLS = ("msmarco-two", "scifact-holdout")
 
 
-def dataset_name(run_name: str) -> str:
-    return run_name.replace("+", "_").replace(", ", "-").replace(" ", "_")
+def dataset_name(protocol: str, run_name: str) -> str:
+    return f"{protocol}-" + run_name.replace("+", "_").replace(", ", "-").replace(" ", "_")
 
 
 def ranks_of(workdir: Path, name: str, fused: bool) -> dict[tuple[str, str], int]:
@@ -54,17 +68,19 @@ def ranks_of(workdir: Path, name: str, fused: bool) -> dict[tuple[str, str], int
     return dict(zip(pairs, table["rank"].to_pylist(), strict=True))
 
 
-def measure(workdir: Path, name: str, fused: bool, grades: dict[str, dict[str, int]]) -> dict:
+Judge = Callable[[str, str], bool]  # (query id, doc id) -> whether the document is so
+
+
+def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_safe: Judge | None) -> dict:
     """What the run's negatives are: false, judged non-relevant, rank, cosine; overall and by source."""
     ranks = ranks_of(workdir, name, fused)
     rows = []  # (source or "all", false, judged non-relevant, rank, cosine)
     for record in read_negatives(workdir / layout.run_file(layout.export_negatives.negatives, name)):
-        judged = grades.get(record.query, {})
         first = record.n_positives
         sources = record.doc_sources or [["dense"]] * len(record.docs)
         for doc, cos, found in zip(record.docs[first:], record.query_doc_cos[first:], sources[first:], strict=True):
-            grade = judged.get(doc)
-            fact = (grade is not None and grade >= 2, grade is not None and grade < 2, ranks[(record.query, doc)], cos)
+            safe = is_judged_safe(record.query, doc) if is_judged_safe else False
+            fact = (is_false(record.query, doc), safe, ranks[(record.query, doc)], cos)
             rows += [("all", *fact)] + [(source, *fact) for source in found]
     report = json.loads((workdir / layout.run_file(layout.export_negatives.report, name)).read_text())
     out = {}
@@ -73,7 +89,7 @@ def measure(workdir: Path, name: str, fused: bool, grades: dict[str, dict[str, i
         out[source] = {
             "negatives": len(mine),
             "false": mine[:, 0].mean(),
-            "judged_non_relevant": mine[:, 1].mean(),
+            "judged_non_relevant": mine[:, 1].mean() if is_judged_safe else None,
             "median_rank": float(np.median(mine[:, 2])),
             "median_cosine": float(np.median(mine[:, 3])),
         }
@@ -81,8 +97,24 @@ def measure(workdir: Path, name: str, fused: bool, grades: dict[str, dict[str, i
     return out
 
 
-def main() -> None:
-    data, workdir = msmarco_subset_and_workdir(__doc__.split("\n")[0], "/tmp/negflow-bench-sources")
+def print_table(title: str, results: dict[str, dict]) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'candidate sources':28s} {'negatives from':>15s} {'negatives':>10s} {'false':>7s} {'judged non-rel':>15s} "
+        f"{'median rank':>12s} {'median cos':>11s} {'short':>6s}"
+    )
+    for name, by_source in results.items():
+        for source, r in by_source.items():
+            short = str(r["short"]) if "short" in r else ""
+            safe = "-" if r["judged_non_relevant"] is None else f"{100 * r['judged_non_relevant']:.1f}%"
+            print(
+                f"{name if source == 'all' else '':28s} {source:>15s} {r['negatives']:10d} {100 * r['false']:6.1f}% "
+                f"{safe:>15s} {r['median_rank']:12.1f} {r['median_cosine']:11.3f} {short:>6s}"
+            )
+
+
+def msmarco_two(data: Path, workdir: Path, runs: dict) -> tuple[dict, Callable[[], dict]]:
+    """The msmarco-two dataset blocks, and what measures them once mined."""
     qrels = read_qrels(data / "qrels" / "test.tsv")
     show(qrels, 2, 0.0, 2, workdir / "shown.tsv")
     grades: dict[str, dict[str, int]] = {}
@@ -97,35 +129,118 @@ def main() -> None:
         "num_negatives": NEGATIVES,
         "train_formats": [],
     }
-    runs = {"dense+bm25": RUNS["dense+bm25"]} if "--smoke" in sys.argv else RUNS  # smoke: one run has every rule
     blocks = {
-        dataset_name(name): {**common, "candidate_sources": sources, "selection": selection, "fn_budget": 0.05}
+        dataset_name("msmarco-two", name): common
+        | {"candidate_sources": sources, "selection": selection, "fn_budget": 0.05}
         for name, (sources, selection) in runs.items()
     }
-    run(workdir, blocks)
-    print(f"\nmsmarco-two: {len(grades)} judged queries, two relevant passages shown per query, {NEGATIVES} negatives")
-    print(
-        f"{'candidate sources':28s} {'negatives from':>15s} {'negatives':>10s} {'false':>7s} {'judged non-rel':>15s} "
-        f"{'median rank':>12s} {'median cos':>11s} {'short':>6s}"
-    )
-    results = {}
-    for name, (sources, _) in runs.items():
-        results[name] = measure(workdir, dataset_name(name), sources != ["dense"], grades)
-        for source, r in results[name].items():
-            short = str(r["short"]) if "short" in r else ""
-            print(
-                f"{name if source == 'all' else '':28s} {source:>15s} {r['negatives']:10d} {100 * r['false']:6.1f}% "
-                f"{100 * r['judged_non_relevant']:14.1f}% {r['median_rank']:12.1f} {r['median_cosine']:11.3f} "
-                f"{short:>6s}"
+
+    def results() -> dict:
+        print(f"\nmsmarco-two: {len(grades)} judged queries, two relevant passages shown per query")
+
+        def grade(q: str, d: str) -> int | None:
+            return grades.get(q, {}).get(d)
+
+        return {
+            name: measure(
+                workdir,
+                dataset_name("msmarco-two", name),
+                sources != ["dense"],
+                lambda q, d: (grade(q, d) or 0) >= 2,
+                lambda q, d: grade(q, d) is not None and grade(q, d) < 2,
             )
-    if "dense" not in results:
-        return
-    both, dense = results["dense+bm25"]["all"], results["dense"]["all"]
-    print(
-        f"\ndense+bm25 vs dense: false negatives {100 * both['false']:.1f}% vs {100 * dense['false']:.1f}%, judged "
-        f"non-relevant {100 * both['judged_non_relevant']:.1f}% vs {100 * dense['judged_non_relevant']:.1f}% "
-        "(the issue's targets on other data: false <= 6%, judged non-relevant >= 40%)"
+            for name, (sources, _) in runs.items()
+        }
+
+    return blocks, results
+
+
+def scifact_holdout(data: Path, workdir: Path, runs: dict) -> tuple[dict, Callable[[], dict]]:
+    """The scifact-holdout dataset blocks (no auto: nothing to calibrate on), and what measures them."""
+    runs = {name: run for name, run in runs.items() if run[1] == "fixed"}
+    common = scifact_train(data) | {"audit_holdout": True, "train_formats": []}
+    blocks = {
+        dataset_name("scifact-holdout", name): common | {"candidate_sources": sources}
+        for name, (sources, _) in runs.items()
+    }
+
+    def results() -> dict:
+        out = {}
+        for name, (sources, _) in runs.items():
+            dataset = dataset_name("scifact-holdout", name)
+            hidden = relevant_docs(read_holdout(str(workdir / layout.run_file(layout.prepare.holdout, dataset))), 1)
+            is_false = lambda q, d, hidden=hidden: d in hidden.get(q, ())  # noqa: E731
+            out[name] = measure(workdir, dataset, sources != ["dense"], is_false, None)
+        print(f"\nscifact-holdout: {len(hidden)} queries with hidden positives")
+        return out
+
+    return blocks, results
+
+
+def finetune(data: Path, workdir: Path, runs: dict, seeds: list[int], test_qrels: Path) -> None:
+    """nDCG@10 on `test_qrels` of the model fine-tuned on each scifact-holdout run's negatives, per seed."""
+    block = scifact_train(data)
+    ndcg: dict[str, list[float]] = {}
+    for name, (_, selection) in runs.items():
+        if selection != "fixed":
+            continue
+        dataset = dataset_name("scifact-holdout", name)
+        negatives = workdir / layout.run_file(layout.export_negatives.negatives, dataset)
+        for seed in seeds:
+            metrics = finetune_ndcg(workdir, dataset, negatives, block | {"seed": seed}, test_qrels)
+            ndcg.setdefault(name, []).append(metrics["ndcg@10"])
+            print(f"{name} seed {seed}: {metrics}", flush=True)
+    print(f"\nSciFact fine-tune (one epoch, training seeds {seeds}, 3 negatives a row), nDCG@10 on {test_qrels.stem}:")
+    for name, values in ndcg.items():
+        print(f"  {name:28s} " + " ".join(f"{v:.4f}" for v in values) + f"  mean {np.mean(values):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--datasets", default=os.environ.get("NEGFLOW_SHARED_DATASETS", REPO.parent / "shared/datasets")
     )
+    parser.add_argument("--workdir", default="/tmp/negflow-bench-sources")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--finetune", action="store_true", help="scifact-holdout: the fine-tune proof (an hour on CPU)")
+    parser.add_argument("--seeds", default="42,1", help="with --finetune: training seeds, comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="a few queries of each set: checks the code path only")
+    args = parser.parse_args()
+    datasets, workdir = Path(args.datasets), Path(args.workdir)
+    protocols = args.protocols.split(",")
+    if unknown := set(protocols) - set(PROTOCOLS):
+        sys.exit(f"unknown protocols {sorted(unknown)}: choose from {', '.join(PROTOCOLS)}")
+    sets = {"msmarco-two": ("msmarco-subset", "test"), "scifact-holdout": ("scifact", "train")}
+    data = {p: datasets / sets[p][0] for p in protocols}
+    for folder in data.values():
+        if not folder.is_dir():
+            sys.exit(f"{folder} not found: pass --datasets or set NEGFLOW_SHARED_DATASETS")
+    workdir.mkdir(parents=True, exist_ok=True)
+    runs, seeds, test_qrels = RUNS, [int(s) for s in args.seeds.split(",")], data.get("scifact-holdout")
+    if test_qrels:
+        test_qrels = test_qrels / "qrels" / "test.tsv"
+    if args.smoke:  # one run with every rule, one fine-tune evaluated on the subset's own qrels
+        runs, seeds, args.finetune = {SMOKE_RUN: RUNS[SMOKE_RUN]}, seeds[:1], True
+        for p, (queries, docs) in {"msmarco-two": (6, 150), "scifact-holdout": (8, 100)}.items():
+            if p in protocols:
+                data[p] = smoke_subset(data[p], workdir / "smoke-data" / p, sets[p][1], queries, docs)
+        test_qrels = test_qrels and data["scifact-holdout"] / "qrels" / "train.tsv"
+    built = {"msmarco-two": msmarco_two, "scifact-holdout": scifact_holdout}
+    measured = {p: built[p](data[p], workdir, runs) for p in protocols}
+    run(workdir, {name: block for blocks, _ in measured.values() for name, block in blocks.items()})
+    for p, (_, results) in measured.items():
+        by_run = results()
+        print_table(f"{p}: all-MiniLM-L6-v2, 100 candidates per source, the default selection", by_run)
+        if p == "msmarco-two" and "dense" in by_run:
+            both, dense = by_run["dense+bm25"]["all"], by_run["dense"]["all"]
+            print(
+                f"\ndense+bm25 vs dense: false negatives {100 * both['false']:.1f}% vs {100 * dense['false']:.1f}%, "
+                f"judged non-relevant {100 * both['judged_non_relevant']:.1f}% vs "
+                f"{100 * dense['judged_non_relevant']:.1f}% (the issue's targets on other data: false <= 6%, judged "
+                "non-relevant >= 40%)"
+            )
+    if args.finetune and "scifact-holdout" in protocols:
+        finetune(data["scifact-holdout"], workdir, runs, seeds, test_qrels)
 
 
 if __name__ == "__main__":
