@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from negflow import bm25 as bm25_module
 from negflow import sources
 from negflow.bm25 import index_bm25, search_bm25, tokenizer
 from negflow.errors import InputError
@@ -55,6 +56,36 @@ def bm25_by_formula(docs: list[list[str]], query: list[str], k1: float, b: float
     return scores
 
 
+@pytest.mark.parametrize(
+    "settings", [BM25, {"bm25_k1": 0.9, "bm25_b": 0.4, "bm25_stemmer": None, "bm25_stopwords": None}]
+)
+def test_the_bm25_index_is_bm25s_own_index_byte_for_byte_built_batch_by_batch(tmp_path, monkeypatch, settings):
+    """index_bm25 builds the index without holding the corpus' tokens (spilled batches, memory-mapped CSC
+    arrays); every file it writes equals what bm25s's own `index` and `save` write from all the tokens at
+    once, over many batches, with empty, stopword-only and non-ASCII documents."""
+    import bm25s
+
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{i}" for i in range(2000)] + ["the", "and", "running", "runs", "ran", "Ünïcode", "wörds"]
+    texts = [" ".join(rng.choice(vocabulary, size=rng.integers(0, 60))) for _ in range(1500)]
+    texts[3:3] = ["", "the and of", "Ünïcode wörds running"]
+    corpus = write_prepared(tmp_path / "corpus", pa.table({"text": texts}))
+    monkeypatch.setattr(bm25_module, "TOKENIZE_ROWS", 100)
+    index_bm25(corpus, settings, str(tmp_path / "index"))
+
+    words = tokenizer(settings)
+    ids = words.tokenize(texts, update_vocab=True, show_progress=False)
+    reference = bm25s.BM25(k1=settings["bm25_k1"], b=settings["bm25_b"])
+    reference.index(bm25s.tokenization.Tokenized(ids=ids, vocab=words.get_vocab_dict()), show_progress=False)
+    reference.save(str(tmp_path / "bm25s"))
+    words.save_vocab(str(tmp_path / "bm25s"))
+    written = sorted(p.name for p in (tmp_path / "index").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "bm25s").iterdir())
+    assert "data.csc.index.npy" in written
+    for name in written:
+        assert (tmp_path / "index" / name).read_bytes() == (tmp_path / "bm25s" / name).read_bytes(), name
+
+
 def test_bm25_returns_the_best_documents_by_the_formula_without_the_querys_qrels_documents(staged, tmp_path):
     out, _ = staged
     index_bm25(str(out / "corpus"), BM25, str(tmp_path / "index"))
@@ -83,6 +114,9 @@ def test_bm25_returns_the_best_documents_by_the_formula_without_the_querys_qrels
             assert (q, r["doc_row"]) not in judged
         checked += len(rows)
     assert checked == counts["candidates"] > 100 and counts["queries_without_terms"] == 0
+    dirs = (str(out / p) for p in ("queries", "corpus", "qrels"))
+    search_bm25(str(tmp_path / "index"), *dirs, BM25, 7, str(tmp_path / "threads"), threads=3)
+    assert pq.read_table(tmp_path / "threads").equals(pq.read_table(tmp_path / "c"))  # threads change nothing
 
 
 def test_a_query_of_stopwords_only_gets_no_bm25_candidates_and_is_counted(staged, tmp_path):
@@ -181,6 +215,19 @@ def test_a_bad_run_line_is_refused_with_its_file_and_line_and_nothing_written(
     assert not (tmp_path / "t.parquet").exists()
 
 
+def assert_read_alike(path: Path) -> list[tuple]:
+    """The Arrow reader's columns equal the line reader's lines, which are returned."""
+    columns = _arrow_columns(str(path))
+    assert columns is not None
+    by_line = list(_run_lines(str(path)))
+    assert columns.lines.tolist() == [n for n, *_ in by_line]
+    assert columns.query_ids.to_pylist() == [q for _, q, *_ in by_line]
+    assert columns.doc_ids.to_pylist() == [d for _, _, d, *_ in by_line]
+    assert columns.ranks.tolist() == [r for *_, r, _ in by_line]
+    assert columns.scores.tolist() == [s for *_, s in by_line]
+    return by_line
+
+
 @pytest.mark.parametrize("block_bytes", [1 << 24, 1 << 12])  # one block, many
 def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monkeypatch, block_bytes):
     """The Arrow reader against the line reader on what TREC runs hold: tabs, runs of spaces, CRLF, blank and
@@ -194,14 +241,7 @@ def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monkey
     path = tmp_path / "run.trec"
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
     monkeypatch.setattr(sources, "RUN_BLOCK_BYTES", block_bytes)
-    columns = _arrow_columns(str(path))
-    assert columns is not None
-    by_line = list(_run_lines(str(path)))
-    assert columns.lines.tolist() == [n for n, *_ in by_line]
-    assert columns.query_ids.to_pylist() == [q for _, q, *_ in by_line]
-    assert columns.doc_ids.to_pylist() == [d for _, _, d, *_ in by_line]
-    assert columns.ranks.tolist() == [r for *_, r, _ in by_line]
-    assert columns.scores.tolist() == [s for *_, s in by_line]
+    assert_read_alike(path)
     path.write_text("\n".join(lines[:40] + ["q1 Q0 d1 +3 1.0 t"]) + "\n")
     assert _arrow_columns(str(path)) is None
     assert run_columns(str(path)).ranks.tolist() == [r for *_, r, _ in _run_lines(str(path))]
@@ -230,14 +270,7 @@ def test_a_jsonl_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monke
     path = tmp_path / "run.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
     monkeypatch.setattr(sources, "RUN_BLOCK_BYTES", block_bytes)
-    columns = _arrow_columns(str(path))
-    assert columns is not None
-    by_line = list(_run_lines(str(path)))
-    assert columns.lines.tolist() == [n for n, *_ in by_line]
-    assert columns.query_ids.to_pylist() == [q for _, q, *_ in by_line]
-    assert columns.doc_ids.to_pylist() == [d for _, _, d, *_ in by_line]
-    assert columns.ranks.tolist() == [r for *_, r, _ in by_line]
-    assert columns.scores.tolist() == [s for *_, s in by_line]
+    by_line = assert_read_alike(path)
     assert by_line[7][1:4] == ("q-ü", 'd"\\ü\u2028', 0)
     path.write_text("\n".join(lines[:40] + ['{"query_id": 7, "doc_id": "d1", "score": 1}']) + "\n")
     assert _arrow_columns(str(path)) is None
