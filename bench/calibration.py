@@ -345,18 +345,28 @@ def finetune_compare(datasets_dir: Path, workdir: Path, seeds: list[int], only: 
         "negflow fixed default": default,
         "sentence-transformers relative_margin=0.05": anchor_strategies(default, has_ce=False)[ST_MARGIN],
     }
-    ndcg: dict[str, list[float]] = {}
+    negatives = {}
     for name, settings in strategies.items():
         short = name.split()[0]  # auto, negflow, sentence-transformers
         if only and short not in only:
             continue
-        path = workdir / f"negatives-{short}.jsonl"
-        export_negatives(candidates, settings, str(path), str(path) + ".selection.json", {})
+        negatives[name] = ("scifact", workdir / f"negatives-{short}.jsonl")
+        export_negatives(candidates, settings, str(negatives[name][1]), f"{negatives[name][1]}.selection.json", {})
+    finetune_seeds(workdir, negatives, block, seeds, data / "qrels" / "test.tsv")
+
+
+def finetune_seeds(
+    workdir: Path, negatives: dict[str, tuple[str, Path]], block: dict, seeds: list[int], test_qrels: Path
+) -> None:
+    """Fine-tune on each named (dataset, negatives file) once per training seed; print nDCG@10 on
+    `test_qrels` per seed and their mean."""
+    ndcg: dict[str, list[float]] = {}
+    for name, (dataset, path) in negatives.items():
         for seed in seeds:
-            metrics = finetune_ndcg(workdir, "scifact", path, block | {"seed": seed}, data / "qrels" / "test.tsv")
+            metrics = finetune_ndcg(workdir, dataset, path, block | {"seed": seed}, test_qrels)
             ndcg.setdefault(name, []).append(metrics["ndcg@10"])
             print(f"{name} seed {seed}: {metrics}", flush=True)
-    print(f"\nSciFact fine-tune (one epoch, training seeds {seeds}, 3 negatives a row), nDCG@10 on test:")
+    print(f"\nSciFact fine-tune (one epoch, training seeds {seeds}, 3 negatives a row), nDCG@10 on {test_qrels.stem}:")
     for name, values in ndcg.items():
         print(f"  {name:44s} " + " ".join(f"{v:.4f}" for v in values) + f"  mean {np.mean(values):.4f}")
 

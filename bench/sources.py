@@ -11,7 +11,8 @@ Protocols (all-MiniLM-L6-v2, 100 candidates per source):
   negatives a row) once per training seed (--seeds), nDCG@10 on SciFact `test`, on a GPU where there is
   one. auto has no multi-positive query to calibrate on under `audit_holdout`, so SciFact has no auto row.
 For each run:
-- false negatives: the share of negatives that are hidden relevant passages;
+- false negatives: the share of negatives that are hidden relevant passages, among the negatives of the
+  queries that have hidden ones (as the audit counts);
 - judged non-relevant (msmarco-two): the share graded below 2 by the assessors. A judged passage is one
   some system ranked high, so this is the share of negatives that are both hard and known safe;
 - median rank of the negatives in the run's candidate list (the fused rank where sources are fused) and
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
 
-from calibration import MODEL, NEGATIVES, finetune_ndcg, read_qrels, run, scifact_train, show  # noqa: E402
+from calibration import MODEL, NEGATIVES, finetune_seeds, read_qrels, run, scifact_train, show  # noqa: E402
 from selection_vs_anchors import smoke_subset  # noqa: E402
 
 from negflow import layout  # noqa: E402
@@ -68,7 +69,7 @@ def ranks_of(workdir: Path, name: str, fused: bool) -> dict[tuple[str, str], int
     return dict(zip(pairs, table["rank"].to_pylist(), strict=True))
 
 
-Judge = Callable[[str, str], bool]  # (query id, doc id) -> whether the document is so
+Judge = Callable[[str, str], bool | None]  # (query id, doc id) -> whether the document is so; None: unknown
 
 
 def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_safe: Judge | None) -> dict:
@@ -80,7 +81,8 @@ def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_sa
         sources = record.doc_sources or [["dense"]] * len(record.docs)
         for doc, cos, found in zip(record.docs[first:], record.query_doc_cos[first:], sources[first:], strict=True):
             safe = is_judged_safe(record.query, doc) if is_judged_safe else False
-            fact = (is_false(record.query, doc), safe, ranks[(record.query, doc)], cos)
+            false = is_false(record.query, doc)
+            fact = (np.nan if false is None else false, safe, ranks[(record.query, doc)], cos)
             rows += [("all", *fact)] + [(source, *fact) for source in found]
     report = json.loads((workdir / layout.run_file(layout.export_negatives.report, name)).read_text())
     out = {}
@@ -88,7 +90,7 @@ def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_sa
         mine = np.array([r[1:] for r in rows if r[0] == source], dtype=np.float64)
         out[source] = {
             "negatives": len(mine),
-            "false": mine[:, 0].mean(),
+            "false": np.nanmean(mine[:, 0]) if (~np.isnan(mine[:, 0])).any() else np.nan,
             "judged_non_relevant": mine[:, 1].mean() if is_judged_safe else None,
             "median_rank": float(np.median(mine[:, 2])),
             "median_cosine": float(np.median(mine[:, 3])),
@@ -100,15 +102,16 @@ def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_sa
 def print_table(title: str, results: dict[str, dict]) -> None:
     print(f"\n{title}")
     print(
-        f"{'candidate sources':28s} {'negatives from':>15s} {'negatives':>10s} {'false':>7s} {'judged non-rel':>15s} "
+        f"{'candidate sources':28s} {'negatives from':>15s} {'negatives':>10s} {'false':>8s} {'judged non-rel':>15s} "
         f"{'median rank':>12s} {'median cos':>11s} {'short':>6s}"
     )
     for name, by_source in results.items():
         for source, r in by_source.items():
             short = str(r["short"]) if "short" in r else ""
             safe = "-" if r["judged_non_relevant"] is None else f"{100 * r['judged_non_relevant']:.1f}%"
+            false = "n/a" if np.isnan(r["false"]) else f"{100 * r['false']:.2f}%"  # n/a: no query has hidden ones
             print(
-                f"{name if source == 'all' else '':28s} {source:>15s} {r['negatives']:10d} {100 * r['false']:6.1f}% "
+                f"{name if source == 'all' else '':28s} {source:>15s} {r['negatives']:10d} {false:>8s} "
                 f"{safe:>15s} {r['median_rank']:12.1f} {r['median_cosine']:11.3f} {short:>6s}"
             )
 
@@ -169,7 +172,7 @@ def scifact_holdout(data: Path, workdir: Path, runs: dict) -> tuple[dict, Callab
         for name, (sources, _) in runs.items():
             dataset = dataset_name("scifact-holdout", name)
             hidden = relevant_docs(read_holdout(str(workdir / layout.run_file(layout.prepare.holdout, dataset))), 1)
-            is_false = lambda q, d, hidden=hidden: d in hidden.get(q, ())  # noqa: E731
+            is_false = lambda q, d, hidden=hidden: d in hidden[q] if q in hidden else None  # noqa: E731
             out[name] = measure(workdir, dataset, sources != ["dense"], is_false, None)
         print(f"\nscifact-holdout: {len(hidden)} queries with hidden positives")
         return out
@@ -179,20 +182,12 @@ def scifact_holdout(data: Path, workdir: Path, runs: dict) -> tuple[dict, Callab
 
 def finetune(data: Path, workdir: Path, runs: dict, seeds: list[int], test_qrels: Path) -> None:
     """nDCG@10 on `test_qrels` of the model fine-tuned on each scifact-holdout run's negatives, per seed."""
-    block = scifact_train(data)
-    ndcg: dict[str, list[float]] = {}
+    negatives = {}
     for name, (_, selection) in runs.items():
-        if selection != "fixed":
-            continue
-        dataset = dataset_name("scifact-holdout", name)
-        negatives = workdir / layout.run_file(layout.export_negatives.negatives, dataset)
-        for seed in seeds:
-            metrics = finetune_ndcg(workdir, dataset, negatives, block | {"seed": seed}, test_qrels)
-            ndcg.setdefault(name, []).append(metrics["ndcg@10"])
-            print(f"{name} seed {seed}: {metrics}", flush=True)
-    print(f"\nSciFact fine-tune (one epoch, training seeds {seeds}, 3 negatives a row), nDCG@10 on {test_qrels.stem}:")
-    for name, values in ndcg.items():
-        print(f"  {name:28s} " + " ".join(f"{v:.4f}" for v in values) + f"  mean {np.mean(values):.4f}")
+        if selection == "fixed":
+            dataset = dataset_name("scifact-holdout", name)
+            negatives[name] = (dataset, workdir / layout.run_file(layout.export_negatives.negatives, dataset))
+    finetune_seeds(workdir, negatives, scifact_train(data), seeds, test_qrels)
 
 
 def main() -> None:
