@@ -204,24 +204,22 @@ def with_intercept(x: np.ndarray) -> np.ndarray:
 
 
 def logistic_fit(
-    x: np.ndarray,
+    design: np.ndarray,
     y: np.ndarray,
     weight: np.ndarray | None = None,
     start: np.ndarray | None = None,
     steps: int = 30,
-    design: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Weights (intercept first) of a logistic regression by Newton's method, lightly ridged; `weight`: each
-    row's weight (a bootstrap resample's counts), `start`: where Newton starts (a warm start), `design`:
-    `with_intercept(x)` built once by a caller that fits the same rows again (the bootstrap's refits: building
-    it was a third of each refit's time)."""
-    a = with_intercept(x) if design is None else design
-    w = np.zeros(a.shape[1]) if start is None else start.copy()
-    weight = np.ones(len(x)) if weight is None else weight
+    """Weights (intercept first) of a logistic regression by Newton's method, lightly ridged, on the rows of
+    `design` (`with_intercept(x)`: a caller that fits the same rows again builds it once, as the bootstrap's
+    refits do; building it was a third of each refit's time); `weight`: each row's weight (a bootstrap
+    resample's counts), `start`: where Newton starts (a warm start)."""
+    w = np.zeros(design.shape[1]) if start is None else start.copy()
+    weight = np.ones(len(design)) if weight is None else weight
     for _ in range(steps):
-        p = sigmoid(a @ w)
-        hess = a.T @ (a * (weight * p * (1 - p))[:, None]) + 1e-6 * np.eye(len(w))
-        step = np.linalg.solve(hess, a.T @ (weight * (y - p)))
+        p = sigmoid(design @ w)
+        hess = design.T @ (design * (weight * p * (1 - p))[:, None]) + 1e-6 * np.eye(len(w))
+        step = np.linalg.solve(hess, design.T @ (weight * (y - p)))
         w += step
         if np.max(np.abs(step)) < 1e-8:
             break
@@ -283,7 +281,9 @@ def out_of_fold(
     for f in range(FOLDS):
         test, train = fold == f, (fold != f)[fit]
         if test.any() and train.any():
-            g[test] = sigmoid(logit(x[test], logistic_fit(x[fit][train], y[fit][train], weight=weight[train])))
+            g[test] = sigmoid(
+                logit(x[test], logistic_fit(with_intercept(x[fit][train]), y[fit][train], weight=weight[train]))
+            )
     return g
 
 
@@ -338,8 +338,7 @@ class PuModel:
     held-out positive, how many of its pool's positives it stands for."""
 
     estimator: str
-    x_fit: np.ndarray
-    design_fit: np.ndarray  # with_intercept(x_fit)
+    design_fit: np.ndarray  # with_intercept of the fit rows' features
     y_fit: np.ndarray
     base: np.ndarray  # the fit rows' weights
     fit_query: np.ndarray
@@ -354,9 +353,7 @@ class PuModel:
 
     def refit(self, query_weight: np.ndarray) -> np.ndarray:
         weight = self.base * query_weight[self.fit_query]
-        return logistic_fit(
-            self.x_fit, self.y_fit, weight=weight, start=self.w0, steps=REFIT_STEPS, design=self.design_fit
-        )
+        return logistic_fit(self.design_fit, self.y_fit, weight=weight, start=self.w0, steps=REFIT_STEPS)
 
     def probability(self, x: np.ndarray, w: np.ndarray, c: float) -> np.ndarray:
         return posterior(x, w, c)
@@ -388,7 +385,7 @@ def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuMo
     pool_of_row = np.repeat(np.arange(len(pools)), [len(p.features) for p in pools])
     share = min(1.0, MAX_FIT_ROWS / max(int((~labeled).sum()), 1))
     fit = labeled | (np.random.default_rng([seed % 2**64, 13]).random(len(x)) < share)
-    x_fit, y_fit = x[fit], labeled[fit].astype(np.float64)
+    design_fit, y_fit = with_intercept(x[fit]), labeled[fit].astype(np.float64)
     calibration_queries = np.unique(row_query)
     fold_of = np.zeros(n_queries, dtype=np.int64)
     fold_of[calibration_queries] = folds(len(calibration_queries), seed)
@@ -397,7 +394,7 @@ def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuMo
     for step in range(2):
         base = np.where(labeled, represents, 1.0)[fit] * np.where(labeled[fit], 1.0, 1.0 / share)
         g = out_of_fold(x, labeled, fold, fit, base)
-        w0 = logistic_fit(x_fit, y_fit, weight=base)
+        w0 = logistic_fit(design_fit, y_fit, weight=base)
         if step == 0:
             c = LABEL_FREQUENCY[estimator](g, labeled, represents)
             pi = np.where(labeled, 0.0, posterior(x, w0, c))
@@ -407,8 +404,7 @@ def fit_pu(pools: list[Pool], n_queries: int, seed: int, estimator: str) -> PuMo
     order = np.argsort(-g, kind="stable")
     return PuModel(
         estimator,
-        x_fit,
-        with_intercept(x_fit),
+        design_fit,
         y_fit,
         base,
         row_query[fit],
