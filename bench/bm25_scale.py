@@ -42,7 +42,11 @@ def texts(n: int, low: int, high: int, seed: int, skip: int = 0) -> list[str]:
     """n synthetic texts of low..high Zipf-distributed made-up words, the `skip` most frequent left out."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(low, high + 1, size=n)
-    words = np.minimum(rng.zipf(1.2, size=int(lengths.sum())) + skip, VOCABULARY) - 1
+    words = np.zeros(0, dtype=np.int64)
+    while len(words) < lengths.sum():  # draws beyond the vocabulary are drawn again, not piled on its last word
+        draws = rng.zipf(1.2, size=int(lengths.sum()))
+        words = np.concatenate([words, draws[draws <= VOCABULARY - skip] + skip - 1])
+    words = words[: lengths.sum()]
     names = np.array([f"w{i:x}q" for i in range(VOCABULARY)], dtype=object)
     tokens = names[words]
     ends = np.cumsum(lengths)

@@ -11,8 +11,8 @@ Protocols (all-MiniLM-L6-v2, 100 candidates per source):
   negatives a row) once per training seed (--seeds), nDCG@10 on SciFact `test`, on a GPU where there is
   one. auto has no multi-positive query to calibrate on under `audit_holdout`, so SciFact has no auto row.
 For each run:
-- false negatives: the share of negatives that are hidden relevant passages, among the negatives of the
-  queries that have hidden ones (as the audit counts);
+- false negatives: the share of negatives that are hidden relevant passages (on scifact-holdout among
+  the negatives of the queries that have hidden ones, as the audit counts);
 - judged non-relevant (msmarco-two): the share graded below 2 by the assessors. A judged passage is one
   some system ranked high, so this is the share of negatives that are both hard and known safe;
 - median rank of the negatives in the run's candidate list (the fused rank where sources are fused) and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -86,7 +87,13 @@ def test_the_bm25_index_is_bm25s_own_index_byte_for_byte_built_batch_by_batch(tm
         assert (tmp_path / "index" / name).read_bytes() == (tmp_path / "bm25s" / name).read_bytes(), name
 
 
-def test_bm25_returns_the_best_documents_by_the_formula_without_the_querys_qrels_documents(staged, tmp_path):
+@pytest.mark.parametrize("scan_share", [0, 10**9])  # every query by its postings; every query by a scan
+def test_bm25_returns_the_best_documents_by_the_formula_without_the_querys_qrels_documents(
+    staged, tmp_path, monkeypatch, scan_share
+):
+    """Each query on the one reused score array, in both ways of finding the documents a query touched (a
+    score left over from the query before would show here)."""
+    monkeypatch.setattr(bm25_module, "SCAN_SHARE", scan_share)
     out, _ = staged
     index_bm25(str(out / "corpus"), BM25, str(tmp_path / "index"))
     counts = search_bm25(
@@ -277,6 +284,33 @@ def test_a_jsonl_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monke
     assert run_columns(str(path)).query_ids.to_pylist()[-1] == "7"
     path.write_text("\n".join(lines[:40] + ['{"query_id": "q", "doc_id": "d1", "score": NaN}']) + "\n")
     with pytest.raises(InputError, match=r"run.jsonl:41: score is NaN"):
+        run_columns(str(path))
+
+
+GOOD_JSONL = '{"query_id": "q1", "doc_id": "d1", "score": 1.5}'
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (b'\x1e{"query_id": "q", "doc_id": "d", "score": 1}', "Expecting value"),  # JSON-seq's separator
+        ('{"query_id": "q", "doc_id": "d", "score": 1}\u00a0'.encode(), "Extra data"),
+        (b'{"query_id": "q", "doc_id": "d",\n"score": 1}\n' + GOOD_JSONL.encode() * 2, "Expecting property"),
+        (b'{"query_id": "q", "doc_id": "d\xff", "score": 1}', "codec can't encode"),  # not UTF-8
+        (b'{"query_id": "q\\ud800", "doc_id": "d", "score": 1}', "surrogates not allowed"),
+        (b'{"query_id": "q", "doc_id": "d", "score": 1, "rank": "3"}', "rank '3' is not an integer"),
+        (b'{"query_id": "q", "doc_id": "d", "score": 1, "rank": true}', "rank True is not an integer"),
+        (b'{"query_id": "q", "doc_id": "d", "score": 1, "rank": 9223372036854775808}', "beyond 64 bits"),
+        (b'{"query_id": "q", "doc_id": "d", "score": 1' + b"0" * 400 + b"}", "too large"),
+    ],
+)
+def test_a_jsonl_line_the_line_reader_refuses_is_not_taken_by_arrow(tmp_path, bad, message):
+    """Whatever json.loads refuses, Arrow does not read plainly either: the whole file goes to the line
+    reader, which names the line (line 3: after a good line and a blank one)."""
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(GOOD_JSONL.encode() + b"\n\n" + bad + b"\n")
+    assert _arrow_columns(str(path)) is None
+    with pytest.raises(InputError, match=rf"run.jsonl:3: not a run line \(.*{re.escape(message)}"):
         run_columns(str(path))
 
 

@@ -26,6 +26,7 @@ log = logging.getLogger("negflow")
 
 TOKENIZE_ROWS = 65_536  # corpus rows tokenized at once: the Python strings of one batch, not the corpus
 SEARCH_BATCH = 1_024  # queries scored at once
+SCAN_SHARE = 16  # a query whose postings hold 1/16 of the corpus or more finds its documents by a scan
 
 
 def tokenizer(settings: dict):
@@ -172,7 +173,7 @@ class _Postings:
         lists = [slice(int(self.indptr[t]), int(self.indptr[t + 1])) for t in terms]
         for part in lists:
             np.add.at(self.scores, self.indices[part], self.data[part])
-        if sum(p.stop - p.start for p in lists) < self.n_docs // 16:  # the documents touched: from the postings
+        if sum(p.stop - p.start for p in lists) * SCAN_SHARE < self.n_docs:  # the documents touched: by postings
             hits = np.unique(np.concatenate([self.indices[p] for p in lists])).astype(np.int64)
             found = self.scores[hits]
             self.scores[hits] = 0

@@ -126,24 +126,32 @@ def fused_sources(schema: pa.Schema) -> list[str]:
 
 def _run_lines(path: str):
     """(line number, query id, doc id, rank, score) of a TREC run (`qid Q0 docid rank score tag`, whitespace
-    separated) or a JSONL run (`{"query_id", "doc_id", "score"}`, `rank` optional) line by line; a
-    malformed line is refused with its file:line."""
+    separated) or a JSONL run (`{"query_id", "doc_id", "score"}`, `rank` optional: an integer, or null) line
+    by line; a malformed line (bad UTF-8 included) is refused with its file:line."""
     jsonl = Path(path).suffix in (".jsonl", ".json")
-    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first query id
+    # a byte-order mark is no part of the first query id; bad bytes become surrogates, refused below
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
+                line.encode("utf-8")  # UnicodeEncodeError on bytes that are not UTF-8
                 if jsonl:
                     row = json.loads(line)
-                    q, d, score = str(row["query_id"]), str(row["doc_id"]), float(row["score"])
-                    rank = int(row.get("rank") or 0)  # missing or null: 0
+                    q, d, score, rank = str(row["query_id"]), str(row["doc_id"]), float(row["score"]), row.get("rank")
+                    if rank is None:
+                        rank = 0
+                    elif isinstance(rank, bool) or not isinstance(rank, int):
+                        raise ValueError(f"rank {rank!r} is not an integer")
+                    q.encode("utf-8"), d.encode("utf-8")  # a lone surrogate escape is no id
                 else:
                     fields = line.split()
                     if len(fields) != 6:
                         raise ValueError(f"{len(fields)} fields, a TREC run line has 6: qid Q0 docid rank score tag")
                     q, d, rank, score = fields[0], fields[2], int(fields[3]), float(fields[4])
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                if not -(2**63) <= rank < 2**63:
+                    raise ValueError(f"rank {rank} is beyond 64 bits")
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
                 what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
                 raise InputError(f"{path}:{number}: not a run line ({what})") from None
             if score != score:
@@ -167,8 +175,9 @@ RUN_BLOCK_BYTES = 1 << 24  # a run file is read this much at a time
 
 def _nonblank_blocks(path: str):
     """A run file block by block as Arrow strings, no Python object per line (a 50M-line run is a few GB as
-    Python strings): each block's non-blank lines, trimmed, and their line numbers. Raises pa.ArrowInvalid
-    where Arrow cannot split the file (a \x1f inside a line, bad UTF-8): the line reader then names the line."""
+    Python strings): each block's non-blank lines, as they are, and their line numbers. Raises
+    pa.ArrowInvalid where Arrow cannot split the file (a \x1f inside a line, bad UTF-8): the line reader
+    then reads it."""
     import pyarrow.csv as csv
 
     reader = csv.open_csv(
@@ -179,8 +188,9 @@ def _nonblank_blocks(path: str):
     )
     first = 1
     for batch in reader:
-        text = pc.utf8_trim_whitespace(batch.column(0))
-        kept = np.flatnonzero(pc.utf8_length(text).to_numpy(zero_copy_only=False) > 0)  # blank lines are skipped
+        text = batch.column(0)
+        blank = pc.utf8_length(pc.utf8_trim_whitespace(text)).to_numpy(zero_copy_only=False) == 0
+        kept = np.flatnonzero(~blank)  # blank lines are skipped, as the line reader skips them
         yield kept + first, text.take(pa.array(kept))
         first += batch.num_rows
 
@@ -211,7 +221,7 @@ def _arrow_columns(path: str) -> RunColumns | None:
 def _trec_block(text: pa.Array):
     """A block of TREC lines as columns; None when a line is not plainly well formed (a field count other
     than 6, a rank other than decimal digits, a score Arrow does not read, a NaN score)."""
-    fields = pc.utf8_split_whitespace(text)
+    fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text))
     if (pc.list_value_length(fields).to_numpy(zero_copy_only=False) != 6).any():
         return None
     ranks = pc.list_element(fields, 3)
@@ -234,11 +244,14 @@ JSONL_RUN_SCHEMA = pa.schema(
 
 def _jsonl_block(text: pa.Array):
     """A block of JSONL lines as columns, parsed by Arrow as one buffer (a row per line); None when a line is
-    not plainly `{"query_id": str, "doc_id": str, "score": number, "rank": int}` (a number for an id, a
-    missing or NaN score, a repeated key, two objects). A missing or null rank is 0, as the line reader has
-    it."""
+    not plainly one `{"query_id": str, "doc_id": str, "score": number, "rank": int}` (a number for an id, a
+    missing, NaN or infinite score, a repeated key, two objects, one split over lines, whitespace json.loads
+    refuses). A missing or null rank is 0, as the line reader has it."""
     import pyarrow.json as pj
 
+    text = pc.utf8_trim(text, " \t\r\n")  # the whitespace json.loads allows around a value, no other
+    if not pc.all(pc.and_(pc.starts_with(text, "{"), pc.ends_with(text, "}"))).as_py():
+        return None  # an object split over lines has a line that does not close it (and then counts below)
     joined = pc.binary_join_element_wise(text, "", "\n")  # each line and its newline, end to end
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
     buffer = joined.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
@@ -250,7 +263,7 @@ def _jsonl_block(text: pa.Array):
     if table.num_rows != len(text) or any(table[c].null_count for c in ("query_id", "doc_id", "score")):
         return None
     scores = table["score"].to_numpy()
-    if np.isnan(scores).any():
+    if not np.isfinite(scores).all():  # NaN is refused, and a number beyond float64 Python reads otherwise
         return None
     ranks = pc.fill_null(table["rank"], 0).to_numpy()
     return table["query_id"].chunk(0), table["doc_id"].chunk(0), ranks, scores
