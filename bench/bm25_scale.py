@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +64,7 @@ def write_prepared(folder: Path, table: pa.Table) -> None:
 
 
 def make_data(workdir: Path, size: int, queries: int) -> Path:
-    folder = workdir / f"data-{size}"
+    folder = workdir / f"data-{size}-{queries}q"  # the rates divide by `queries`: a folder per count
     if (folder / "qrels" / "state.json").exists():
         return folder
     docs = texts(size, 30, 80, 1)
@@ -141,6 +143,13 @@ def measure(side: str, data: Path, out: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def in_fresh_process(function, *args):
+    """`function(*args)` in a spawned process: Linux keeps a process's peak RSS across fork and exec, so had
+    this process held the generated data, every measured child would start its peak from that."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="300000,1000000")
@@ -162,7 +171,7 @@ def main() -> None:
         f"{'peak RSS MB: index':>19s} {'search':>7s}"
     )
     for size in sizes:
-        data = make_data(workdir, size, queries)
+        data = in_fresh_process(make_data, workdir, size, queries)
         out = workdir / f"negflow-{size}"
         n = measure("negflow-index", data, out)
         search = measure("negflow-search", data, out)
