@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from bm25_scale import in_fresh_process  # noqa: E402
 
 READ = """
 import hashlib, json, resource, sys, time
@@ -89,13 +90,6 @@ def read(path: Path, reader: str) -> dict:
     code = READ.format(scripts=str(REPO / "scripts"), path=str(path), reader=reader)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def in_fresh_process(function, *args):
-    """`function(*args)` in a spawned process: Linux keeps a process's peak RSS across fork and exec, so had
-    this process held the generated data, every measured child would start its peak from that."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def main() -> None:
