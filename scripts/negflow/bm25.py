@@ -121,12 +121,11 @@ def index_bm25(corpus_dir: str, settings: dict, out_dir: str) -> dict[str, int]:
         del data, indices
         spill.rmdir()
         np.save(Path(tmp) / "indptr.csc.index.npy", indptr)
-        retriever.scores = {"num_docs": n_docs}
         if "" not in vocab:
             vocab[""] = max(vocab.values(), default=-1) + 1
         retriever.vocab_dict, retriever.nonoccurrence_array = vocab, None  # lucene has none
         unused = {f"{name}_name": f".unused-{name}.npy" for name in ("data", "indices", "indptr")}
-        retriever.scores |= {"data": np.zeros(0), "indices": np.zeros(0), "indptr": np.zeros(0)}
+        retriever.scores = {"num_docs": n_docs, "data": np.zeros(0), "indices": np.zeros(0), "indptr": np.zeros(0)}
         retriever.save(str(tmp), **unused)  # bm25s's own vocabulary and parameters files
         for name in unused.values():
             (Path(tmp) / name).unlink()
