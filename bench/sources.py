@@ -18,7 +18,10 @@ For each run:
 - median rank of the negatives in the run's candidate list (the fused rank where sources are fused) and
   their median cosine; negatives; queries left short;
 - for the fused runs, the same per source that returned the negative (a negative both returned counts
-  under both).
+  under both);
+- for msmarco-two's dense+bm25 run, the candidates the default filters leave (the sampler's pool) by the
+  sources that returned them, and how well cosine, cosine to a positive and fused rank tell its hidden
+  positives from its judged non-relevant passages (AUC).
 
 Usage: python bench/sources.py [--datasets ../shared/datasets] [--workdir /tmp/negflow-bench-sources]
        [--protocols msmarco-two,scifact-holdout] [--finetune [--seeds 42,1]]
@@ -44,8 +47,10 @@ from calibration import MODEL, NEGATIVES, finetune_seeds, read_qrels, run, scifa
 from selection_vs_anchors import smoke_subset  # noqa: E402
 
 from negflow import layout  # noqa: E402
+from negflow.candidates import Candidates  # noqa: E402
 from negflow.judgments import read_holdout, relevant_docs  # noqa: E402
 from negflow.negatives import read_negatives  # noqa: E402
+from negflow.selection import SelectionSettings, filter_mask  # noqa: E402
 
 RUNS = {  # run name: (candidate_sources, selection)
     "dense": (["dense"], "fixed"),
@@ -99,6 +104,51 @@ def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_sa
     return out
 
 
+def auc(higher: np.ndarray, lower: np.ndarray) -> float:
+    """The chance that a value drawn from `higher` exceeds one drawn from `lower` (ties count half)."""
+    lower = np.sort(lower)
+    below = np.searchsorted(lower, higher, side="left")
+    tied = np.searchsorted(lower, higher, side="right") - below
+    return float((below + tied / 2).sum() / (len(higher) * len(lower)))
+
+
+def survivors(workdir: Path, name: str, grades: dict, is_false: Judge, is_judged_safe: Judge) -> None:
+    """What the default filters leave of a fused run's candidates, by the sources that returned them (the
+    pool the sampler draws from), and how well the signals a selection can read tell its hidden positives
+    from its judged non-relevant ones: where both are scarce in one part of the pool and plentiful in
+    another, no rule over these signals makes negatives harder without making them less safe."""
+    report = json.loads((workdir / layout.run_file(layout.export_negatives.report, name)).read_text())
+    settings = SelectionSettings.from_settings(report["settings"])
+    kind, false, safe, cosine, doc_cos, rank = [], [], [], [], [], []
+    for query in Candidates.of_run(workdir, name):
+        if query.query_id not in grades:  # not a judged query
+            continue
+        scores = query.scores("cosine")
+        keep = np.flatnonzero(filter_mask(scores, settings)[0])
+        returned = query.cand_sources[keep]
+        kind += np.where(returned.all(axis=1), "both", np.where(returned[:, 0], "dense only", "bm25 only")).tolist()
+        false += [is_false(query.query_id, query.cand_ids[i]) for i in keep]
+        safe += [is_judged_safe(query.query_id, query.cand_ids[i]) for i in keep]
+        cosine.append(query.cand_cos[keep])
+        doc_cos.append(scores.positive_cos[keep].max(axis=1))
+        rank.append(query.cand_ranks[keep])
+    kind, false, safe = np.array(kind), np.array(false, dtype=bool), np.array(safe, dtype=bool)
+    print(f"\n{name}: candidates left by the default filters, by the sources that returned them")
+    print(f"{'returned by':12s} {'candidates':>11s} {'false':>8s} {'judged non-rel':>15s}")
+    for part in ("both", "dense only", "bm25 only", "all"):
+        mine = np.ones(len(kind), dtype=bool) if part == "all" else kind == part
+        print(f"{part:12s} {mine.sum():11d} {100 * false[mine].mean():7.1f}% {100 * safe[mine].mean():14.1f}%")
+    signals = {
+        "cosine": np.concatenate(cosine),
+        "cosine to a positive": np.concatenate(doc_cos),
+        "fused rank (lower)": -np.concatenate(rank).astype(np.float64),
+    }
+    print(
+        f"hidden positives ({false.sum()}) against judged non-relevant ({safe.sum()}) among them, AUC: "
+        + ", ".join(f"{signal} {auc(values[false], values[safe]):.2f}" for signal, values in signals.items())
+    )
+
+
 def print_table(title: str, results: dict[str, dict]) -> None:
     print(f"\n{title}")
     print(
@@ -116,13 +166,26 @@ def print_table(title: str, results: dict[str, dict]) -> None:
             )
 
 
+def msmarco_judges(data: Path) -> tuple[dict[str, dict[str, int]], Judge, Judge]:
+    """msmarco-subset's grades by query, and the two judges: a hidden positive (graded >= 2: the shown ones
+    are never candidates), and judged non-relevant (graded below 2)."""
+    grades: dict[str, dict[str, int]] = {}
+    for q, d, s in read_qrels(data / "qrels" / "test.tsv"):
+        grades.setdefault(q, {})[d] = s
+
+    def is_false(q: str, d: str) -> bool:
+        return grades.get(q, {}).get(d, 0) >= 2
+
+    def is_judged_safe(q: str, d: str) -> bool:
+        return grades.get(q, {}).get(d, 2) < 2
+
+    return grades, is_false, is_judged_safe
+
+
 def msmarco_two(data: Path, workdir: Path, runs: dict) -> tuple[dict, Callable[[], dict]]:
     """The msmarco-two dataset blocks, and what measures them once mined."""
-    qrels = read_qrels(data / "qrels" / "test.tsv")
-    show(qrels, 2, 0.0, 2, workdir / "shown.tsv")
-    grades: dict[str, dict[str, int]] = {}
-    for q, d, s in qrels:
-        grades.setdefault(q, {})[d] = s
+    show(read_qrels(data / "qrels" / "test.tsv"), 2, 0.0, 2, workdir / "shown.tsv")
+    grades, is_false, is_judged_safe = msmarco_judges(data)
     common = {
         "corpus": str(data / "corpus.jsonl"),
         "queries": str(data / "queries.jsonl"),
@@ -140,18 +203,8 @@ def msmarco_two(data: Path, workdir: Path, runs: dict) -> tuple[dict, Callable[[
 
     def results() -> dict:
         print(f"\nmsmarco-two: {len(grades)} judged queries, two relevant passages shown per query")
-
-        def grade(q: str, d: str) -> int | None:
-            return grades.get(q, {}).get(d)
-
         return {
-            name: measure(
-                workdir,
-                dataset_name("msmarco-two", name),
-                sources != ["dense"],
-                lambda q, d: (grade(q, d) or 0) >= 2,
-                lambda q, d: grade(q, d) is not None and grade(q, d) < 2,
-            )
+            name: measure(workdir, dataset_name("msmarco-two", name), sources != ["dense"], is_false, is_judged_safe)
             for name, (sources, _) in runs.items()
         }
 
@@ -234,6 +287,8 @@ def main() -> None:
                 f"{100 * dense['judged_non_relevant']:.1f}% (the issue's targets on other data: false <= 6%, judged "
                 "non-relevant >= 40%)"
             )
+        if p == "msmarco-two" and "dense+bm25" in by_run:
+            survivors(workdir, dataset_name(p, "dense+bm25"), *msmarco_judges(data[p]))
     if args.finetune and "scifact-holdout" in protocols:
         finetune(data["scifact-holdout"], workdir, runs, seeds, test_qrels)
 
