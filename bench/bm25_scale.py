@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import resource
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "scripts")]
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
+
+from process_memory import in_fresh_process, peak_rss_mb  # noqa: E402
 
 SETTINGS = {"bm25_k1": 1.5, "bm25_b": 0.75, "bm25_stemmer": "english", "bm25_stopwords": "en"}
 CANDIDATES = 100
@@ -131,7 +130,7 @@ def child(side: str, data: Path, out: Path) -> None:
     times = {"negflow-index": run_negflow_index, "negflow-search": run_negflow_search, "bm25s": run_bm25s}[side](
         data, out
     )
-    times["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(times))
 
 
@@ -141,13 +140,6 @@ def measure(side: str, data: Path, out: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def in_fresh_process(function, *args):
-    """`function(*args)` in a spawned process: Linux keeps a process's peak RSS across fork and exec, so had
-    this process held the generated data, every measured child would start its peak from that."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
 
 
 def main() -> None:

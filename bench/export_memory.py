@@ -4,7 +4,7 @@ Synthetic stage outputs for a fixed corpus (`--docs` passages, random 384-d unit
 folder) and two query counts (`--queries`, default 100,000 and 300,000), each query with one positive and
 100 candidates, cross-encoder scores for every pair: the files search, merge and score write, in their
 schemas and order. `negflow.export.export_negatives` (default selection, cross-encoder scores) runs on each
-in a child process; printed: its wall time and peak RSS (ru_maxrss), and the ratio of the two peaks, with
+in a child process; printed: its wall time and its own peak RSS (VmHWM), and the ratio of the two peaks, with
 the target (within 1.2x).
 
 Usage: python bench/export_memory.py [--docs 300000] [--queries 100000 300000] [--workdir /tmp/negflow-bench-export]
@@ -29,8 +29,9 @@ DIM = 384
 CANDIDATES = 100
 
 STAGE = """
-import json, resource, sys, time
-sys.path.insert(0, {scripts!r})
+import json, sys, time
+sys.path[:0] = [{scripts!r}, {bench!r}]
+from process_memory import peak_rss_mb
 from negflow.calibration import calibrate
 from negflow.candidates import Candidates
 from negflow.export import export_negatives
@@ -50,7 +51,7 @@ if {stage!r} == "calibrate":
 else:
     report = export_negatives(candidates, SelectionSettings(), d + "/negatives.jsonl", d + "/selection.json", {{}})
     summary = report["counts"]
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak_mb = peak_rss_mb()
 print(json.dumps({{"seconds": time.perf_counter() - start, "peak_mb": peak_mb, "summary": summary}}))
 """
 
@@ -60,6 +61,7 @@ def run_stage(stage: str, folder: Path, root: Path, scores: bool) -> dict:
     files of `folder` in a child process (with CE scores or not): its seconds, peak RSS and summary."""
     code = STAGE.format(
         scripts=str(REPO / "scripts"),
+        bench=str(REPO / "bench"),
         folder=str(folder),
         corpus=str(root / "corpus-1-of-1.npy"),
         corpus_dir=str(root / "corpus"),

@@ -3,7 +3,7 @@
 A synthetic `.jsonl.gz` of `["anchor", "positive"]` lines with MS MARCO-like lengths (anchors of 4-12 words,
 positives of 30-80 words from a 20,000-word vocabulary; 5% of lines repeat an earlier anchor, 2% an earlier
 positive) is read by `negflow.read_pairs.read_pairs` in a child process pinned to one core. Printed beside
-the file's size: wall time, lines/s, peak RSS (the child's ru_maxrss), and the distinct texts' Arrow size
+the file's size: wall time, lines/s, peak RSS (the child's own: VmHWM), and the distinct texts' Arrow size
 (UTF-8 bytes plus an 8-byte offset per text, what the stage streams to disk), with the two targets:
 at least 100,000 lines/s on one core and peak RSS under 1.5x that Arrow size. The child's CPU seconds are
 printed too: on a slow disk, writing the 10M-line tables (8.6 GB) adds waits that are not the reader's. A
@@ -86,9 +86,18 @@ def write_pairs(path: Path, lines: int, seed: int = 0) -> None:
             f.write("\n".join(out) + "\n")
 
 
+PEAK = f"""
+sys.path.insert(0, {str(REPO / "bench")!r})
+from process_memory import peak_rss_mb
+print(peak_rss_mb())
+"""
+
+
 def run_child(code: str) -> tuple[list[str], float, float, float]:
-    """Run `code` in a fresh interpreter; its printed fields, its wall time, its own peak RSS in MB and its
-    CPU seconds (os.wait4 gives this child's rusage, not the maximum over all children)."""
+    """Run `code` in a fresh interpreter; its printed fields, its wall time, its own peak RSS in MB (VmHWM,
+    which it prints last: its ru_maxrss would start from this process's peak) and its CPU seconds (os.wait4
+    gives this child's rusage, not the maximum over all children)."""
+    code += PEAK
     start = time.perf_counter()
     with (
         open(os.devnull, "w") as devnull,
@@ -99,7 +108,8 @@ def run_child(code: str) -> tuple[list[str], float, float, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}): {code}")
-    return output.split(), time.perf_counter() - start, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
+    *fields, peak = output.split()
+    return fields, time.perf_counter() - start, float(peak), usage.ru_utime + usage.ru_stime
 
 
 def arrow_size(out: Path) -> float:

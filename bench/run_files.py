@@ -4,7 +4,7 @@ into Python lists, then Arrow arrays), each in a fresh process on the same file.
 
 Synthetic runs in both formats: MS MARCO-like ids (queries among 500,000, passages among 8.8M), one line
 per (query, candidate), ranks and scores as a BM25 run writes them. Printed per format: lines/s and peak
-RSS (the child's ru_maxrss) of each reader, and their ratios; the columns of the two readers are checked
+RSS (the child's own: VmHWM) of each reader, and their ratios; the columns of the two readers are checked
 equal (a hash of each whole column, taken after the timing).
 
 Usage: python bench/run_files.py [--lines 5000000] [--workdir /tmp/negflow-bench-run-files]
@@ -24,11 +24,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from bm25_scale import in_fresh_process  # noqa: E402
+from process_memory import in_fresh_process  # noqa: E402
 
 READ = """
-import hashlib, json, resource, sys, time
-sys.path.insert(0, {scripts!r})
+import hashlib, json, sys, time
+sys.path[:0] = [{scripts!r}, {bench!r}]
+from process_memory import peak_rss_mb
 import numpy as np
 import pyarrow as pa
 from negflow.sources import _arrow_columns, _run_lines
@@ -45,7 +46,7 @@ else:  # the line reader, into Python lists, then the same columns
     lines, qids, dids = np.array(lines), pa.array(q, pa.string()), pa.array(d, pa.string())
     ranks, scores = np.array(r, dtype=np.int64), np.array(s)
 seconds = time.perf_counter() - start
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the check's Python strings
+rss_mb = peak_rss_mb()  # before the check's Python strings
 check = [hashlib.sha256(np.asarray(lines, dtype=np.int64).tobytes()).hexdigest(),
          hashlib.sha256("\\n".join(qids.to_pylist()).encode()).hexdigest(),
          hashlib.sha256("\\n".join(dids.to_pylist()).encode()).hexdigest(),
@@ -87,7 +88,7 @@ def write_runs(workdir: Path, n: int) -> dict[str, Path]:
 
 
 def read(path: Path, reader: str) -> dict:
-    code = READ.format(scripts=str(REPO / "scripts"), path=str(path), reader=reader)
+    code = READ.format(scripts=str(REPO / "scripts"), bench=str(REPO / "bench"), path=str(path), reader=reader)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -1,7 +1,7 @@
 """Peak memory of the search stage at 1M documents, against an in-memory FAISS flat index.
 
 Corpus: 1M x 384 seeded random unit vectors (1.5 GB as float32) in an embedding shard, 10k queries, top-100
-(flat index, exact). Each search runs in its own process and reports its peak RSS (ru_maxrss):
+(flat index, exact). Each search runs in its own process and reports its own peak RSS (VmHWM):
 
 1. negflow's search stage (`search_shard`, the function the rule calls): corpus chunks read from the
    memory-mapped shard, FAISS's exact kernel per chunk merged into a running top-k, pages released after
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -28,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
+
+from process_memory import peak_rss_mb  # noqa: E402
 
 DIM = 384
 K = 100
@@ -102,7 +103,7 @@ def child(kind: str, work: Path) -> None:
     start = time.perf_counter()
     result = {"negflow": run_negflow, "faiss": run_faiss_in_memory}[kind](work)
     result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
