@@ -238,13 +238,14 @@ def assert_read_alike(path: Path) -> list[tuple]:
 @pytest.mark.parametrize("block_bytes", [1 << 24, 1 << 12])  # one block, many
 def test_a_trec_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monkeypatch, block_bytes):
     """The Arrow reader against the line reader on what TREC runs hold: tabs, runs of spaces, CRLF, blank and
-    whitespace-only lines (skipped, yet counted in later line numbers), scientific scores, Unicode ids; a line
-    the Arrow reader does not take (a '+3' rank) hands the whole file to the line reader."""
+    whitespace-only lines, Unicode whitespace too (skipped, yet counted in later line numbers), scientific
+    scores, Unicode ids; a line the Arrow reader does not take (a '+3' rank) hands the whole file to the line
+    reader."""
     rng = np.random.default_rng(0)
     lines = [f"q{rng.integers(50)} Q0 d{rng.integers(10**6)} {i} {rng.normal():.6g} bm25" for i in range(1, 3000)]
     lines[10] = "q1\tQ0\td-ü\t5\t1e-3\ttag"
     lines[20] = "  q2   Q0 d2  7 -4.5E2 tag  "
-    lines[30:30] = ["", "   \t "]
+    lines[30:30] = ["", "   \t ", "\u3000\x0b\x1c"]  # blank: str.strip() leaves nothing
     path = tmp_path / "run.trec"
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
     monkeypatch.setattr(sources, "RUN_BLOCK_BYTES", block_bytes)
@@ -273,7 +274,7 @@ def test_a_jsonl_run_read_as_columns_equals_it_read_line_by_line(tmp_path, monke
     ]
     rows[7] = {"score": 2.5, "doc_id": 'd"\\ü\u2028', "extra": {"nested": [1]}, "query_id": "q-ü", "rank": None}
     lines = [json.dumps(r, ensure_ascii=i % 2 == 0) for i, r in enumerate(rows)]
-    lines[30:30] = ["", "  \t "]
+    lines[30:30] = ["", "  \t ", "\u2003\x0c"]
     path = tmp_path / "run.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + ("\r\n".join(lines) + "\r\n").encode())
     monkeypatch.setattr(sources, "RUN_BLOCK_BYTES", block_bytes)

@@ -189,7 +189,8 @@ def _nonblank_blocks(path: str):
     first = 1
     for batch in reader:
         text = batch.column(0)
-        blank = pc.utf8_length(pc.utf8_trim_whitespace(text)).to_numpy(zero_copy_only=False) == 0
+        # blank as str.strip() has it (utf8_is_space is str.isspace, false for ""), without a trimmed copy
+        blank = pc.or_(pc.utf8_is_space(text), pc.equal(pc.utf8_length(text), 0)).to_numpy(zero_copy_only=False)
         kept = np.flatnonzero(~blank)  # blank lines are skipped, as the line reader skips them
         yield kept + first, text.take(pa.array(kept))
         first += batch.num_rows
