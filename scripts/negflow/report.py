@@ -73,16 +73,17 @@ def scan_negatives(records: Iterable[NegativesRecord], candidates_path: str | Pa
         scan.queries += 1
         if len(scan.examples) < EXAMPLE_QUERIES:
             scan.examples.append(r)
-        scan.has_ce |= r.query_doc_ce is not None
-        ce = r.query_doc_ce or [None] * len(r.docs)
-        n_pos = r.n_positives
-        for i, (cos, ce_score) in enumerate(zip(r.query_doc_cos, ce, strict=True)):
-            side = "positive" if i < n_pos else "negative"
-            scan.scores[f"{side}_cosine"].append(cos)
-            if ce_score is not None:
-                scan.scores[f"{side}_ce"].append(ce_score)
-            for source in r.doc_sources[i] if r.doc_sources and i >= n_pos else ():
-                scan.source_cosines.setdefault(source, array("d")).append(cos)
+        n_pos, cos = r.n_positives, r.query_doc_cos
+        scan.scores["positive_cosine"].extend(cos[:n_pos])  # a record's slice at once, no loop per document
+        scan.scores["negative_cosine"].extend(cos[n_pos:])
+        if r.query_doc_ce is not None:  # padded negatives have none
+            scan.has_ce = True
+            scan.scores["positive_ce"].extend(c for c in r.query_doc_ce[:n_pos] if c is not None)
+            scan.scores["negative_ce"].extend(c for c in r.query_doc_ce[n_pos:] if c is not None)
+        if r.doc_sources:  # a fused run's: each negative's cosine under every source that returned it
+            for found, c in zip(r.doc_sources[n_pos:], cos[n_pos:], strict=True):
+                for source in found:
+                    scan.source_cosines.setdefault(source, array("d")).append(c)
         block.append((r.query, r.negatives()))
         if len(block) == RANK_BLOCK:
             _add_ranks(scan, block, candidates, query_ids)
