@@ -105,7 +105,10 @@ def measure(workdir: Path, name: str, fused: bool, is_false: Judge, is_judged_sa
 
 
 def auc(higher: np.ndarray, lower: np.ndarray) -> float:
-    """The chance that a value drawn from `higher` exceeds one drawn from `lower` (ties count half)."""
+    """The chance that a value drawn from `higher` exceeds one drawn from `lower` (ties count half); NaN
+    where either is empty."""
+    if not len(higher) or not len(lower):
+        return np.nan
     lower = np.sort(lower)
     below = np.searchsorted(lower, higher, side="left")
     tied = np.searchsorted(lower, higher, side="right") - below
@@ -137,7 +140,8 @@ def survivors(workdir: Path, name: str, grades: dict, is_false: Judge, is_judged
     print(f"{'returned by':12s} {'candidates':>11s} {'false':>8s} {'judged non-rel':>15s}")
     for part in ("both", "dense only", "bm25 only", "all"):
         mine = np.ones(len(kind), dtype=bool) if part == "all" else kind == part
-        print(f"{part:12s} {mine.sum():11d} {100 * false[mine].mean():7.1f}% {100 * safe[mine].mean():14.1f}%")
+        shares = [f"{100 * x[mine].mean():.1f}%" if mine.any() else "n/a" for x in (false, safe)]
+        print(f"{part:12s} {mine.sum():11d} {shares[0]:>8s} {shares[1]:>15s}")
     signals = {
         "cosine": np.concatenate(cosine),
         "cosine to a positive": np.concatenate(doc_cos),
