@@ -88,6 +88,8 @@ RULE_SETTINGS = {
         "finetune_epochs",
         "finetune_batch_size",
         "finetune_learning_rate",
+        "finetune_warmup_ratio",
+        "finetune_loss",
         *EMBEDDING_MODEL,
         "min_positive_score",
         "device",

@@ -69,12 +69,22 @@ def training_dtype(device):
     return torch.bfloat16 if device.type == "cuda" else None
 
 
-def train(rows: dict[str, list], settings: dict, device, out_dir: str):
-    """One MultipleNegativesRankingLoss run on the full embeddings (evaluation cuts them to `truncate_dim`);
-    batches never hold the same text twice (NO_DUPLICATES)."""
+def training_loss(model, settings: dict, mini_batch_size: int):
+    """The configured loss: MultipleNegativesRankingLoss, or its GradCache form, which gives the same loss
+    and gradients while embedding `mini_batch_size` texts at a time (a batch of thousands fits in memory)."""
+    from sentence_transformers import losses
+
+    if settings["finetune_loss"] == "CachedMultipleNegativesRankingLoss":
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
+    return losses.MultipleNegativesRankingLoss(model)
+
+
+def train(rows: dict[str, list], settings: dict, device, out_dir: str, mini_batch_size: int = 32):
+    """One run of the configured loss on the full embeddings (evaluation cuts them to `truncate_dim`);
+    batches never hold the same text twice (NO_DUPLICATES). `mini_batch_size`: texts embedded at once by
+    the cached loss (memory only; the rule passes its embedding batch size)."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
 
     from negflow.models import configured_embedding_model
@@ -85,7 +95,7 @@ def train(rows: dict[str, list], settings: dict, device, out_dir: str):
         num_train_epochs=settings["finetune_epochs"],
         per_device_train_batch_size=settings["finetune_batch_size"],
         learning_rate=settings["finetune_learning_rate"],
-        warmup_ratio=0.1,
+        warmup_ratio=settings["finetune_warmup_ratio"],
         seed=settings["seed"],
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no",
@@ -99,7 +109,7 @@ def train(rows: dict[str, list], settings: dict, device, out_dir: str):
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_dict(rows),
-        loss=MultipleNegativesRankingLoss(model),
+        loss=training_loss(model, settings, mini_batch_size),
     )
     trainer.train()
     return model
@@ -161,8 +171,8 @@ def finetune_report(
     }
     runs = {
         "untrained": lambda: configured_embedding_model(settings, device),
-        "mined_negatives": lambda: train(mined, settings, device, f"{work_dir}/mined"),
-        "random_negatives": lambda: train(random_rows, settings, device, f"{work_dir}/random"),
+        "mined_negatives": lambda: train(mined, settings, device, f"{work_dir}/mined", limits.rows),
+        "random_negatives": lambda: train(random_rows, settings, device, f"{work_dir}/random", limits.rows),
     }
     for name, make in runs.items():
         start = time.perf_counter()
