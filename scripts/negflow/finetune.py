@@ -95,7 +95,7 @@ def train(rows: dict[str, list], settings: dict, device, out_dir: str, mini_batc
         num_train_epochs=settings["finetune_epochs"],
         per_device_train_batch_size=settings["finetune_batch_size"],
         learning_rate=settings["finetune_learning_rate"],
-        warmup_ratio=settings["finetune_warmup_ratio"],
+        warmup_steps=settings["finetune_warmup_ratio"],  # a float below 1 is a ratio (warmup_ratio is deprecated)
         seed=settings["seed"],
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="no",
