@@ -5,7 +5,7 @@ Synthetic stage outputs from `bench/export_memory.py` (`--docs` passages, random
 candidates a query, one positive a query and a second one for every tenth, so a tenth of the queries give
 held-out evidence), cosine selection. Each of `negflow.calibration.calibrate` (fn_budget 0.05) and
 `negflow.export.export_negatives` (the default selection) runs in a child process; printed: wall time,
-queries/s and peak RSS (ru_maxrss) of each, and calibrate's time and memory as a share of export's.
+queries/s and peak RSS (the child's own, VmHWM) of each, and calibrate's time and memory as a share of export's.
 Calibration reads its sampled queries only (at most 5,000 multi-positive plus 2,000 for hardness), so its
 time should grow far slower than the queries and its memory stay flat.
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "scripts"), str(Path(__file__).resolve().parent)]
+
+from process_memory import process_status_mb  # noqa: E402
 
 
 def memory() -> dict[str, int]:
     """Peak resident set and the current private (anonymous) and file-backed parts, in MB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {k: int(fields[k].split()[0]) // 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
+    return process_status_mb("VmHWM", "RssAnon", "RssFile")
 
 
 def run_step(step: str, workdir: str, args: argparse.Namespace) -> dict:
