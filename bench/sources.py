@@ -123,13 +123,16 @@ def survivors(workdir: Path, name: str, grades: dict, is_false: Judge, is_judged
     report = json.loads((workdir / layout.run_file(layout.export_negatives.report, name)).read_text())
     settings = SelectionSettings.from_settings(report["settings"])
     kind, false, safe, cosine, doc_cos, rank = [], [], [], [], [], []
-    for query in Candidates.of_run(workdir, name):
+    candidates = Candidates.of_run(workdir, name)
+    dense, bm25 = (candidates.source_names.index(source) for source in ("dense", "bm25"))
+    for query in candidates:
         if query.query_id not in grades:  # not a judged query
             continue
         scores = query.scores("cosine")
         keep = np.flatnonzero(filter_mask(scores, settings)[0])
         returned = query.cand_sources[keep]
-        kind += np.where(returned.all(axis=1), "both", np.where(returned[:, 0], "dense only", "bm25 only")).tolist()
+        both, dense_only = returned[:, dense] & returned[:, bm25], returned[:, dense] & ~returned[:, bm25]
+        kind += np.where(both, "both", np.where(dense_only, "dense only", "bm25 only")).tolist()
         false += [is_false(query.query_id, query.cand_ids[i]) for i in keep]
         safe += [is_judged_safe(query.query_id, query.cand_ids[i]) for i in keep]
         cosine.append(query.cand_cos[keep])
@@ -149,7 +152,9 @@ def survivors(workdir: Path, name: str, grades: dict, is_false: Judge, is_judged
     }
     print(
         f"hidden positives ({false.sum()}) against judged non-relevant ({safe.sum()}) among them, AUC: "
-        + ", ".join(f"{signal} {auc(values[false], values[safe]):.2f}" for signal, values in signals.items())
+        + ", ".join(f"{signal} {auc(values[false], values[safe]):.2f}" for signal, values in signals.items()).replace(
+            "nan", "n/a"
+        )
     )
 
 
