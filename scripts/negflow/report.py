@@ -76,8 +76,10 @@ def scan_negatives(records: Iterable[NegativesRecord], candidates_path: str | Pa
         n_pos, cos = r.n_positives, r.query_doc_cos
         scan.scores["positive_cosine"].extend(cos[:n_pos])  # a record's slice at once, no loop per document
         scan.scores["negative_cosine"].extend(cos[n_pos:])
-        if r.query_doc_ce is not None:  # padded negatives have none
-            scan.has_ce = True
+        if r.query_doc_ce is not None:
+            if len(r.query_doc_ce) != len(cos):
+                raise ValueError(f"query {r.query}: {len(r.query_doc_ce)} CE scores for {len(cos)} documents")
+            scan.has_ce = True  # a padded negative has no CE score (None)
             scan.scores["positive_ce"].extend(c for c in r.query_doc_ce[:n_pos] if c is not None)
             scan.scores["negative_ce"].extend(c for c in r.query_doc_ce[n_pos:] if c is not None)
         if r.doc_sources:  # a fused run's: each negative's cosine under every source that returned it
