@@ -323,7 +323,7 @@ def finetune_ndcg(workdir: Path, dataset: str, negatives: Path, block: dict, tes
     device, limits = pick_device("auto"), BatchLimits(64)  # a GPU where there is one
     rows = training_rows(str(negatives), str(results / "prepare/corpus"), str(results / "prepare/queries"), 3)
     with tempfile.TemporaryDirectory() as tmp:
-        model = train(rows, settings, device, tmp, limits.rows)
+        model = train(rows, settings, device, tmp, limits)
     corpus_emb = embed_texts(model, corpus["text"].to_pylist(), manifest.doc_prompt, limits, device, None)
     metrics = evaluate_model(
         model, queries, judged, [corpus_emb], corpus["id"].to_pylist(), manifest.query_prompt, 1, limits, device, None

@@ -12,6 +12,7 @@ from conftest import REPO
 
 from negflow.config import dataset_settings, load_schema
 from negflow.finetune import train, training_loss
+from negflow.models import BatchLimits
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +39,11 @@ ROWS = {  # 12 rows of three texts, so a batch of 4 makes three steps
 }
 
 
-def trained_weights(settings: dict, tmp_path, mini_batch_size: int = 32) -> np.ndarray:
+def trained_weights(settings: dict, tmp_path, limits: BatchLimits) -> np.ndarray:
     import torch
 
     fast = {"finetune_batch_size": 4, "finetune_learning_rate": 1e-3}  # so that three steps move the weights
-    model = train(ROWS, settings | fast, torch.device("cpu"), str(tmp_path), mini_batch_size)
+    model = train(ROWS, settings | fast, torch.device("cpu"), str(tmp_path), limits)
     return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
 
 
@@ -58,12 +59,15 @@ def test_the_cached_loss_trains_the_weights_the_plain_loss_trains(fixture_data, 
     assert plain["finetune_loss"] == "MultipleNegativesRankingLoss"  # the default
     cached = settings(fixture_data, no_dropout_model, finetune_loss="CachedMultipleNegativesRankingLoss")
     model = configured_embedding_model(plain, torch.device("cpu"))
-    loss = training_loss(model, cached, 2)
+    cpu = torch.device("cpu")
+    loss = training_loss(model, cached, BatchLimits(2), cpu)
     assert type(loss).__name__ == "CachedMultipleNegativesRankingLoss" and loss.mini_batch_size == 2
-    assert type(training_loss(model, plain, 2)).__name__ == "MultipleNegativesRankingLoss"
+    assert type(training_loss(model, plain, BatchLimits(2), cpu)).__name__ == "MultipleNegativesRankingLoss"
+    # no more rows than the token budget holds at the model's full length (96 tokens): 960 // 96
+    assert training_loss(model, cached, BatchLimits(512, 960), cpu).mini_batch_size == 10
     before = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
-    after_plain = trained_weights(plain, tmp_path / "plain")
-    after_cached = trained_weights(cached, tmp_path / "cached", mini_batch_size=2)
+    after_plain = trained_weights(plain, tmp_path / "plain", BatchLimits(32))
+    after_cached = trained_weights(cached, tmp_path / "cached", BatchLimits(2))
     moved = np.abs(after_plain - before).max()
     assert moved > 1e-3
     np.testing.assert_allclose(after_cached, after_plain, rtol=0, atol=moved * 1e-2)  # Adam magnifies rounding
@@ -74,7 +78,8 @@ def test_the_warmup_ratio_changes_the_trained_weights(fixture_data, no_dropout_m
     default = settings(fixture_data, no_dropout_model)
     assert default["finetune_warmup_ratio"] == 0.1
     none = settings(fixture_data, no_dropout_model, finetune_warmup_ratio=0.0)
-    assert np.abs(trained_weights(default, tmp_path / "a") - trained_weights(none, tmp_path / "b")).max() > 1e-5
+    a, b = (trained_weights(s, tmp_path / name, BatchLimits(32)) for s, name in ((default, "a"), (none, "b")))
+    assert np.abs(a - b).max() > 1e-5
 
 
 def test_the_training_settings_are_the_finetune_rules_params():

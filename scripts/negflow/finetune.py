@@ -1,6 +1,6 @@
 """Proof stage: does training on the mined negatives beat the untrained model and training on random
-negatives? Fine-tunes the embedding model twice with MultipleNegativesRankingLoss (same anchors, same
-positives, same seed; only the negatives differ) and evaluates nDCG@10 on held-out qrels."""
+negatives? Fine-tunes the embedding model twice with the configured loss (`finetune_loss`; same anchors,
+same positives, same seed; only the negatives differ) and evaluates nDCG@10 on held-out qrels."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 from negflow.evaluate import evaluate_model
 from negflow.files import write_json
 from negflow.judgments import load_judgments
+from negflow.models import BatchLimits
 from negflow.provenance import weights_sha256
 from negflow.store import read_manifest
 from negflow.training import iter_examples
@@ -69,20 +70,23 @@ def training_dtype(device):
     return torch.bfloat16 if device.type == "cuda" else None
 
 
-def training_loss(model, settings: dict, mini_batch_size: int):
+def training_loss(model, settings: dict, limits: BatchLimits, device):
     """The configured loss: MultipleNegativesRankingLoss, or its GradCache form, which gives the same loss
-    and gradients while embedding `mini_batch_size` texts at a time (a batch of thousands fits in memory)."""
+    and gradients while it embeds a mini-batch at a time (a batch of thousands fits in memory): at most
+    `limits.rows` texts, and no more than the device's token budget holds at the model's full length, since
+    a training pass keeps its activations."""
     from sentence_transformers import losses
 
     if settings["finetune_loss"] == "CachedMultipleNegativesRankingLoss":
-        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
+        rows = max(1, min(limits.rows, limits.token_budget(device) // model.max_seq_length))
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=rows)
     return losses.MultipleNegativesRankingLoss(model)
 
 
-def train(rows: dict[str, list], settings: dict, device, out_dir: str, mini_batch_size: int = 32):
+def train(rows: dict[str, list], settings: dict, device, out_dir: str, limits: BatchLimits):
     """One run of the configured loss on the full embeddings (evaluation cuts them to `truncate_dim`);
-    batches never hold the same text twice (NO_DUPLICATES). `mini_batch_size`: texts embedded at once by
-    the cached loss (memory only; the rule passes its embedding batch size)."""
+    batches never hold the same text twice (NO_DUPLICATES). `limits`: the forward passes of the cached
+    loss (memory only)."""
     import datasets
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.training_args import BatchSamplers
@@ -109,7 +113,7 @@ def train(rows: dict[str, list], settings: dict, device, out_dir: str, mini_batc
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_dict(rows),
-        loss=training_loss(model, settings, mini_batch_size),
+        loss=training_loss(model, settings, limits, device),
     )
     trainer.train()
     return model
@@ -171,8 +175,8 @@ def finetune_report(
     }
     runs = {
         "untrained": lambda: configured_embedding_model(settings, device),
-        "mined_negatives": lambda: train(mined, settings, device, f"{work_dir}/mined", limits.rows),
-        "random_negatives": lambda: train(random_rows, settings, device, f"{work_dir}/random", limits.rows),
+        "mined_negatives": lambda: train(mined, settings, device, f"{work_dir}/mined", limits),
+        "random_negatives": lambda: train(random_rows, settings, device, f"{work_dir}/random", limits),
     }
     for name, make in runs.items():
         start = time.perf_counter()
