@@ -17,7 +17,7 @@ include: "rules/common.smk"
 
 
 wildcard_constraints:
-    dataset=layout.DATASET_NAME,
+    dataset=layout.DATASET_WILDCARD,
     scatteritem=SHARD_PATTERN,
     source=r"run_\w+",
 
@@ -39,6 +39,7 @@ include: "rules/calibrate.smk"
 include: "rules/export.smk"
 include: "rules/audit.smk"
 include: "rules/finetune.smk"
+include: "rules/rounds.smk"
 include: "rules/report.smk"
 
 

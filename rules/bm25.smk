@@ -1,7 +1,7 @@
 rule index_bm25:
     """The bm25 source's index of the prepared corpus texts, built once per dataset."""
     input:
-        corpus_dir=rules.prepare.output.corpus,
+        corpus_dir=prepared("corpus"),
         code=code_of("index_bm25"),
     output:
         index=directory(layout.index_bm25.index),
@@ -21,9 +21,9 @@ rule search_bm25:
     """BM25 candidates of one shard of the queries (the dense search's query shards)."""
     input:
         index=rules.index_bm25.output.index,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
-        qrels_dir=rules.prepare.output.qrels,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
+        qrels_dir=prepared("qrels"),
         code=code_of("search_bm25"),
     output:
         candidates=layout.search_bm25.candidates,

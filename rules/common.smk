@@ -13,6 +13,14 @@ from negflow.dependencies import provenance_settings, rule_settings, script_modu
 from negflow.errors import ConfigError
 from negflow.hooks import cancel_scheduler_timers
 from negflow.refs import is_local_data, split_ref
+from negflow.rounds import (
+    mined_by,
+    prepared_by,
+    round_dataset,
+    round_datasets,
+    round_model,
+    training_start,
+)
 from negflow.shards import SHARD_PATTERN
 from negflow.sources import (
     is_fused,
@@ -29,6 +37,8 @@ try:
     DATASETS |= model_source_datasets(
         DATASETS
     )  # a second model's own prepare/embed/search
+    # each mining round's own embed, search and selection
+    DATASETS |= round_datasets(DATASETS)
     SCATTER = scatter_counts(config, SCHEMA)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -41,18 +51,27 @@ def code_of(script):
     return script_modules(os.path.join(workflow.basedir, "scripts", f"{script}.py"))
 
 
+# The rules a round never runs: it reads its dataset's prepared files.
+PREPARING_RULES = ("read_pairs", "prepare", "prepare_judgments")
+
+
 def settings_for(name):
-    """A params function: the settings rule `name`'s output depends on, for the job's dataset."""
+    """A params function: the settings rule `name`'s output depends on, for the job's dataset (after
+    prepare, a dataset with rounds has its last round's: that round's model mined what it selects).
+    """
 
     def params(wildcards):
-        return rule_settings(name, DATASETS[wildcards.dataset])
+        dataset = wildcards.dataset
+        if name not in PREPARING_RULES:
+            dataset = mined_by(DATASETS, dataset)
+        return rule_settings(name, DATASETS[dataset])
 
     return params
 
 
 def provenance_for(wildcards):
-    """The settings a provenance sidecar records, as configured."""
-    return provenance_settings(DATASETS[wildcards.dataset])
+    """The settings a provenance sidecar records, as configured (with rounds, the last round's)."""
+    return provenance_settings(DATASETS[mined_by(DATASETS, wildcards.dataset)])
 
 
 def job_setting(key):
@@ -61,9 +80,21 @@ def job_setting(key):
 
 
 def of_dataset(path, wildcards):
-    """A rule's output path (`rules.<rule>.output.<name>`) for the job's dataset; a shard pattern keeps its
-    `{scatteritem}` for `gather`."""
-    return path.format(dataset=wildcards.dataset, scatteritem="{scatteritem}")
+    """A mining or selection rule's output path (`rules.<rule>.output.<name>`) for the job's dataset (a
+    dataset with rounds: its last round's); a shard pattern keeps its `{scatteritem}` for `gather`.
+    """
+    dataset = mined_by(DATASETS, wildcards.dataset)
+    return path.format(dataset=dataset, scatteritem="{scatteritem}")
+
+
+def of_prepared(path, wildcards):
+    """A preparing rule's output path for the job's dataset: a round's is its dataset's."""
+    return path.format(dataset=prepared_by(DATASETS, wildcards.dataset))
+
+
+def prepared(key, rule="prepare"):
+    """An input function: output `key` of a preparing rule for the job's dataset (of_prepared)."""
+    return lambda wildcards: of_prepared(getattr(rules, rule).output[key], wildcards)
 
 
 def all_outputs():
@@ -71,8 +102,16 @@ def all_outputs():
     and tables, and the audit when it has something to measure against."""
     targets = []
     for name, settings in sorted(DATASETS.items()):
-        if "model_source_of" in settings:
-            continue  # a candidate source: its dataset's fusion asks for what it needs
+        if "model_source_of" in settings or "round_of" in settings:
+            continue  # a candidate source, a round: its dataset's rules ask for what they need
+        for r in range(1, settings["rounds"] + 1) if settings["rounds"] > 1 else ():
+            targets += [  # every round's negatives, the last one's also the dataset's own
+                path.format(dataset=round_dataset(name, r))
+                for path in (
+                    rules.export_negatives.output.negatives,
+                    rules.export_negatives.output.report,
+                )
+            ]
         files = [
             rules.export_negatives.output.negatives,
             rules.export_negatives.output.report,
@@ -127,7 +166,7 @@ def prepare_inputs(wildcards):
 def judgment_inputs(wildcards):
     """The prepared corpus, and the audit and finetune qrels and the queries where they are local files."""
     settings = DATASETS[wildcards.dataset]
-    inputs = {"corpus_dir": of_dataset(rules.prepare.output.corpus, wildcards)}
+    inputs = {"corpus_dir": of_prepared(rules.prepare.output.corpus, wildcards)}
     for key in ("audit_qrels", "finetune_eval_qrels"):
         if settings[key] and is_local_data(settings[key]):
             inputs[key] = settings[key]
@@ -181,20 +220,21 @@ def run_file(wildcards):
 
 
 def source_tables(wildcards):
-    """Each candidate source's table, by source name, for fuse_candidates."""
-    dataset = wildcards.dataset
+    """Each candidate source's table, by source name, for fuse_candidates: the dense search's of the job's
+    dataset, the others' (the same in every round) of the dataset that prepared it."""
+    dataset, prepared = wildcards.dataset, prepared_by(DATASETS, wildcards.dataset)
     tables = {}
     for source in DATASETS[dataset]["candidate_sources"]:
         name = source_name(source)
         if name == "dense":
             path = layout.run_file(layout.merge_candidates.candidates, dataset)
         elif name == "bm25":
-            path = layout.run_file(layout.merge_bm25_candidates.candidates, dataset)
+            path = layout.run_file(layout.merge_bm25_candidates.candidates, prepared)
         elif name.startswith("model_"):  # its own dataset's search
-            own = model_source_dataset(dataset, name)
+            own = model_source_dataset(prepared, name)
             path = layout.run_file(layout.merge_candidates.candidates, own)
         else:
-            path = layout.run_file(layout.read_run.candidates, dataset, source=name)
+            path = layout.run_file(layout.read_run.candidates, prepared, source=name)
         tables[name] = path
     return tables
 
@@ -219,8 +259,8 @@ def selection_inputs(wildcards):
         "qrels": of_dataset(rules.compute_qrels_cosines.output.cosines, wildcards),
         "corpus": embedding_shards("corpus")(wildcards),
         "queries": embedding_shards("queries")(wildcards),
-        "corpus_dir": of_dataset(rules.prepare.output.corpus, wildcards),
-        "manifest": of_dataset(rules.prepare.output.manifest, wildcards),
+        "corpus_dir": of_prepared(rules.prepare.output.corpus, wildcards),
+        "manifest": of_prepared(rules.prepare.output.manifest, wildcards),
     }
     if DATASETS[wildcards.dataset]["ce"] is not None:
         inputs["scores"] = of_dataset(rules.merge_scores.output.scores, wildcards)
@@ -255,8 +295,8 @@ def model_passes(wildcards):
 def audit_inputs(wildcards):
     """What export reads, plus the judgments the audit measures against."""
     return export_inputs(wildcards) | {
-        "holdout": of_dataset(rules.prepare.output.holdout, wildcards),
-        "judgments": of_dataset(rules.prepare_judgments.output.judgments, wildcards),
+        "holdout": of_prepared(rules.prepare.output.holdout, wildcards),
+        "judgments": of_prepared(rules.prepare_judgments.output.judgments, wildcards),
     }
 
 
@@ -268,8 +308,39 @@ def finetune_inputs(wildcards):
         )
     return {
         "negatives": of_dataset(rules.export_negatives.output.negatives, wildcards),
-        "corpus_dir": of_dataset(rules.prepare.output.corpus, wildcards),
-        "queries_dir": of_dataset(rules.prepare.output.queries, wildcards),
-        "manifest": of_dataset(rules.prepare.output.manifest, wildcards),
-        "judgments": of_dataset(rules.prepare_judgments.output.judgments, wildcards),
+        "corpus_dir": of_prepared(rules.prepare.output.corpus, wildcards),
+        "queries_dir": of_prepared(rules.prepare.output.queries, wildcards),
+        "manifest": of_prepared(rules.prepare.output.manifest, wildcards),
+        "judgments": of_prepared(rules.prepare_judgments.output.judgments, wildcards),
     }
+
+
+def round_model_input(wildcards):
+    """A round's model (round 2 on), which its embed loads: the model train_round wrote."""
+    settings = DATASETS[wildcards.dataset]
+    if settings.get("round", 1) < 2:
+        return {}
+    return {"model": round_model(settings["round_of"], settings["round"])}
+
+
+def training_inputs(wildcards):
+    """What a round trains on: the previous round's negatives and the prepared texts, and the previous
+    round's model where it starts from that one."""
+    settings = DATASETS[wildcards.dataset]
+    base, previous = settings["round_of"], round_dataset(
+        settings["round_of"], settings["round"] - 1
+    )
+    inputs = {
+        "negatives": layout.run_file(layout.export_negatives.negatives, previous),
+        "corpus_dir": of_prepared(rules.prepare.output.corpus, wildcards),
+        "queries_dir": of_prepared(rules.prepare.output.queries, wildcards),
+    }
+    start = training_start(DATASETS, wildcards.dataset)
+    if start["embedding"] != DATASETS[base]["embedding"]:
+        inputs["start"] = start["embedding"]
+    return inputs
+
+
+def training_start_of(wildcards):
+    """The model a round's training starts from (train_round's `start` param)."""
+    return training_start(DATASETS, wildcards.dataset)

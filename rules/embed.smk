@@ -1,11 +1,12 @@
 rule embed:
     """Shard I-of-N of the corpus and of the queries in one job: the model is loaded once per shard."""
     input:
-        corpus=rules.prepare.output.corpus,
-        queries=rules.prepare.output.queries,
-        # a path of its own: ancient() flags the very object it is given, and on the rule's own output
+        unpack(round_model_input),
+        corpus=prepared("corpus"),
+        queries=prepared("queries"),
+        # an input function of its own: ancient() flags the very object it is given, and on the rule's own output
         # it would keep the judgments' other readers (audit, finetune) from rerunning after them
-        judgments=ancient(layout.prepare_judgments.judgments),
+        judgments=ancient(prepared("judgments", "prepare_judgments")),
         code=code_of("embed"),
     output:
         corpus=layout.embed.corpus,

@@ -24,9 +24,9 @@ rule export_flag:
     input:
         negatives=rules.export_negatives.output.negatives,
         provenance=rules.export_negatives.output.provenance,
-        manifest=rules.prepare.output.manifest,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
+        manifest=prepared("manifest"),
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
         code=code_of("export_flag"),
     output:
         data=layout.export_flag.data,
@@ -45,8 +45,8 @@ rule export_sentence_transformers:
     input:
         negatives=rules.export_negatives.output.negatives,
         provenance=rules.export_negatives.output.provenance,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
         code=code_of("export_sentence_transformers"),
     output:
         data=layout.export_sentence_transformers.data,

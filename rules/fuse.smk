@@ -2,9 +2,9 @@ rule read_run:
     """A run file as a candidate source: its best documents per query, checked against the dataset."""
     input:
         run=run_file,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
-        qrels_dir=rules.prepare.output.qrels,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
+        qrels_dir=prepared("qrels"),
         code=code_of("read_run"),
     output:
         candidates=layout.read_run.candidates,
@@ -24,8 +24,8 @@ rule fuse_candidates:
         unpack(source_tables),
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
         code=code_of("fuse_candidates"),
     output:
         candidates=layout.fuse_candidates.candidates,

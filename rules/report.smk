@@ -3,8 +3,8 @@ rule plot_report:
         negatives=rules.export_negatives.output.negatives,
         selection=rules.export_negatives.output.report,
         candidates=candidate_table,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
         code=code_of("plot_report"),
     output:
         summary=report(

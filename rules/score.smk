@@ -2,8 +2,8 @@ rule prepare_ce_pairs:
     input:
         candidates=candidate_table,
         qrels=rules.compute_qrels_cosines.output.cosines,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
         code=code_of("prepare_ce_pairs"),
     output:
         pairs=directory(layout.prepare_ce_pairs.pairs),

@@ -59,9 +59,9 @@ rule search:
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
         index=search_index,
-        corpus_dir=rules.prepare.output.corpus,
-        queries_dir=rules.prepare.output.queries,
-        qrels_dir=rules.prepare.output.qrels,
+        corpus_dir=prepared("corpus"),
+        queries_dir=prepared("queries"),
+        qrels_dir=prepared("qrels"),
         code=code_of("search"),
     output:
         candidates=layout.search.candidates,
@@ -98,8 +98,8 @@ rule compute_qrels_cosines:
     input:
         corpus=embedding_shards("corpus"),
         queries=embedding_shards("queries"),
-        queries_dir=rules.prepare.output.queries,
-        qrels_dir=rules.prepare.output.qrels,
+        queries_dir=prepared("queries"),
+        qrels_dir=prepared("qrels"),
         code=code_of("compute_qrels_cosines"),
     output:
         cosines=layout.compute_qrels_cosines.cosines,

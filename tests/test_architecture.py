@@ -6,7 +6,7 @@ from negflow.dependencies import library_imports
 
 LAYERS = [
     {"errors", "files", "bundle", "layout", "progress"},
-    {"refs", "shards", "selection", "negatives", "text_ids", "grades"},
+    {"refs", "shards", "selection", "negatives", "text_ids", "grades", "rounds"},
     {"store"},
     {"models", "devices"},
     {"read_pairs", "pair_shapes", "beir", "prepare", "judgments", "embed", "search", "score", "candidates", "export"}

@@ -64,10 +64,11 @@ def test_model_options_rerun_exactly_the_rules_that_load_that_model():
         for key in SCHEMA["$defs"]["settings"]["properties"]
     }
     loads = rules_of["embedding"] | rules_of["ce"]
-    assert loads == {"prepare", "embed", "audit", "finetune", "prepare_ce_pairs", "score_pairs"}
+    assert loads == {"prepare", "embed", "audit", "finetune", "train_round", "prepare_ce_pairs", "score_pairs"}
     assert rules_of["trust_remote_code"] == loads
-    assert rules_of["embedding_revision"] == {"prepare", "embed", "audit", "finetune"}
-    assert rules_of["embedding_model_kwargs"] == rules_of["truncate_dim"] == {"embed", "audit", "finetune"}
+    assert rules_of["embedding_revision"] == {"prepare", "embed", "audit", "finetune", "train_round"}
+    trained = {"embed", "audit", "finetune", "train_round"}
+    assert rules_of["embedding_model_kwargs"] == rules_of["truncate_dim"] == trained
     assert rules_of["query_prompt_name"] == rules_of["doc_prompt_name"] == {"prepare"}
     assert rules_of["ce_revision"] == {"prepare_ce_pairs", "score_pairs"}
     assert rules_of["ce_model_kwargs"] == {"score_pairs"}

@@ -22,6 +22,15 @@ EMBEDDING_MODEL = [  # what decides the embedding model's vectors, for the rules
     "truncate_dim",
 ]
 
+TRAINING = [  # how finetune and every round >= 2 train
+    "finetune_negatives",
+    "finetune_epochs",
+    "finetune_batch_size",
+    "finetune_learning_rate",
+    "finetune_warmup_ratio",
+    "finetune_loss",
+]
+
 BM25_SETTINGS = ["bm25_k1", "bm25_b", "bm25_stemmer", "bm25_stopwords"]  # the bm25 source's index and words
 
 # The settings each rule's output depends on, by rule name. They go into the rule's `params:`, so changing
@@ -84,14 +93,15 @@ RULE_SETTINGS = {
     ],
     "finetune": [
         "finetune_eval_qrels",
-        "finetune_negatives",
-        "finetune_epochs",
-        "finetune_batch_size",
-        "finetune_learning_rate",
-        "finetune_warmup_ratio",
-        "finetune_loss",
+        *TRAINING,
         *EMBEDDING_MODEL,
         "min_positive_score",
+        "device",
+        "seed",
+    ],
+    "train_round": [  # the model a round trains (its starting model is the rule's `start` param)
+        *TRAINING,
+        *EMBEDDING_MODEL,
         "device",
         "seed",
     ],
@@ -156,6 +166,9 @@ def provenance_settings(settings: dict) -> dict[str, Any]:
     keys = [key for rule in rules for key in RULE_SETTINGS[rule]] + INDEX_SETTINGS[settings["index"]]
     if settings["candidates_per_source"] is not None:  # what the dense search (and every source) returned
         keys.append("candidates_per_source")
+    if "round" in settings:  # a round's number; from round 2 on how its model was trained, and from round 3
+        r = settings["round"]  # on which model that training started from
+        keys += ["round", *(TRAINING if r >= 2 else ()), *(["round_training"] if r >= 3 else ())]
     return {key: settings[key] for key in dict.fromkeys(keys)}
 
 

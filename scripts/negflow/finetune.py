@@ -5,6 +5,7 @@ same positives, same seed; only the negatives differ) and evaluates nDCG@10 on h
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -220,3 +221,32 @@ def finetune(inputs: Mapping, settings: dict, limits, out_path: str) -> dict:
     report["settings"] = settings
     write_json(out_path, report)
     return report
+
+
+def train_round(inputs: Mapping, settings: dict, start: dict, limits: BatchLimits, out_dir: str) -> dict:
+    """Rule train_round: the `start` model (its `embedding` and revision) trained as finetune trains (the
+    finetune_* settings) on the previous round's `negatives`, saved whole to `out_dir` (written beside it,
+    then renamed, so a killed job leaves no model behind). Counts: training rows, the weights' hash."""
+    from negflow.errors import InputError
+    from negflow.models import pick_device
+
+    device = pick_device(settings["device"])
+    rows = training_rows(
+        inputs["negatives"], inputs["corpus_dir"], inputs["queries_dir"], settings["finetune_negatives"]
+    )
+    if not rows["anchor"]:
+        raise InputError(
+            f"{inputs['negatives']}: no query has {settings['finetune_negatives']} negatives to train the next "
+            "round on; lower finetune_negatives or mine more negatives"
+        )
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".train-round-", dir=Path(out_dir).parent)
+    try:
+        model = train(rows, settings | start, device, f"{work}/trainer", limits)
+        model.save(f"{work}/model")
+        os.replace(f"{work}/model", out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    counts = {"training_rows": len(rows["anchor"]), "started_from": start["embedding"]}
+    log.info("trained %s from %s on %d rows", out_dir, start["embedding"], counts["training_rows"])
+    return counts | {"weights_sha256": weights_sha256(model)}

@@ -15,6 +15,11 @@ DATASET_NAME = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
 DATASET_NAME_RULE = "dataset names use letters, digits, '_', '.', '-' only and do not start with '.'"
 
 
+# A job's {dataset}: a configured dataset, or one of its mining rounds (rounds.round_dataset).
+ROUND_WILDCARD = DATASET_NAME + r"/rounds/[0-9]+"
+DATASET_WILDCARD = DATASET_NAME + r"(/rounds/[0-9]+)?"
+
+
 def is_dataset_name(name: object) -> bool:
     return isinstance(name, str) and re.fullmatch(DATASET_NAME, name) is not None
 
@@ -75,6 +80,7 @@ plot_report = _results(
 plot_calibration = _results(figure="report/calibration.png")
 audit = _results(report="audit.json")
 finetune = _results(report="finetune/report.json")
+train_round = _results(model="model")  # {dataset}: a round's dataset (results/NAME/rounds/R/model)
 
 
 def run_file(pattern: str, dataset: str, **wildcards: str) -> str:

@@ -57,6 +57,7 @@ MODEL_SOURCE_OFF = {
     "audit_qrels": None,
     "finetune_eval_qrels": None,
     "train_formats": [],
+    "rounds": 1,  # a second model's candidates are the same in every round: it runs once
 }
 
 

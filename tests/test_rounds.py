@@ -1,0 +1,103 @@
+"""Mining rounds: round 2 trains on round 1's negatives and mines with the model it trained, in one DAG.
+
+The tiny random-init model trains in seconds; the plan, the files and the provenance are what is checked,
+not whether re-mining helps (bench/ measures that on real data)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import planned_jobs, snakemake, write_config
+
+from negflow.rounds import mined_by, prepared_by, round_datasets, training_start
+
+ROUNDS = {"rounds": 2, "finetune_negatives": 2, "finetune_batch_size": 4, "train_formats": ["n-tuple"]}
+
+
+def test_each_round_is_a_dataset_that_reads_its_datasets_prepare_and_trains_from_the_round_before():
+    settings = {"rounds": 3, "embedding": "base-model", "embedding_revision": "v1", "round_training": "continue"}
+    rounds = round_datasets({"d": settings, "plain": settings | {"rounds": 1}})
+    assert sorted(rounds) == ["d/rounds/1", "d/rounds/2", "d/rounds/3"]  # one round: no round datasets
+    assert rounds["d/rounds/1"]["embedding"] == "base-model"
+    assert rounds["d/rounds/3"]["embedding"] == "results/d/rounds/3/model"
+    datasets = {"d": settings, **rounds}
+    assert mined_by(datasets, "d") == "d/rounds/3" and mined_by(datasets, "d/rounds/2") == "d/rounds/2"
+    assert prepared_by(datasets, "d/rounds/2") == "d" and prepared_by(datasets, "d") == "d"
+    assert training_start(datasets, "d/rounds/2") == {"embedding": "base-model", "embedding_revision": "v1"}
+    round_2 = {"embedding": "results/d/rounds/2/model", "embedding_revision": None}
+    assert training_start(datasets, "d/rounds/3") == round_2
+    restart = {name: s | {"round_training": "restart"} for name, s in datasets.items()}
+    assert training_start(restart, "d/rounds/3") == {"embedding": "base-model", "embedding_revision": "v1"}
+
+
+def job_inputs(dry_run: str, rule: str) -> list[str]:
+    """The input files of each job of `rule` in a dry run's job blocks."""
+    return re.findall(rf"\nrule {rule}:\n    input: ([^\n]*)", dry_run)
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory, dataset_block):
+    """The fixture dataset mined in two rounds, run once for the module."""
+    run = tmp_path_factory.mktemp("rounds")
+    write_config(run, {"fx": {**dataset_block, **ROUNDS}})
+    plan = snakemake(run, "-n")
+    snakemake(run)
+    return run, plan
+
+
+@pytest.mark.slow
+def test_the_plan_prepares_once_and_trains_round_2_on_round_1s_negatives(two_rounds):
+    run, plan = two_rounds
+    jobs = planned_jobs(plan)
+    assert jobs["prepare"] == 1 and jobs["train_round"] == 1
+    assert jobs["embed"] == jobs["search"] == 2  # one per round
+    assert jobs["export_negatives"] == 3  # each round's, and the dataset's own from the last round
+    (training,) = job_inputs(plan.stdout, "train_round")
+    assert "results/fx/rounds/1/negatives.jsonl" in training and "results/fx/prepare/corpus" in training
+    embeds = job_inputs(plan.stdout, "embed")
+    assert any("results/fx/rounds/2/model" in e for e in embeds)
+    assert all("results/fx/prepare/corpus" in e for e in embeds)  # both rounds read the one prepare
+
+
+@pytest.mark.slow
+def test_the_datasets_files_are_the_last_rounds_and_say_which_model_mined_them(two_rounds):
+    run, _ = two_rounds
+    results = run / "results/fx"
+    assert (results / "negatives.jsonl").read_bytes() == (results / "rounds/2/negatives.jsonl").read_bytes()
+    assert (results / "rounds/1/negatives.jsonl").read_bytes() != (results / "rounds/2/negatives.jsonl").read_bytes()
+    assert (results / "rounds/2/model/model.safetensors").is_file()
+    provenance = {
+        name: json.loads((results / name / "negatives.provenance.json").read_text())
+        for name in ("rounds/1", "rounds/2", ".")
+    }
+    assert [provenance[name]["settings"]["round"] for name in ("rounds/1", "rounds/2", ".")] == [1, 2, 2]
+    weights = {name: p["models"]["embedding"]["weights_sha256"] for name, p in provenance.items()}
+    assert weights["rounds/1"] != weights["rounds/2"] == weights["."]
+    assert provenance["."]["models"]["embedding"]["path"].endswith("results/fx/rounds/2/model")
+    assert not (results / "rounds/2/prepare").exists()
+    assert (results / "audit.json").is_file() and (results / "train/n-tuple.parquet").is_file()
+    assert not (results / "rounds/1/train").exists()  # the training files are the dataset's, the last round's
+
+
+@pytest.mark.slow
+def test_a_training_change_reruns_round_2_and_nothing_before(two_rounds, dataset_block):
+    run, _ = two_rounds
+    write_config(run, {"fx": {**dataset_block, **ROUNDS, "finetune_learning_rate": 1e-4}})
+    jobs = planned_jobs(snakemake(run, "-n"))
+    assert jobs["train_round"] == 1 and jobs["embed"] == 1 and jobs["export_negatives"] == 2
+    assert "prepare" not in jobs
+    write_config(run, {"fx": {**dataset_block, **ROUNDS, "round_training": "restart"}})
+    assert planned_jobs(snakemake(run, "-n")) == {}  # round 2 starts from `embedding` either way
+    write_config(run, {"fx": {**dataset_block, **ROUNDS}})
+    assert planned_jobs(snakemake(run, "-n")) == {}
+
+
+def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dataset_block):
+    """BM25's index and search do not depend on the round's model: one of each, fused into both rounds."""
+    write_config(tmp_path, {"fx": {**dataset_block, **ROUNDS, "candidate_sources": ["dense", "bm25"]}})
+    plan = snakemake(tmp_path, "-n")
+    jobs = planned_jobs(plan)
+    assert jobs["index_bm25"] == jobs["search_bm25"] == 1 and jobs["fuse_candidates"] == 2
+    assert all("results/fx/bm25/candidates.parquet" in inputs for inputs in job_inputs(plan.stdout, "fuse_candidates"))
