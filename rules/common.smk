@@ -88,8 +88,11 @@ def of_dataset(path, wildcards):
 
 
 def of_prepared(path, wildcards):
-    """A preparing rule's output path for the job's dataset: a round's is its dataset's."""
-    return path.format(dataset=prepared_by(DATASETS, wildcards.dataset))
+    """The output path of a rule that runs once for a dataset and all its rounds (its preparing rules, and
+    the candidate sources other than the dense search) for the job's dataset: a round's is its dataset's.
+    """
+    dataset = prepared_by(DATASETS, wildcards.dataset)
+    return path.format(dataset=dataset, scatteritem="{scatteritem}")
 
 
 def prepared(key, rule="prepare"):
@@ -147,7 +150,7 @@ def beir_inputs(settings, wildcards, keys):
     configured ones that are local (a hub id is a setting, not a file)."""
     if settings["pairs"] is not None:
         return {
-            key: of_dataset(rules.read_pairs.output[key], wildcards) for key in keys
+            key: of_prepared(rules.read_pairs.output[key], wildcards) for key in keys
         }
     return {key: settings[key] for key in keys if is_local_data(settings[key])}
 
@@ -157,7 +160,7 @@ def prepare_inputs(wildcards):
     settings = DATASETS[wildcards.dataset]
     inputs = beir_inputs(settings, wildcards, ("corpus", "queries", "qrels"))
     if settings["pairs"] is not None:
-        inputs["pairs_manifest"] = of_dataset(
+        inputs["pairs_manifest"] = of_prepared(
             rules.read_pairs.output.manifest, wildcards
         )
     return inputs
@@ -205,7 +208,8 @@ def candidate_shards(wildcards):
 
 
 def bm25_shards(wildcards):
-    return gather.search(of_dataset(rules.search_bm25.output.candidates, wildcards))
+    """BM25's shards, searched once for a dataset and all its rounds (of_prepared)."""
+    return gather.search(of_prepared(rules.search_bm25.output.candidates, wildcards))
 
 
 def run_file(wildcards):

@@ -43,7 +43,9 @@ rule plot_report:
 
 rule plot_calibration:
     input:
-        calibration=rules.calibrate_selection.output.calibration,
+        calibration=lambda wildcards: of_dataset(
+            rules.calibrate_selection.output.calibration, wildcards
+        ),
         code=code_of("plot_calibration"),
     output:
         figure=report(

@@ -62,7 +62,7 @@ def test_the_plan_prepares_once_and_trains_round_2_on_round_1s_negatives(two_rou
 
 
 @pytest.mark.slow
-def test_the_datasets_files_are_the_last_rounds_and_say_which_model_mined_them(two_rounds):
+def test_the_datasets_files_are_the_last_rounds_and_say_which_model_mined_them(two_rounds, dataset_block):
     run, _ = two_rounds
     results = run / "results/fx"
     assert (results / "negatives.jsonl").read_bytes() == (results / "rounds/2/negatives.jsonl").read_bytes()
@@ -76,6 +76,9 @@ def test_the_datasets_files_are_the_last_rounds_and_say_which_model_mined_them(t
     weights = {name: p["models"]["embedding"]["weights_sha256"] for name, p in provenance.items()}
     assert weights["rounds/1"] != weights["rounds/2"] == weights["."]
     assert provenance["."]["models"]["embedding"]["path"].endswith("results/fx/rounds/2/model")
+    base = {"embedding": dataset_block["embedding"], "embedding_revision": None}
+    assert provenance["."]["settings"]["round_base_model"] == base  # the configured model it began from
+    assert "round_base_model" not in provenance["rounds/1"]["settings"]
     assert not (results / "rounds/2/prepare").exists()
     assert (results / "audit.json").is_file() and (results / "train/n-tuple.parquet").is_file()
     assert not (results / "rounds/1/train").exists()  # the training files are the dataset's, the last round's
@@ -89,9 +92,23 @@ def test_a_training_change_reruns_round_2_and_nothing_before(two_rounds, dataset
     assert jobs["train_round"] == 1 and jobs["embed"] == 1 and jobs["export_negatives"] == 2
     assert "prepare" not in jobs
     write_config(run, {"fx": {**dataset_block, **ROUNDS, "round_training": "restart"}})
-    assert planned_jobs(snakemake(run, "-n")) == {}  # round 2 starts from `embedding` either way
+    assert planned_jobs(snakemake(run, "-n"))["train_round"] == 1
     write_config(run, {"fx": {**dataset_block, **ROUNDS}})
     assert planned_jobs(snakemake(run, "-n")) == {}
+
+
+@pytest.mark.slow
+def test_a_third_round_keeps_the_two_mined(two_rounds, dataset_block):
+    """rounds 2 -> 3: round 3 trains from round 2's model and mines; rounds 1 and 2 and prepare stay."""
+    run, _ = two_rounds
+    write_config(run, {"fx": {**dataset_block, **ROUNDS, "rounds": 3}})
+    plan = snakemake(run, "-n")
+    jobs = planned_jobs(plan)
+    assert jobs["train_round"] == jobs["embed"] == jobs["search"] == 1 and "prepare" not in jobs
+    assert jobs["export_negatives"] == 2  # round 3's, and the dataset's own
+    (training,) = job_inputs(plan.stdout, "train_round")
+    assert "results/fx/rounds/2/negatives.jsonl" in training and "results/fx/rounds/2/model" in training
+    write_config(run, {"fx": {**dataset_block, **ROUNDS}})
 
 
 def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dataset_block):
@@ -101,3 +118,18 @@ def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dat
     jobs = planned_jobs(plan)
     assert jobs["index_bm25"] == jobs["search_bm25"] == 1 and jobs["fuse_candidates"] == 2
     assert all("results/fx/bm25/candidates.parquet" in inputs for inputs in job_inputs(plan.stdout, "fuse_candidates"))
+    assert "results/fx/bm25/candidates/1-of-1.parquet" in plan.stdout and "rounds/2/bm25" not in plan.stdout
+
+
+def test_a_pairs_dataset_reads_its_pair_file_once_for_every_round(tmp_path, fixture_data, dataset_block):
+    """read_pairs and prepare run for the dataset itself, never in a round's folder (the drop-in function
+    always mines a pairs dataset)."""
+    corpus = [json.loads(line)["text"] for line in fixture_data["corpus"].read_text().splitlines()]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps([f"question about {t[:40]}", t]) + "\n" for t in corpus[:40]))
+    block = {key: value for key, value in dataset_block.items() if key not in ("corpus", "queries", "qrels")}
+    write_config(tmp_path, {"p": {**block, **ROUNDS, "pairs": str(pairs), "audit_qrels": None}})
+    plan = snakemake(tmp_path, "-n")
+    jobs = planned_jobs(plan)
+    assert jobs["read_pairs"] == jobs["prepare"] == 1 and jobs["embed"] == 2
+    assert "results/p/read_pairs/manifest.json" in plan.stdout and "rounds/1/read_pairs" not in plan.stdout

@@ -101,6 +101,7 @@ RULE_SETTINGS = {
     ],
     "train_round": [  # the model a round trains (its starting model is the rule's `start` param)
         *TRAINING,
+        "round_training",
         *EMBEDDING_MODEL,
         "device",
         "seed",
@@ -169,6 +170,8 @@ def provenance_settings(settings: dict) -> dict[str, Any]:
     if "round" in settings:  # a round's number; from round 2 on how its model was trained, and from round 3
         r = settings["round"]  # on which model that training started from
         keys += ["round", *(TRAINING if r >= 2 else ()), *(["round_training"] if r >= 3 else ())]
+        if r >= 2:  # the configured model that the rounds' training began from
+            keys.append("round_base_model")
     return {key: settings[key] for key in dict.fromkeys(keys)}
 
 

@@ -239,8 +239,11 @@ def train_round(inputs: Mapping, settings: dict, start: dict, limits: BatchLimit
             f"{inputs['negatives']}: no query has {settings['finetune_negatives']} negatives to train the next "
             "round on; lower finetune_negatives or mine more negatives"
         )
-    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".train-round-", dir=Path(out_dir).parent)
+    parent = Path(out_dir).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(".train-round-*"):  # a killed job's scratch: only this round's job writes here
+        shutil.rmtree(stale, ignore_errors=True)
+    work = tempfile.mkdtemp(prefix=".train-round-", dir=parent)
     try:
         model = train(rows, settings | start, device, f"{work}/trainer", limits)
         model.save(f"{work}/model")

@@ -16,7 +16,7 @@ DATASET_NAME_RULE = "dataset names use letters, digits, '_', '.', '-' only and d
 
 
 # A job's {dataset}: a configured dataset, or one of its mining rounds (rounds.round_dataset).
-ROUND_WILDCARD = DATASET_NAME + r"/rounds/[0-9]+"
+ROUND_WILDCARD = DATASET_NAME + r"/rounds/([2-9]|[1-9][0-9]+)"  # a round that trains: 2 on
 DATASET_WILDCARD = DATASET_NAME + r"(/rounds/[0-9]+)?"
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from negflow import layout
 
-ROUND_KEYS = ("round", "round_of")  # what a round's settings add to its dataset's
-
 
 def round_dataset(dataset: str, round_number: int) -> str:
     return f"{dataset}/rounds/{round_number}"
@@ -28,7 +26,8 @@ def round_datasets(datasets: dict[str, dict]) -> dict[str, dict]:
         for r in range(1, settings["rounds"] + 1):
             own = round_dataset(name, r)
             model = {} if r == 1 else {"embedding": round_model(name, r), "embedding_revision": None}
-            derived[own] = settings | model | {"round": r, "round_of": name}
+            base = {key: settings[key] for key in ("embedding", "embedding_revision")}
+            derived[own] = settings | model | {"round": r, "round_of": name, "round_base_model": base}
     return derived
 
 
