@@ -133,3 +133,14 @@ def test_a_pairs_dataset_reads_its_pair_file_once_for_every_round(tmp_path, fixt
     jobs = planned_jobs(plan)
     assert jobs["read_pairs"] == jobs["prepare"] == 1 and jobs["embed"] == 2
     assert "results/p/read_pairs/manifest.json" in plan.stdout and "rounds/1/read_pairs" not in plan.stdout
+
+
+@pytest.mark.slow
+def test_round_2_trained_again_gives_the_same_model_and_negatives(two_rounds):
+    """What a killed train_round comes back to (Snakemake reruns it from the start, no checkpoint): the
+    training is seeded, so the model and every file after it come out byte-identical."""
+    run, _ = two_rounds
+    files = ["rounds/2/model/model.safetensors", "rounds/2/negatives.jsonl", "negatives.jsonl"]
+    before = [(run / "results/fx" / f).read_bytes() for f in files]
+    snakemake(run, "--forcerun", "train_round")
+    assert [(run / "results/fx" / f).read_bytes() for f in files] == before
