@@ -2,6 +2,7 @@
 
 import os
 import sys
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 
@@ -107,20 +108,24 @@ def all_outputs():
     for name, settings in sorted(DATASETS.items()):
         if "model_source_of" in settings or "round_of" in settings:
             continue  # a candidate source, a round: its dataset's rules ask for what they need
-        for r in range(1, settings["rounds"] + 1) if settings["rounds"] > 1 else ():
-            targets += [  # every round's negatives, the last one's also the dataset's own
-                path.format(dataset=round_dataset(name, r))
-                for path in (
+        audited = bool(settings["audit_qrels"] or settings["audit_holdout"])
+        if (
+            settings["rounds"] > 1
+        ):  # every round's negatives (and audit), the rounds side by side
+            for r in range(1, settings["rounds"] + 1):
+                per_round = [
                     rules.export_negatives.output.negatives,
                     rules.export_negatives.output.report,
-                )
-            ]
+                ]
+                per_round += [rules.audit.output.report] if audited else []
+                targets += [p.format(dataset=round_dataset(name, r)) for p in per_round]
+            targets += [p.format(dataset=name) for p in rules.plot_rounds.output]
         files = [
             rules.export_negatives.output.negatives,
             rules.export_negatives.output.report,
         ]
         files += rules.plot_report.output
-        if settings["audit_qrels"] or settings["audit_holdout"]:
+        if audited:
             files.append(rules.audit.output.report)
         if settings["selection"] == "auto":
             files.append(rules.plot_calibration.output.figure)
@@ -348,3 +353,22 @@ def training_inputs(wildcards):
 def training_start_of(wildcards):
     """The model a round's training starts from (train_round's `start` param)."""
     return training_start(DATASETS, wildcards.dataset)
+
+
+def rounds_inputs(wildcards):
+    """Every round's candidates and selection report, and its audit where the dataset is audited, in
+    round order, for plot_rounds."""
+    settings = DATASETS[wildcards.dataset]
+    rounds = [
+        round_dataset(wildcards.dataset, r) for r in range(1, settings["rounds"] + 1)
+    ]
+    audited = settings["audit_qrels"] or settings["audit_holdout"]
+    return {
+        "candidates": [candidate_table(SimpleNamespace(dataset=r)) for r in rounds],
+        "selections": [
+            layout.run_file(layout.export_negatives.report, r) for r in rounds
+        ],
+        "audits": (
+            [layout.run_file(layout.audit.report, r) for r in rounds] if audited else []
+        ),
+    }

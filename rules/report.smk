@@ -63,3 +63,24 @@ rule plot_calibration:
         "../envs/negflow.yaml"
     script:
         "../scripts/plot_calibration.py"
+
+
+rule plot_rounds:
+    """A dataset with rounds: each round's negatives, candidates and audit side by side."""
+    input:
+        unpack(rounds_inputs),
+        code=code_of("plot_rounds"),
+    output:
+        summary=layout.plot_rounds.summary,
+        figure=report(
+            layout.plot_rounds.figure,
+            caption="../report/rounds.rst",
+            category="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "rounds"},
+        ),
+    log:
+        "logs/plot_rounds/{dataset}.log",
+    conda:
+        "../envs/negflow.yaml"
+    script:
+        "../scripts/plot_rounds.py"

@@ -85,6 +85,38 @@ def test_the_datasets_files_are_the_last_rounds_and_say_which_model_mined_them(t
 
 
 @pytest.mark.slow
+def test_the_rounds_summary_sets_the_rounds_side_by_side(two_rounds):
+    """report/rounds.json: each round's own selection counts and audit, and the share of round 2's
+    candidates that round 1 also had, as a direct count of the two candidate tables gives it."""
+    import pyarrow.parquet as pq
+
+    run, plan = two_rounds
+    assert planned_jobs(plan)["audit"] == 3  # each round's, and the dataset's own
+    results = run / "results/fx"
+    rows = json.loads((results / "report/rounds.json").read_text())
+    assert [row["round"] for row in rows] == [1, 2] and rows[0]["candidates_in_previous_round"] is None
+    pairs = [
+        set(
+            zip(
+                *pq.read_table(results / f"rounds/{r}/search/candidates.parquet", columns=["query_row", "doc_row"])
+                .to_pydict()
+                .values(),
+                strict=True,
+            )
+        )
+        for r in (1, 2)
+    ]
+    assert rows[1]["candidates_in_previous_round"] == pytest.approx(len(pairs[0] & pairs[1]) / len(pairs[1]))
+    for row in rows:
+        selection = json.loads((results / f"rounds/{row['round']}/selection.json").read_text())
+        audit = json.loads((results / f"rounds/{row['round']}/audit.json").read_text())
+        assert row["negatives"] == selection["counts"]["negatives"]
+        assert row["false_negative_rate"] == audit["strategies"]["negflow (configured)"]["false_negative_rate"]
+        assert row["ndcg@10"] == audit["retrieval"]["ndcg@10"]
+    assert (results / "report/rounds.png").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_a_training_change_reruns_round_2_and_nothing_before(two_rounds, dataset_block):
     run, _ = two_rounds
     write_config(run, {"fx": {**dataset_block, **ROUNDS, "finetune_learning_rate": 1e-4}})
@@ -111,6 +143,7 @@ def test_a_third_round_keeps_the_two_mined(two_rounds, dataset_block):
     write_config(run, {"fx": {**dataset_block, **ROUNDS}})
 
 
+@pytest.mark.slow
 def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dataset_block):
     """BM25's index and search do not depend on the round's model: one of each, fused into both rounds."""
     write_config(tmp_path, {"fx": {**dataset_block, **ROUNDS, "candidate_sources": ["dense", "bm25"]}})
@@ -121,6 +154,7 @@ def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dat
     assert "results/fx/bm25/candidates/1-of-1.parquet" in plan.stdout and "rounds/2/bm25" not in plan.stdout
 
 
+@pytest.mark.slow
 def test_a_pairs_dataset_reads_its_pair_file_once_for_every_round(tmp_path, fixture_data, dataset_block):
     """read_pairs and prepare run for the dataset itself, never in a round's folder (the drop-in function
     always mines a pairs dataset)."""

@@ -78,6 +78,7 @@ plot_report = _results(
     examples="report/examples.html",
 )
 plot_calibration = _results(figure="report/calibration.png")
+plot_rounds = _results(summary="report/rounds.json", figure="report/rounds.png")
 audit = _results(report="audit.json")
 finetune = _results(report="finetune/report.json")
 train_round = _results(model="model")  # {dataset}: a round's dataset (results/NAME/rounds/R/model)

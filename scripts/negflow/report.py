@@ -416,3 +416,60 @@ def calibration_report(calibration_path: str, out_path: str, dataset: str) -> di
     calibration = json.loads(Path(calibration_path).read_text(encoding="utf-8"))
     plot_calibration(calibration, out_path, dataset)
     return {"settings": len(calibration["grid"]), "fallback": int(calibration["choice"]["fallback"])}
+
+
+def candidate_overlap(previous: str | Path, current: str | Path) -> float:
+    """The share of a round's (query, document) candidates that the round before also had: how much
+    re-mining with the trained model changed what the search returns."""
+    columns = ["query_row", "doc_row"]
+    now = open_parquet(current).read(columns=columns)
+    before = open_parquet(previous).read(columns=columns)
+    kept = now.join(before, columns, join_type="inner").num_rows
+    return kept / now.num_rows if now.num_rows else float("nan")
+
+
+def summarize_rounds(candidates: list[str], selections: list[str], audits: list[str]) -> list[dict]:
+    """Per round (the files in round order; `audits` empty where no audit runs): its negatives, queries
+    left short, median rank and cosine of the negatives, the share of its candidates the round before had,
+    and with an audit the false-negative share of its negatives and its model's nDCG@10."""
+    rows = []
+    for r, (table, selection_path) in enumerate(zip(candidates, selections, strict=True), start=1):
+        selection = json.loads(Path(selection_path).read_text(encoding="utf-8"))
+        dist = selection["distributions"]
+        row = {
+            "round": r,
+            "negatives": selection["counts"]["negatives"],
+            "queries_short": selection["counts"]["queries_short"],
+            "median_rank": (dist.get("negative_rank") or {}).get("q50"),
+            "median_cosine": (dist.get("negative_cosine") or {}).get("q50"),
+            "candidates_in_previous_round": candidate_overlap(candidates[r - 2], table) if r > 1 else None,
+        }
+        if audits:
+            audit = json.loads(Path(audits[r - 1]).read_text(encoding="utf-8"))
+            mine = next(v for k, v in audit["strategies"].items() if k.startswith("negflow"))
+            row["false_negative_rate"] = mine["false_negative_rate"]
+            row["ndcg@10"] = (audit.get("retrieval") or {}).get("ndcg@10")
+        rows.append(row)
+    return rows
+
+
+def plot_rounds(rows: list[dict], path: str | Path, dataset: str) -> None:
+    """One figure across rounds: the negatives' median rank, the share of candidates kept from the round
+    before, and with an audit the false-negative share and nDCG@10."""
+    panels = [
+        ("median_rank", "median rank of the negatives"),
+        ("candidates_in_previous_round", "candidates the round before had"),
+    ]
+    panels += [
+        (key, title)
+        for key, title in (("false_negative_rate", "false negatives"), ("ndcg@10", "nDCG@10"))
+        if any(row.get(key) is not None for row in rows)
+    ]
+    fig, axes = _figure(len(panels))
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        points = [(row["round"], row[key]) for row in rows if row.get(key) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.set_xticks([row["round"] for row in rows])
+        ax.set_xlabel("round")
+        ax.set_title(f"{dataset}: {title}")
+    _save_figure(fig, path)
