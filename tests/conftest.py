@@ -27,6 +27,7 @@ SLOWEST_FIRST = [
     "test_slurm",
     "test_faults",
     "test_real_model",
+    "test_rounds",
     "test_pairs_workflow",
     "test_sources_workflow",
     "test_dropin",
