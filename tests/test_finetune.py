@@ -82,10 +82,12 @@ def test_the_warmup_ratio_changes_the_trained_weights(fixture_data, no_dropout_m
     assert np.abs(a - b).max() > 1e-5
 
 
-def test_the_training_settings_are_the_finetune_rules_params():
-    """Changing the loss or the warmup reruns finetune (they are among its params), nothing upstream."""
+def test_the_training_settings_are_the_training_rules_params():
+    """Changing the loss or the warmup reruns what trains (finetune, a round's train_round), nothing
+    upstream of it."""
     from negflow.dependencies import RULE_SETTINGS
 
     training = {"finetune_loss", "finetune_warmup_ratio"}
-    assert training <= set(RULE_SETTINGS["finetune"])
-    assert not any(training & set(keys) for rule, keys in RULE_SETTINGS.items() if rule != "finetune")
+    trains = {"finetune", "train_round"}
+    assert all(training <= set(RULE_SETTINGS[rule]) for rule in trains)
+    assert not any(training & set(keys) for rule, keys in RULE_SETTINGS.items() if rule not in trains)
