@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -287,6 +289,29 @@ def planned_jobs(proc) -> dict[str, int]:
     if not match:
         return {}
     return {name: int(n) for name, n in (line.split() for line in match[1].strip().splitlines())}
+
+
+@pytest.fixture
+def own_groups():
+    """The process groups a test starts, killed when it ends and when pytest gets SIGTERM (a `timeout`, CI):
+    a group of its own is beyond the signal that stops pytest, and a hung run would go on."""
+    groups: set[int] = set()
+
+    def kill_groups(signum, _frame):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        signal.signal(signum, previous)
+        signal.raise_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, kill_groups)
+    try:
+        yield groups
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 # What a selection change reruns in the fx run (five training files, the report and the audit).

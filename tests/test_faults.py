@@ -3,16 +3,12 @@ bytes, and a run is reproducible to the byte on the CPU."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import snakemake, snakemake_cmd, write_config
+from conftest import snakemake, write_config
+from kills import run_until_killed
 
 from negflow.files import atomic_output
 
@@ -95,90 +91,13 @@ def _paused(path):
             os.kill(os.getpid(), signal.SIGSTOP)
 files.atomic_output = _paused
 """
-# Snakemake runs a `script:` job as `python .snakemake/scripts/tmpXXXXXXXX.<rule>.py`.
-JOB_SCRIPT = re.compile(r"\.snakemake/scripts/tmp\w+\.(\w+)\.py$")
-
-
-def _jobs_of(snakemake_pid: int) -> dict[str, str]:
-    """The rules with a job running under Snakemake (its process tree, read through /proc's children
-    lists, so polling costs little), each with its state: R, S, D, or T for stopped."""
-    jobs: dict[str, str] = {}
-    todo = [snakemake_pid]
-    while todo:
-        pid = todo.pop()
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            todo += [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-        except OSError:
-            continue  # ended meanwhile
-        for rule in (m.group(1) for m in map(JOB_SCRIPT.search, args) if m):
-            jobs[rule] = "T" if "T" in (state, jobs.get(rule)) else state
-    return jobs
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of `group` is still alive (not yet a zombie)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            state, _ppid, pgrp = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == group and state != "Z":
-                return True
-    return False
-
-
-@pytest.fixture
-def own_groups():
-    """The process groups a test starts, killed when it ends and when pytest gets SIGTERM (a `timeout`, CI):
-    a group of its own is beyond the signal that stops pytest, and a hung run would go on."""
-    groups: set[int] = set()
-
-    def kill_groups(signum, _frame):
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-        signal.signal(signum, previous)
-        signal.raise_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, kill_groups)
-    try:
-        yield groups
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
 
 
 def _run_until_killed(workdir: Path, groups: set[int], rule: str, pause: Path | None) -> dict[str, str]:
-    """Start the workflow in a process group of its own; once a job of `rule` is running (with `pause`:
-    stopped before renaming that file), SIGKILL the group, Snakemake and every job at once, and wait until
-    all are gone. Returns the jobs alive at the kill, with their states."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    if pause:
-        hook = workdir / "pause-hook"
-        hook.mkdir(exist_ok=True)
-        (hook / "sitecustomize.py").write_text(PAUSE_HOOK)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-        env["NEGFLOW_FAULTS_PAUSE"] = os.path.realpath(pause)
-    out = workdir / f"killed-at-{rule}-{pause.name if pause else 'start'}.out"
-    with open(out, "w") as log:
-        cmd = snakemake_cmd(workdir, "--rerun-incomplete")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    groups.add(proc.pid)
-    try:
-        deadline = time.monotonic() + 900  # a guard against a hang only: the wait is for the job's state
-        while not ((state := (jobs := _jobs_of(proc.pid)).get(rule)) and (state == "T" or not pause)):
-            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) first: {out.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no {rule} job {'stopped at ' + pause.name if pause else 'started'}"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        while _group_alive(proc.pid):
-            time.sleep(0.01)
-        groups.discard(proc.pid)
-    return jobs
+    """kills.run_until_killed with `--rerun-incomplete`; with `pause`, once the job of `rule` has stopped
+    before renaming that file."""
+    env = {"NEGFLOW_FAULTS_PAUSE": os.path.realpath(pause)} if pause else {}
+    return run_until_killed(workdir, groups, rule, ("--rerun-incomplete",), PAUSE_HOOK if pause else None, env)
 
 
 @pytest.mark.slow

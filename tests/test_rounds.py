@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from conftest import planned_jobs, snakemake, write_config
+from kills import run_until_killed
 
 from negflow.rounds import mined_by, prepared_by, round_datasets, training_start
 
@@ -169,12 +171,41 @@ def test_a_pairs_dataset_reads_its_pair_file_once_for_every_round(tmp_path, fixt
     assert "results/p/read_pairs/manifest.json" in plan.stdout and "rounds/1/read_pairs" not in plan.stdout
 
 
+# Loaded by every Python process of the run (through PYTHONPATH); in round 2's train_round job it stops the
+# job as its second training step begins: one optimizer step taken, the model half trained.
+TRAINING_PAUSE = """
+import os, signal, sys
+if sys.argv and sys.argv[0].endswith(".train_round.py"):
+    from transformers import Trainer
+    _step, _calls = Trainer.training_step, []
+    def _paused(self, *args, **kwargs):
+        _calls.append(1)
+        if len(_calls) == 2:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return _step(self, *args, **kwargs)
+    Trainer.training_step = _paused
+"""
+
+
 @pytest.mark.slow
-def test_round_2_trained_again_gives_the_same_model_and_negatives(two_rounds):
-    """What a killed train_round comes back to (Snakemake reruns it from the start, no checkpoint): the
-    training is seeded, so the model and every file after it come out byte-identical."""
+def test_round_2_killed_mid_training_resumes_to_the_same_model_and_negatives(two_rounds, own_groups):
+    """Round 2 mined afresh (its folder removed) and the run SIGKILLed (Snakemake and its jobs) while round
+    2's model trains: no model is left, only the job's scratch; `--rerun-incomplete` trains again from the
+    start (seeded, no checkpoint), clears the scratch, and the model and every file after it come out
+    byte-identical. Catches the killed job's scratch left behind (train_round not clearing it) and a
+    retraining that is not reproducible."""
     run, _ = two_rounds
+    results = run / "results/fx"
     files = ["rounds/2/model/model.safetensors", "rounds/2/negatives.jsonl", "negatives.jsonl"]
-    before = [(run / "results/fx" / f).read_bytes() for f in files]
-    snakemake(run, "--forcerun", "train_round")
-    assert [(run / "results/fx" / f).read_bytes() for f in files] == before
+    before = [(results / f).read_bytes() for f in files]
+    shutil.rmtree(results / "rounds/2")
+    jobs = run_until_killed(run, own_groups, "train_round", (), TRAINING_PAUSE)
+    assert jobs["train_round"] == "T"
+    assert not (results / "rounds/2/model").exists()
+    assert len(list((results / "rounds/2").glob(".train-round-*"))) == 1
+    snakemake(run, "--unlock")
+    rerun = planned_jobs(snakemake(run, "-n", "--rerun-incomplete"))
+    assert rerun["train_round"] == 1 and "prepare" not in rerun and rerun["embed"] == 1
+    snakemake(run, "--rerun-incomplete")
+    assert [(results / f).read_bytes() for f in files] == before
+    assert list((results / "rounds/2").glob(".train-round-*")) == []
