@@ -356,8 +356,8 @@ def training_start_of(wildcards):
 
 
 def rounds_inputs(wildcards):
-    """Every round's candidates and selection report, and its audit where the dataset is audited, in
-    round order, for plot_rounds."""
+    """Every round's candidates and selection report, its audit where the dataset is audited and its
+    calibration under `selection: auto`, in round order, for plot_rounds."""
     settings = DATASETS[wildcards.dataset]
     rounds = [
         round_dataset(wildcards.dataset, r) for r in range(1, settings["rounds"] + 1)
@@ -370,5 +370,10 @@ def rounds_inputs(wildcards):
         ],
         "audits": (
             [layout.run_file(layout.audit.report, r) for r in rounds] if audited else []
+        ),
+        "calibrations": (
+            [layout.run_file(layout.calibrate_selection.calibration, r) for r in rounds]
+            if settings["selection"] == "auto"
+            else []
         ),
     }

@@ -12,7 +12,9 @@ from negflow.stage import run_stage
 
 def main(log):
     inputs = snakemake.input
-    rows = summarize_rounds(list(inputs.candidates), list(inputs.selections), list(inputs.audits))
+    rows = summarize_rounds(
+        list(inputs.candidates), list(inputs.selections), list(inputs.audits), list(inputs.calibrations)
+    )
     write_json(snakemake.output.summary, rows)
     plot_rounds(rows, snakemake.output.figure, snakemake.wildcards.dataset)
     return {"rounds": len(rows)}

@@ -132,3 +132,50 @@ def test_a_fused_run_plots_negatives_and_their_cosines_per_source(tmp_path, monk
     assert [t.get_text() for t in axes[3].get_legend().get_texts()] == ["dense", "bm25"]
     report.plot_scores(score_sets(scan_negatives(RECORDS, single, QUERY_IDS), single), tmp_path / "s.png", "ds")
     assert len(figures[1].axes) == 2  # one source: the cosine and CE panels only, as before
+
+
+def _round_files(tmp_path, r: int, pairs: list[tuple[int, int]], fallback: bool):
+    """Round r's candidate table (sorted by query), selection report and calibration."""
+    import json
+
+    candidates = tmp_path / f"candidates-{r}.parquet"
+    query_rows, doc_rows = zip(*pairs, strict=True)
+    table = pa.table({"query_row": pa.array(query_rows, pa.int32()), "doc_row": pa.array(doc_rows, pa.int32())})
+    pq.write_table(table, candidates, row_group_size=2)
+    selection = tmp_path / f"selection-{r}.json"
+    dist = {"negative_rank": {"q50": 10 - r}, "negative_cosine": {"q50": 0.5}}
+    selection.write_text(json.dumps({"counts": {"negatives": 4 * r, "queries_short": 0}, "distributions": dist}))
+    calibration = tmp_path / f"calibration-{r}.json"
+    estimate = {"estimate": 0.03 * r, "interval": [0.01, 0.05 * r]}
+    choice = {
+        "name": None if fallback else "g1",
+        "fallback": fallback,
+        "reason": "thin evidence",
+        "within_budget": True,
+    }
+    calibration.write_text(
+        json.dumps({"budget": 0.1, "choice": choice, "grid": {"g1": {"fn_share": estimate, "median_rank": 9}}})
+    )
+    return str(candidates), str(selection), str(calibration)
+
+
+def test_the_rounds_summary_counts_shared_candidates_block_by_block_and_shows_each_calibration(tmp_path):
+    """The overlap is the same whatever the block of queries (blocks of 1 and 2 cut inside the Parquet row
+    groups of 2), and each round carries its calibration's estimate, None where auto kept the configured
+    selection."""
+    from negflow.report import candidate_overlap, plot_rounds, summarize_rounds
+
+    round_1 = [(0, 5), (0, 6), (1, 7), (2, 8), (2, 9), (4, 1)]
+    round_2 = [(0, 6), (0, 5), (1, 3), (2, 9), (3, 3), (4, 1), (4, 2)]  # 4 of 7 round 1 had
+    files = [_round_files(tmp_path, 1, round_1, fallback=True), _round_files(tmp_path, 2, round_2, fallback=False)]
+    for block in (1, 2, 100):
+        assert candidate_overlap(files[0][0], files[1][0], block_queries=block) == 4 / 7
+    candidates, selections, calibrations = (list(column) for column in zip(*files, strict=True))
+    rows = summarize_rounds(candidates, selections, [], calibrations)
+    assert [row["candidates_in_previous_round"] for row in rows] == [None, 4 / 7]
+    assert rows[0]["false_negative_estimate"] is None and "thin evidence" in rows[0]["calibration"]
+    assert rows[1]["false_negative_estimate"] == {"estimate": 0.06, "interval": [0.01, 0.1]}
+    assert rows[1]["calibration"].startswith("auto chose g1: estimated false negatives 6.0%")
+    assert "false_negative_estimate" not in summarize_rounds(candidates, selections, [], [])[1]
+    plot_rounds(rows, tmp_path / "rounds.png", "d")
+    assert (tmp_path / "rounds.png").stat().st_size > 0

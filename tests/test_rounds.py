@@ -157,6 +157,17 @@ def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dat
 
 
 @pytest.mark.slow
+def test_under_selection_auto_each_round_is_calibrated_and_the_rounds_page_reads_each_calibration(
+    tmp_path, dataset_block
+):
+    write_config(tmp_path, {"fx": {**dataset_block, **ROUNDS, "selection": "auto"}})
+    plan = snakemake(tmp_path, "-n")
+    assert planned_jobs(plan)["calibrate_selection"] == 2  # the dataset's own export reads round 2's
+    (page,) = job_inputs(plan.stdout, "plot_rounds")
+    assert all(f"results/fx/rounds/{r}/calibrate/calibration.json" in page for r in (1, 2))
+
+
+@pytest.mark.slow
 def test_a_pairs_dataset_reads_its_pair_file_once_for_every_round(tmp_path, fixture_data, dataset_block):
     """read_pairs and prepare run for the dataset itself, never in a round's folder (the drop-in function
     always mines a pairs dataset)."""

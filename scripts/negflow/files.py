@@ -64,6 +64,11 @@ class SortedRows:
         self._last = -1  # the largest key read so far
         self._done = False
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether every row has been handed out."""
+        return self._done and not self._held
+
     def below(self, stop: int):
         """The rows not yet handed out whose key is below `stop`, as an Arrow table."""
         import numpy as np

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negflow.calibration import within_budget
+from negflow.calibration import describe, within_budget
 from negflow.files import SortedRows, atomic_output, open_parquet
 from negflow.negatives import NegativesRecord, read_negatives
 from negflow.selection import no_negatives_warning
@@ -418,20 +418,40 @@ def calibration_report(calibration_path: str, out_path: str, dataset: str) -> di
     return {"settings": len(calibration["grid"]), "fallback": int(calibration["choice"]["fallback"])}
 
 
-def candidate_overlap(previous: str | Path, current: str | Path) -> float:
+def candidate_overlap(previous: str | Path, current: str | Path, block_queries: int = 65_536) -> float:
     """The share of a round's (query, document) candidates that the round before also had: how much
-    re-mining with the trained model changed what the search returns."""
+    re-mining with the trained model changed what the search returns. Both tables are sorted by query, so
+    they are joined a block of queries at a time (memory: a block, not two rounds' tables)."""
     columns = ["query_row", "doc_row"]
-    now = open_parquet(current).read(columns=columns)
-    before = open_parquet(previous).read(columns=columns)
-    kept = now.join(before, columns, join_type="inner").num_rows
-    return kept / now.num_rows if now.num_rows else float("nan")
+    now, before = SortedRows(str(current), "query_row", columns), SortedRows(str(previous), "query_row", columns)
+    rows = kept = 0
+    stop = block_queries
+    while True:
+        block = now.below(stop)
+        rows += block.num_rows
+        kept += block.join(before.below(stop), columns, join_type="inner").num_rows
+        if now.exhausted:
+            break
+        stop += block_queries
+    return kept / rows if rows else float("nan")
 
 
-def summarize_rounds(candidates: list[str], selections: list[str], audits: list[str]) -> list[dict]:
-    """Per round (the files in round order; `audits` empty where no audit runs): its negatives, queries
-    left short, median rank and cosine of the negatives, the share of its candidates the round before had,
-    and with an audit the false-negative share of its negatives and its model's nDCG@10."""
+def calibration_estimate(calibration_path: str | Path) -> dict:
+    """What `selection: auto` estimated for the setting it chose: the false-negative share with its 90%
+    interval, or None where the evidence was too thin to choose (the configured selection was kept)."""
+    calibration = json.loads(Path(calibration_path).read_text(encoding="utf-8"))
+    choice = calibration["choice"]
+    row = None if choice["fallback"] else calibration["grid"][choice["name"]]["fn_share"]
+    return {"false_negative_estimate": row, "calibration": describe(calibration)}
+
+
+def summarize_rounds(
+    candidates: list[str], selections: list[str], audits: list[str], calibrations: list[str]
+) -> list[dict]:
+    """Per round (the files in round order; `audits` empty where no audit runs, `calibrations` empty without
+    `selection: auto`): its negatives, queries left short, median rank and cosine of the negatives, the
+    share of its candidates the round before had, with a calibration its false-negative estimate, and with
+    an audit the false-negative share of its negatives and its model's nDCG@10."""
     rows = []
     for r, (table, selection_path) in enumerate(zip(candidates, selections, strict=True), start=1):
         selection = json.loads(Path(selection_path).read_text(encoding="utf-8"))
@@ -444,6 +464,8 @@ def summarize_rounds(candidates: list[str], selections: list[str], audits: list[
             "median_cosine": (dist.get("negative_cosine") or {}).get("q50"),
             "candidates_in_previous_round": candidate_overlap(candidates[r - 2], table) if r > 1 else None,
         }
+        if calibrations:
+            row |= calibration_estimate(calibrations[r - 1])
         if audits:
             audit = json.loads(Path(audits[r - 1]).read_text(encoding="utf-8"))
             mine = next(v for k, v in audit["strategies"].items() if k.startswith("negflow"))
@@ -455,20 +477,28 @@ def summarize_rounds(candidates: list[str], selections: list[str], audits: list[
 
 def plot_rounds(rows: list[dict], path: str | Path, dataset: str) -> None:
     """One figure across rounds: the negatives' median rank, the share of candidates kept from the round
-    before, and with an audit the false-negative share and nDCG@10."""
+    before, the false-negative share (the audit's, and the calibration's estimate with its interval) and
+    nDCG@10, each where the run has it."""
+    estimates = [(row["round"], row["false_negative_estimate"]) for row in rows if row.get("false_negative_estimate")]
     panels = [
         ("median_rank", "median rank of the negatives"),
         ("candidates_in_previous_round", "candidates the round before had"),
     ]
-    panels += [
-        (key, title)
-        for key, title in (("false_negative_rate", "false negatives"), ("ndcg@10", "nDCG@10"))
-        if any(row.get(key) is not None for row in rows)
-    ]
+    if estimates or any(row.get("false_negative_rate") is not None for row in rows):
+        panels.append(("false_negative_rate", "false negatives"))
+    if any(row.get("ndcg@10") is not None for row in rows):
+        panels.append(("ndcg@10", "nDCG@10"))
     fig, axes = _figure(len(panels))
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         points = [(row["round"], row[key]) for row in rows if row.get(key) is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="audit" if estimates else None)
+        if key == "false_negative_rate" and estimates:
+            x = [r for r, _ in estimates]
+            y = [e["estimate"] for _, e in estimates]
+            low = [e["estimate"] - e["interval"][0] for _, e in estimates]
+            high = [e["interval"][1] - e["estimate"] for _, e in estimates]
+            ax.errorbar(x, y, yerr=[low, high], marker="s", capsize=3, label="calibration estimate (90%)")
+            ax.legend(fontsize=7)
         ax.set_xticks([row["round"] for row in rows])
         ax.set_xlabel("round")
         ax.set_title(f"{dataset}: {title}")
