@@ -4,6 +4,7 @@ rule embed:
         unpack(round_model_input),
         corpus=prepared("corpus"),
         queries=prepared("queries"),
+        manifest=prepared("manifest"),
         # an input function of its own: ancient() flags the very object it is given, and on the rule's own output
         # it would keep the judgments' other readers (audit, finetune) from rerunning after them
         judgments=ancient(prepared("judgments", "prepare_judgments")),

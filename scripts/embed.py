@@ -27,6 +27,7 @@ def main(log):
         options=LoadOptions.of(s, "embedding"),
         truncate_dim=s["truncate_dim"],
         pass_path=snakemake.output.model_pass,
+        prepared_manifest=snakemake.input.manifest,
     )
     return {"documents": rows[snakemake.output.corpus], "queries": rows[snakemake.output.queries]}
 

@@ -186,7 +186,16 @@ def staged(tmp_path_factory, fixture_data, tiny_models):
     paths = {"corpus": [], "queries": []}
     for shard in ("1-of-2", "2-of-2"):  # both parts in one call, as the embed rule does
         outputs = [(str(out / part), str(out / f"{part}-{shard}.npy")) for part in paths]
-        written = embed_shard(outputs, shard, str(tiny_models["embedder"]), 64, "fp32", "cpu", BatchLimits(7))
+        written = embed_shard(
+            outputs,
+            shard,
+            str(tiny_models["embedder"]),
+            64,
+            "fp32",
+            "cpu",
+            BatchLimits(7),
+            prepared_manifest=str(out / "manifest.json"),
+        )
         assert list(written) == [path for _, path in outputs]
         for part, (_, path) in zip(paths, outputs, strict=True):
             paths[part].append(path)

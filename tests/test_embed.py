@@ -95,3 +95,44 @@ def test_truncate_dim_keeps_that_many_dimensions_renormalised_as_encode_does(sta
     with pytest.raises(ConfigError) as err:
         load_embedding_model(ref, cpu, truncate_dim=33)
     assert str(err.value) == f"config: truncate_dim 33 is larger than the 32 dimensions of '{ref}'"
+
+
+def test_a_model_whose_tokenizer_differs_from_the_tokens_is_refused_before_embedding(staged, tiny_models, tmp_path):
+    """prepare recorded its tokenizer's fingerprint; the same model saved again (as a trained round's model
+    is) passes, and one that no longer lowercases (a cased tokenizer) is refused, naming the manifest,
+    before an embedding is written."""
+    import json
+    import shutil
+
+    from negflow.errors import InputError
+
+    out, _ = staged
+    manifest = str(out / "manifest.json")
+    assert len(json.loads((out / "manifest.json").read_text())["tokenizer_sha256"]) == 64
+    resaved = tmp_path / "resaved"
+    from sentence_transformers import SentenceTransformer
+
+    SentenceTransformer(str(tiny_models["embedder"]), device="cpu").save(str(resaved))
+    cased = tmp_path / "cased"
+    shutil.copytree(resaved, cased)
+    config = json.loads((cased / "tokenizer_config.json").read_text())
+    config["do_lower_case"] = False  # BertTokenizerFast sets its normalizer from this
+    (cased / "tokenizer_config.json").write_text(json.dumps(config))
+    args = ("1-of-1", 64, "fp32", "cpu", BatchLimits(7))
+    embed_shard(
+        [(str(out / "queries"), str(tmp_path / "same.npy"))],
+        args[0],
+        str(resaved),
+        *args[1:],
+        prepared_manifest=manifest,
+    )
+    assert (tmp_path / "same.npy").is_file()
+    with pytest.raises(InputError, match=rf"^{cased}: its tokenizer is not the one .*{manifest}"):
+        embed_shard(
+            [(str(out / "queries"), str(tmp_path / "cased.npy"))],
+            args[0],
+            str(cased),
+            *args[1:],
+            prepared_manifest=manifest,
+        )
+    assert not (tmp_path / "cased.npy").exists()

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from negflow.errors import InputError
 from negflow.files import atomic_output
 from negflow.shards import parse_shard, shard_range
 
@@ -23,17 +24,34 @@ def embed_shard(
     options=None,
     truncate_dim: int | None = None,
     pass_path: str | None = None,
+    prepared_manifest: str | None = None,
 ) -> dict[str, int]:
     """Embed shard `I-of-N` of each (tokenized dataset folder, output .npy) pair with one loaded model:
     the model's own pooling, cut to `truncate_dim`, L2-normalised so inner product = cosine. Returns rows
-    written per output; the device and precision it ran with go to `pass_path`."""
-    from negflow.models import compute_dtype, load_embedding_model, pick_device, run_model, write_model_pass
-    from negflow.store import load_extras, load_tokens
+    written per output; the device and precision it ran with go to `pass_path`. With `prepared_manifest`,
+    a model whose tokenizer is not the one the tokens came from is refused before anything is embedded."""
+    from negflow.models import (
+        compute_dtype,
+        load_embedding_model,
+        pick_device,
+        run_model,
+        tokenizer_sha256,
+        write_model_pass,
+    )
+    from negflow.store import load_extras, load_tokens, read_manifest
 
     index, count = parse_shard(shard)
     device = pick_device(device_setting)
     dtype = compute_dtype(dtype_setting, device)
     model = load_embedding_model(model_ref, device, seq_len, options, truncate_dim)
+    if prepared_manifest is not None:
+        tokenized_with = read_manifest(prepared_manifest).tokenizer_sha256
+        if tokenized_with != tokenizer_sha256(model):
+            raise InputError(
+                f"{model_ref}: its tokenizer is not the one the corpus and queries were tokenized with "
+                f"({prepared_manifest}: tokenizer_sha256 {tokenized_with}); a round's model must keep its "
+                "dataset's tokenizer, and another model needs a dataset of its own"
+            )
     dim = model.get_embedding_dimension()
     written = {}
     for dataset_dir, out_path in parts:

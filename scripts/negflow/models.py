@@ -200,6 +200,25 @@ def configured_embedding_model(settings: dict, device: torch.device):
     )
 
 
+def tokenizer_sha256(model) -> str:
+    """A fingerprint of how the model turns text into token ids (vocabulary, normalisation, pre-tokenizer,
+    special tokens; not the truncation and padding a call sets). prepare records it with the tokens it
+    writes, and embed refuses a model that would have tokenized them otherwise (a round's model must keep
+    the tokenizer the corpus was tokenized with)."""
+    import hashlib
+    import json
+
+    tokenizer = model.tokenizer
+    if getattr(tokenizer, "is_fast", False):
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())}
+    spec["special_tokens"] = sorted(tokenizer.all_special_tokens)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def load_cross_encoder(ref: str, device: torch.device, seq_len: int | None = None, options: LoadOptions | None = None):
     from sentence_transformers import CrossEncoder
 

@@ -130,10 +130,17 @@ def write_holdout(rows: list[tuple[str, str, int]], path: str) -> None:
 
 
 def write_manifest(
-    path: str, inputs: dict[str, str], query_prompt, doc_prompt, max_seq_length: int, pairs_manifest: str | None
+    path: str,
+    inputs: dict[str, str],
+    query_prompt,
+    doc_prompt,
+    max_seq_length: int,
+    tokenizer_sha256: str,
+    pairs_manifest: str | None,
 ) -> None:
-    """The input hashes and the prompts really used. For a pairs dataset the inputs are the pair file and
-    corpus read_pairs read, and its manifest (shape, sample, counts) is quoted whole."""
+    """The input hashes, the prompts really used and the tokenizer's fingerprint. For a pairs dataset the
+    inputs are the pair file and corpus read_pairs read, and its manifest (shape, sample, counts) is quoted
+    whole."""
     from negflow.provenance import data_fingerprint
 
     pairs = json.loads(Path(pairs_manifest).read_text(encoding="utf-8")) if pairs_manifest else None
@@ -143,6 +150,7 @@ def write_manifest(
         query_prompt=query_prompt,
         doc_prompt=doc_prompt,
         embedding_seq_len=max_seq_length,
+        tokenizer_sha256=tokenizer_sha256,
     ).write(path)
 
 
@@ -173,7 +181,7 @@ def prepare(
     text, else the model's prompt of the given name, else the model's own "query" / "document" prompt."""
     import datasets
 
-    from negflow.models import load_embedding_model, model_prompt, pick_device, tokenize
+    from negflow.models import load_embedding_model, model_prompt, pick_device, tokenize, tokenizer_sha256
 
     datasets.disable_caching()
     scratch = Path(out_corpus).parent / f".prepare-scratch-{Path(out_corpus).parent.parent.name}"
@@ -259,6 +267,7 @@ def prepare(
             query_prompt=query_prompt,
             doc_prompt=doc_prompt,
             max_seq_length=model.max_seq_length,
+            tokenizer_sha256=tokenizer_sha256(model),
             pairs_manifest=pairs_manifest,
         )
     finally:

@@ -38,13 +38,15 @@ def _quiet_worker() -> None:
 @dataclass(frozen=True)
 class PreparedManifest:
     """What prepare records beside its tables (`prepare/manifest.json`): the input hashes, a pairs dataset's
-    reading summary, and the prompts really used. Every later stage reads the prompts from here only."""
+    reading summary, the prompts really used and the tokenizer's fingerprint. Every later stage reads the
+    prompts from here only."""
 
     inputs: dict
     pairs: dict | None
     query_prompt: str | None
     doc_prompt: str | None
     embedding_seq_len: int
+    tokenizer_sha256: str | None = None  # models.tokenizer_sha256 of the model the tokens are from
 
     def write(self, path: str) -> None:
         record = asdict(self)
