@@ -248,6 +248,14 @@ def write_config(workdir: Path, datasets: dict, **top) -> Path:
     return path
 
 
+def rule_bodies() -> dict[str, str]:
+    """Each rule of rules/*.smk, by name, with the text of its body."""
+    bodies = {}
+    for smk in (REPO / "rules").glob("*.smk"):
+        bodies |= dict(re.findall(r"(?ms)^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text()))
+    return bodies
+
+
 def copy_workflow(workdir: Path) -> Path:
     """A copy of the workflow inside `workdir` (`workdir/workflow`), which snakemake_cmd then runs: a test
     may edit its code without touching the checkout."""

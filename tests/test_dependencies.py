@@ -3,7 +3,7 @@ and every stage script's code inputs follow its imports."""
 
 import re
 
-from conftest import REPO
+from conftest import REPO, rule_bodies
 
 from negflow.config import load_schema, setting_defaults
 from negflow.dependencies import INDEX_SETTINGS, RULE_SETTINGS, provenance_settings, rule_settings, script_modules
@@ -25,10 +25,9 @@ def test_every_setting_is_some_rules_setting_or_says_why_it_reruns_nothing():
 def test_rule_settings_are_keyed_by_the_rules_that_use_them():
     """Each rule passes its own name to settings_for; every RULE_SETTINGS entry is such a rule."""
     named = {}
-    for smk in (REPO / "rules").glob("*.smk"):
-        for rule, body in re.findall(r"(?ms)^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text()):
-            for used in re.findall(r'settings_for\("(\w+)"\)', body):
-                named[rule] = used
+    for rule, body in rule_bodies().items():
+        for used in re.findall(r'settings_for\("(\w+)"\)', body):
+            named[rule] = used
     assert named and all(rule == used for rule, used in named.items())
     assert set(named) == set(RULE_SETTINGS)
 

@@ -4,18 +4,11 @@ is a rule's."""
 import re
 from types import SimpleNamespace
 
-from conftest import REPO
+from conftest import REPO, rule_bodies
 
 from negflow import layout
 
 ENTRIES = {name: files for name, files in vars(layout).items() if isinstance(files, SimpleNamespace)}
-
-
-def rule_bodies() -> dict[str, str]:
-    bodies = {}
-    for smk in (REPO / "rules").glob("*.smk"):
-        bodies |= dict(re.findall(r"(?ms)^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text()))
-    return bodies
 
 
 def test_each_rule_writing_results_declares_every_output_from_its_layout_entry():

@@ -36,7 +36,7 @@ pytestmark = [
     ),
 ]
 
-GPU_RULES = {"embed", "score_pairs", "audit"}
+GPU_RULES = {"embed", "score_pairs", "audit", "train_round"}
 DAY = 86400.0
 # On PYTHONPATH, so every Python process of the run loads it: a status file (progress) stamped a day behind,
 # as a compute node whose clock is off stamps it on a shared filesystem.
@@ -202,6 +202,28 @@ def test_two_candidate_sources_fuse_through_slurm_as_the_library_fuses_them(tmp_
     assert {s: v["negatives"] for s, v in counted.items()} == {
         s: sum(s in src for _, _, src in negatives) for s in ("dense", "bm25")
     }
+
+
+def test_two_rounds_through_slurm_train_round_2_on_the_gpu_slurm_assigned(tmp_path, dataset_block):
+    """Rounds work per SLURM job: round 2's training is a job of its own on the gpu partition with --gpus=1
+    and the GPU SLURM assigned (the profile had no entry for train_round, so it asked the cpu partition for
+    a GPU), each round's embed too, and round 2 mines with the model round 2 trained."""
+    assert slurm_is_up(), "SLURM is required here but sinfo shows no usable node"
+    rounds = {"rounds": 2, "finetune_negatives": 2, "finetune_batch_size": 4, "train_formats": []}
+    block = {**dataset_block, **rounds}
+    del block["audit_qrels"]
+    write_config(tmp_path, {"fx": block})
+    shown = slurm_run(tmp_path)
+    planned = started(shown)
+    assert planned["prepare"] == planned["train_round"] == 1 and planned["embed"] == 2
+    slurm_devices(tmp_path, shown)
+    results = tmp_path / "results" / "fx"
+    provenance = json.loads((results / "negatives.provenance.json").read_text())
+    assert provenance["settings"]["round"] == 2
+    assert provenance["models"]["embedding"]["path"] == str(results / "rounds" / "2" / "model")
+    trained = json.loads((results / "rounds/2/negatives.provenance.json").read_text())["models"]["embedding"]
+    assert trained["weights_sha256"] == provenance["models"]["embedding"]["weights_sha256"]
+    assert (results / "negatives.jsonl").read_bytes() == (results / "rounds/2/negatives.jsonl").read_bytes()
 
 
 def test_a_failing_slurm_job_shows_its_own_error_from_a_status_stamped_a_day_behind(tmp_path, dataset_block):
