@@ -102,7 +102,8 @@ def show(rows: list[tuple[str, str, int]], minimum: int, many_share: float, few:
 def run(workdir: Path, datasets: dict, target: list[str] | None = None) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump({"datasets": datasets}))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", "--quiet", *(target or [])]
+    # targets before the options that take several values (--configfile, --quiet), which would swallow them
+    cmd += [*(target or []), f"--configfile={workdir / 'config.yaml'}", "--cores", "2", "--quiet"]
     subprocess.run(cmd, check=True, env=os.environ | {"PYTHONPATH": str(REPO / "scripts")})
 
 
@@ -300,34 +301,42 @@ def scifact(datasets_dir: Path, workdir: Path) -> None:
     )
 
 
-def finetune_ndcg(workdir: Path, dataset: str, negatives: Path, block: dict, test_qrels: Path) -> dict:
-    """Fine-tune the embedding model on `negatives` as the finetune rule does; its metrics on `test_qrels`."""
-    import tempfile
-
-    from negflow.config import dataset_settings, load_schema
+def test_metrics(model, workdir: Path, dataset: str, queries_file: str, test_qrels: Path, device, limits) -> dict:
+    """nDCG@10, MRR@10 and Recall@100 of `model` on `test_qrels`, searching the run's prepared corpus
+    exactly with the prompts prepare used."""
     from negflow.evaluate import embed_texts, evaluate_model
-    from negflow.finetune import train, training_rows
-    from negflow.models import BatchLimits, pick_device
     from negflow.store import load_table, read_manifest
 
-    settings = dataset_settings({"datasets": {dataset: block}}, load_schema(str(REPO / "config/schema.yaml")), None)
-    settings = settings[dataset]
     results = workdir / "results" / dataset
     corpus = load_table(str(results / "prepare/corpus"), ["id", "text"])
-    lines = Path(block["queries"]).read_text(encoding="utf-8").splitlines()
+    lines = Path(queries_file).read_text(encoding="utf-8").splitlines()
     queries = {row["_id"]: row["text"] for row in map(json.loads, lines)}
     judged: dict[str, dict[str, int]] = {}
     for q, d, s in read_qrels(test_qrels):
         judged.setdefault(q, {})[d] = s
     manifest = read_manifest(str(results / "prepare/manifest.json"))
+    corpus_emb = embed_texts(model, corpus["text"].to_pylist(), manifest.doc_prompt, limits, device, None)
+    return evaluate_model(
+        model, queries, judged, [corpus_emb], corpus["id"].to_pylist(), manifest.query_prompt, 1, limits, device, None
+    )
+
+
+def finetune_ndcg(workdir: Path, dataset: str, negatives: Path, block: dict, test_qrels: Path) -> dict:
+    """Fine-tune the embedding model on `negatives` as the finetune rule does; its metrics on `test_qrels`."""
+    import tempfile
+
+    from negflow.config import dataset_settings, load_schema
+    from negflow.finetune import train, training_rows
+    from negflow.models import BatchLimits, pick_device
+
+    settings = dataset_settings({"datasets": {dataset: block}}, load_schema(str(REPO / "config/schema.yaml")), None)
+    settings = settings[dataset]
+    results = workdir / "results" / dataset
     device, limits = pick_device("auto"), BatchLimits(64)  # a GPU where there is one
     rows = training_rows(str(negatives), str(results / "prepare/corpus"), str(results / "prepare/queries"), 3)
     with tempfile.TemporaryDirectory() as tmp:
         model = train(rows, settings, device, tmp, limits)
-    corpus_emb = embed_texts(model, corpus["text"].to_pylist(), manifest.doc_prompt, limits, device, None)
-    metrics = evaluate_model(
-        model, queries, judged, [corpus_emb], corpus["id"].to_pylist(), manifest.query_prompt, 1, limits, device, None
-    )
+    metrics = test_metrics(model, workdir, dataset, block["queries"], test_qrels, device, limits)
     return {"training_rows": len(rows["anchor"]), **metrics}
 
 

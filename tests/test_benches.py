@@ -63,6 +63,15 @@ BENCHES = {  # bench: (reads ../shared/datasets, has --workdir, what its output 
         ],
     ),
     "prepare_workers.py": (False, True, [rf"2 workers / 1: {NUMBER}x", r"output folders byte-identical: yes"]),
+    "rounds.py": (
+        True,
+        True,
+        [
+            rf"  round 2, continue +{NUMBER} +{NUMBER}\n  control: round 1 negatives again +{NUMBER}",
+            rf"re-mining \(round 2 - control\): [+-]{NUMBER}, mean [+-]{NUMBER}",
+            r"seed 42: hidden positives among the negatives: round 1 (\d+\.\d%|n/a), round 2 (\d+\.\d%|n/a)",
+        ],
+    ),
     "run_files.py": (
         False,
         True,
