@@ -20,6 +20,7 @@ from negflow.rounds import (
     round_dataset,
     round_datasets,
     round_model,
+    rounded_pattern,
     training_start,
 )
 from negflow.shards import SHARD_PATTERN
@@ -40,6 +41,8 @@ try:
     )  # a second model's own prepare/embed/search
     # each mining round's own embed, search and selection
     DATASETS |= round_datasets(DATASETS)
+    # the datasets whose own negatives and audit are copies of their last round's
+    ROUNDED_DATASETS = rounded_pattern(DATASETS)
     SCATTER = scatter_counts(config, SCHEMA)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None

@@ -13,7 +13,7 @@ import pytest
 from conftest import planned_jobs, snakemake, write_config
 from kills import run_until_killed
 
-from negflow.rounds import mined_by, prepared_by, round_datasets, training_start
+from negflow.rounds import mined_by, prepared_by, round_datasets, rounded_pattern, training_start
 
 ROUNDS = {"rounds": 2, "finetune_negatives": 2, "finetune_batch_size": 4, "train_formats": ["n-tuple"]}
 
@@ -30,6 +30,9 @@ def test_each_round_is_a_dataset_that_reads_its_datasets_prepare_and_trains_from
     assert training_start(datasets, "d/rounds/2") == {"embedding": "base-model", "embedding_revision": "v1"}
     round_2 = {"embedding": "results/d/rounds/2/model", "embedding_revision": None}
     assert training_start(datasets, "d/rounds/3") == round_2
+    pattern = rounded_pattern(datasets | {"plain": settings | {"rounds": 1}, "d.x": settings})
+    assert [name for name in ("d", "plain", "d/rounds/2", "d.x", "dax") if re.fullmatch(pattern, name)] == ["d", "d.x"]
+    assert re.fullmatch(rounded_pattern({"plain": settings | {"rounds": 1}}), "plain") is None
     restart = {name: s | {"round_training": "restart"} for name, s in datasets.items()}
     assert training_start(restart, "d/rounds/3") == {"embedding": "base-model", "embedding_revision": "v1"}
 
@@ -55,7 +58,7 @@ def test_the_plan_prepares_once_and_trains_round_2_on_round_1s_negatives(two_rou
     jobs = planned_jobs(plan)
     assert jobs["prepare"] == 1 and jobs["train_round"] == 1
     assert jobs["embed"] == jobs["search"] == 2  # one per round
-    assert jobs["export_negatives"] == 3  # each round's, and the dataset's own from the last round
+    assert jobs["export_negatives"] == 2 and jobs["take_last_round"] == 1  # the dataset's own: round 2's, copied
     (training,) = job_inputs(plan.stdout, "train_round")
     assert "results/fx/rounds/1/negatives.jsonl" in training and "results/fx/prepare/corpus" in training
     embeds = job_inputs(plan.stdout, "embed")
@@ -82,7 +85,9 @@ def test_the_datasets_files_are_the_last_rounds_and_say_which_model_mined_them(t
     assert provenance["."]["settings"]["round_base_model"] == base  # the configured model it began from
     assert "round_base_model" not in provenance["rounds/1"]["settings"]
     assert not (results / "rounds/2/prepare").exists()
-    assert (results / "audit.json").is_file() and (results / "train/n-tuple.parquet").is_file()
+    assert (results / "train/n-tuple.parquet").is_file()
+    for name in ("audit.json", "selection.json", "negatives.provenance.json"):  # copied, not computed again
+        assert (results / name).read_bytes() == (results / "rounds/2" / name).read_bytes()
     assert not (results / "rounds/1/train").exists()  # the training files are the dataset's, the last round's
 
 
@@ -93,7 +98,7 @@ def test_the_rounds_summary_sets_the_rounds_side_by_side(two_rounds):
     import pyarrow.parquet as pq
 
     run, plan = two_rounds
-    assert planned_jobs(plan)["audit"] == 3  # each round's, and the dataset's own
+    assert planned_jobs(plan)["audit"] == 2 and planned_jobs(plan)["take_last_audit"] == 1  # the dataset's: a copy
     results = run / "results/fx"
     rows = json.loads((results / "report/rounds.json").read_text())
     assert [row["round"] for row in rows] == [1, 2] and rows[0]["candidates_in_previous_round"] is None
@@ -123,7 +128,7 @@ def test_a_training_change_reruns_round_2_and_nothing_before(two_rounds, dataset
     run, _ = two_rounds
     write_config(run, {"fx": {**dataset_block, **ROUNDS, "finetune_learning_rate": 1e-4}})
     jobs = planned_jobs(snakemake(run, "-n"))
-    assert jobs["train_round"] == 1 and jobs["embed"] == 1 and jobs["export_negatives"] == 2
+    assert jobs["train_round"] == jobs["embed"] == jobs["export_negatives"] == jobs["take_last_round"] == 1
     assert "prepare" not in jobs
     write_config(run, {"fx": {**dataset_block, **ROUNDS, "round_training": "restart"}})
     assert planned_jobs(snakemake(run, "-n"))["train_round"] == 1
@@ -139,7 +144,7 @@ def test_a_third_round_keeps_the_two_mined(two_rounds, dataset_block):
     plan = snakemake(run, "-n")
     jobs = planned_jobs(plan)
     assert jobs["train_round"] == jobs["embed"] == jobs["search"] == 1 and "prepare" not in jobs
-    assert jobs["export_negatives"] == 2  # round 3's, and the dataset's own
+    assert jobs["export_negatives"] == jobs["take_last_round"] == 1  # round 3's, and the dataset's copy of it
     (training,) = job_inputs(plan.stdout, "train_round")
     assert "results/fx/rounds/2/negatives.jsonl" in training and "results/fx/rounds/2/model" in training
     write_config(run, {"fx": {**dataset_block, **ROUNDS}})

@@ -29,6 +29,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         _remove(tmp)
 
 
+def copy_files(pairs: list[tuple[str, str]]) -> None:
+    """Copy each (source, target), each target written under a temporary name, then renamed."""
+    for source, target in pairs:
+        with atomic_output(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
 def write_json(path: str | os.PathLike, obj, ensure_ascii: bool = True) -> None:
     """`obj` as indented JSON with a final newline, written atomically."""
     with atomic_output(path) as tmp:

@@ -2,12 +2,14 @@
 
 Each round runs as a dataset of its own, `NAME/rounds/R` (its files under results/NAME/rounds/R/), whose
 embedding model is the model its round trained (round 1: the configured one); every round reads the
-prepared texts of NAME, so the corpus is read and tokenized once. NAME's own selection, training files,
-report and audit read the last round's mining files (`mined_by`), so the dataset's usual outputs hold the
-last round's negatives.
+prepared texts of NAME, so the corpus is read and tokenized once. NAME's negatives, selection report and
+audit are copies of the last round's (`rounded_pattern`), and its training files and report read the last
+round's mining files (`mined_by`), so the dataset's usual outputs hold the last round's negatives.
 """
 
 from __future__ import annotations
+
+import re
 
 from negflow import layout
 
@@ -59,3 +61,11 @@ def training_start(datasets: dict[str, dict], name: str) -> dict[str, str | None
     if settings["round_training"] == "continue" and previous >= 2:
         return {"embedding": round_model(base, previous), "embedding_revision": None}
     return {key: datasets[base][key] for key in ("embedding", "embedding_revision")}
+
+
+def rounded_pattern(datasets: dict[str, dict]) -> str:
+    """A regular expression matching exactly the names of the datasets configured with rounds (not their
+    rounds'): the datasets whose own negatives and audit are copies of their last round's. It matches
+    nothing where no dataset has rounds."""
+    names = sorted(name for name, settings in datasets.items() if settings["rounds"] > 1 and "round_of" not in settings)
+    return "|".join(re.escape(name) for name in names) or "(?!)"
