@@ -85,7 +85,7 @@ def _tokenizer_dir(path: Path, texts: list[str]) -> None:
     path.mkdir(parents=True, exist_ok=True)
     vocab = path / "vocab.txt"
     vocab.write_text("\n".join(specials + list("abcdefghijklmnopqrstuvwxyz0123456789") + words[:2000]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(str(path))
+    BertTokenizerFast(vocab=str(vocab), do_lower_case=True).save_pretrained(str(path))
 
 
 def _bert_config(vocab_size: int, num_labels: int = 1):

@@ -320,3 +320,13 @@ def test_model_kwargs_reach_from_pretrained(tiny_models):
         model = load(str(tiny_models[kind]), cpu, None, LoadOptions(model_kwargs=kwargs)).transformers_model
         assert model.config._attn_implementation == "eager" and model.dtype == torch.bfloat16
     assert kwargs == {"attn_implementation": "eager", "torch_dtype": "bfloat16"}  # not consumed
+
+
+def test_the_fixture_embedding_model_knows_the_fixture_words(tiny_models):
+    """transformers 5 ignores `vocab_file=` (the argument is `vocab`): the fixture's tokenizer had only its 5
+    special tokens and turned every word into [UNK], so its embeddings told texts apart by length alone."""
+    from sentence_transformers import SentenceTransformer
+
+    tokenizer = SentenceTransformer(str(tiny_models["embedder"]), device="cpu").tokenizer
+    assert len(tokenizer.get_vocab()) > 500
+    assert tokenizer.unk_token_id not in tokenizer("return the value of the object")["input_ids"]
