@@ -99,8 +99,8 @@ def test_truncate_dim_keeps_that_many_dimensions_renormalised_as_encode_does(sta
 
 def test_a_model_whose_tokenizer_differs_from_the_tokens_is_refused_before_embedding(staged, tiny_models, tmp_path):
     """prepare recorded its tokenizer's fingerprint; the same model saved again (as a trained round's model
-    is) passes, and one that no longer lowercases (a cased tokenizer) is refused, naming the manifest,
-    before an embedding is written."""
+    is) passes, one that no longer lowercases (a cased tokenizer) is refused, naming the manifest, before an
+    embedding is written, and so is a manifest written before the fingerprint, saying to rerun prepare."""
     import json
     import shutil
 
@@ -136,3 +136,17 @@ def test_a_model_whose_tokenizer_differs_from_the_tokens_is_refused_before_embed
             prepared_manifest=manifest,
         )
     assert not (tmp_path / "cased.npy").exists()
+    older = tmp_path / "older-manifest.json"  # written before prepare recorded its tokenizer
+    older.write_text(
+        json.dumps(
+            {k: v for k, v in json.loads((out / "manifest.json").read_text()).items() if k != "tokenizer_sha256"}
+        )
+    )
+    with pytest.raises(InputError, match=rf"^{older}: written before prepare recorded its tokenizer; rerun prepare$"):
+        embed_shard(
+            [(str(out / "queries"), str(tmp_path / "old.npy"))],
+            args[0],
+            str(resaved),
+            *args[1:],
+            prepared_manifest=str(older),
+        )

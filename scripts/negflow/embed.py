@@ -46,6 +46,8 @@ def embed_shard(
     model = load_embedding_model(model_ref, device, seq_len, options, truncate_dim)
     if prepared_manifest is not None:
         tokenized_with = read_manifest(prepared_manifest).tokenizer_sha256
+        if tokenized_with is None:
+            raise InputError(f"{prepared_manifest}: written before prepare recorded its tokenizer; rerun prepare")
         if tokenized_with != tokenizer_sha256(model):
             raise InputError(
                 f"{model_ref}: its tokenizer is not the one the corpus and queries were tokenized with "

@@ -200,23 +200,37 @@ def configured_embedding_model(settings: dict, device: torch.device):
     )
 
 
+# Texts that exercise what a tokenizer may do differently: case, accents, digits, punctuation, a long word,
+# non-Latin scripts, an emoji, spacing.
+TOKENIZER_PROBES = (
+    "The Quick Brown Fox jumps over the LAZY dog.",
+    "naïve café Über façade résumé ĳ ﬁ",
+    "3.14159 1,000,000 2026-12-07 v2.0 #42 @user e-mail: a.b@c.org",
+    "Pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism",
+    "北京大学 東京 서울 Москва Αθήνα العربية हिन्दी",
+    "emoji 🙂 and tabs\tand  double  spaces\nnew line",
+    "(brackets) [square] {curly} <angle> \"quotes\" 'single' — dash … ellipsis",
+)
+
+
 def tokenizer_sha256(model) -> str:
-    """A fingerprint of how the model turns text into token ids (vocabulary, normalisation, pre-tokenizer,
-    special tokens; not the truncation and padding a call sets). prepare records it with the tokens it
-    writes, and embed refuses a model that would have tokenized them otherwise (a round's model must keep
-    the tokenizer the corpus was tokenized with)."""
+    """A fingerprint of how the model turns text into token ids: the ids `tokenize` (prepare's own path,
+    the model's text preprocessing included) gives a fixed set of probe texts, and the vocabulary. prepare
+    records it with the tokens it writes, and embed refuses a model that would have tokenized them otherwise
+    (a round's model must keep the tokenizer the corpus was tokenized with). Behaviour, not the tokenizer's
+    saved form, which a `tokenizers` upgrade may write differently."""
     import hashlib
     import json
 
-    tokenizer = model.tokenizer
-    if getattr(tokenizer, "is_fast", False):
-        spec = json.loads(tokenizer.backend_tokenizer.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-    else:
-        spec = {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items())}
-    spec["special_tokens"] = sorted(tokenizer.all_special_tokens)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    vocab = model.tokenizer.get_vocab()
+    # words of the model's own vocabulary as they are, capitalised and in capitals: case handling shows on
+    # any vocabulary, not only on one that knows the fixed probes' words
+    words = sorted({w for w in (t.lstrip("▁Ġ") for t in vocab) if w.isascii() and w.isalpha() and len(w) >= 4})
+    words = words[:: max(1, len(words) // 64)][:64]
+    probes = (*TOKENIZER_PROBES, " ".join(words), " ".join(w.title() for w in words), " ".join(map(str.upper, words)))
+    columns, _ = tokenize(model, probes)
+    spec = {"probes": columns["input_ids"].to_pylist(), "vocab": sorted(vocab.items())}
+    return hashlib.sha256(json.dumps(spec, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def load_cross_encoder(ref: str, device: torch.device, seq_len: int | None = None, options: LoadOptions | None = None):
