@@ -46,6 +46,8 @@ include: "rules/report.smk"
 localrules:
     all,
     make_demo_dataset,
+    take_last_round,
+    take_last_audit,
 
 
 rule all:

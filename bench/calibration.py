@@ -301,7 +301,7 @@ def scifact(datasets_dir: Path, workdir: Path) -> None:
     )
 
 
-def test_metrics(model, workdir: Path, dataset: str, queries_file: str, test_qrels: Path, device, limits) -> dict:
+def metrics_on_qrels(model, workdir: Path, dataset: str, queries_file: str, test_qrels: Path, device, limits) -> dict:
     """nDCG@10, MRR@10 and Recall@100 of `model` on `test_qrels`, searching the run's prepared corpus
     exactly with the prompts prepare used."""
     from negflow.evaluate import embed_texts, evaluate_model
@@ -336,7 +336,7 @@ def finetune_ndcg(workdir: Path, dataset: str, negatives: Path, block: dict, tes
     rows = training_rows(str(negatives), str(results / "prepare/corpus"), str(results / "prepare/queries"), 3)
     with tempfile.TemporaryDirectory() as tmp:
         model = train(rows, settings, device, tmp, limits)
-    metrics = test_metrics(model, workdir, dataset, block["queries"], test_qrels, device, limits)
+    metrics = metrics_on_qrels(model, workdir, dataset, block["queries"], test_qrels, device, limits)
     return {"training_rows": len(rows["anchor"]), **metrics}
 
 

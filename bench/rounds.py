@@ -10,8 +10,9 @@ SciFact `test` (exact search over the whole corpus):
 - round-1 model: trained on round 1's negatives (the workflow's `rounds/2/model`);
 - round 2 (continue): the round-1 model trained on the negatives it mined itself (`rounds/3/model`);
 - control: the round-1 model trained again, with the same settings, on round 1's negatives. Round 2 and
-  the control start from the same model and train the same way on rows of the same kind; only the
-  negatives differ, so their gap is what re-mining adds.
+  the control start from the same model and train the same way on rows of the same kind; the negatives
+  differ, and so may the number of rows (a query needs `finetune_negatives` negatives to make a row; both
+  counts are printed), so their gap is what re-mining adds.
 Also each round's hidden-positive share (its audit: among the negatives of the queries that have hidden
 positives, the share that are hidden positives): a trained model ranks hidden positives higher, and the
 filters must still keep them out.
@@ -35,10 +36,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "scripts"), str(REPO / "bench")]
 
-from calibration import run, scifact_train, test_metrics  # noqa: E402
+from calibration import metrics_on_qrels, run, scifact_train  # noqa: E402
 from selection_vs_anchors import smoke_subset  # noqa: E402
 
 from negflow import layout  # noqa: E402
+from negflow.audit import own_strategy  # noqa: E402
 from negflow.rounds import round_dataset  # noqa: E402
 
 MODELS = ("base", "round-1 model", "round 2, continue", "control: round 1 negatives again")
@@ -71,7 +73,9 @@ def measure(workdir: Path, dataset: str, settings: dict, test_qrels: Path) -> di
     ndcg = {}
     for name, ref in models.items():
         model = load_embedding_model(ref, device, resolved["embedding_seq_len"])
-        ndcg[name] = test_metrics(model, workdir, dataset, settings["queries"], test_qrels, device, limits)["ndcg@10"]
+        ndcg[name] = metrics_on_qrels(model, workdir, dataset, settings["queries"], test_qrels, device, limits)[
+            "ndcg@10"
+        ]
     negatives = {
         r: workdir / layout.run_file(layout.export_negatives.negatives, round_dataset(dataset, r)) for r in (1, 2)
     }
@@ -86,11 +90,11 @@ def measure(workdir: Path, dataset: str, settings: dict, test_qrels: Path) -> di
             rows[1], resolved | {"embedding": round_1_model, "embedding_revision": None}, device, tmp, limits
         )
     name = "control: round 1 negatives again"
-    ndcg[name] = test_metrics(control, workdir, dataset, settings["queries"], test_qrels, device, limits)["ndcg@10"]
+    ndcg[name] = metrics_on_qrels(control, workdir, dataset, settings["queries"], test_qrels, device, limits)["ndcg@10"]
     hidden = {}
     for r in (1, 2):
         audit = json.loads((workdir / layout.run_file(layout.audit.report, round_dataset(dataset, r))).read_text())
-        hidden[r] = next(v for k, v in audit["strategies"].items() if k.startswith("negflow"))["false_negative_rate"]
+        hidden[r] = own_strategy(audit)["false_negative_rate"]
     return {"ndcg": ndcg, "rows": {r: len(rows[r]["anchor"]) for r in rows}, "hidden": hidden}
 
 

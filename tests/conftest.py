@@ -256,6 +256,11 @@ def rule_bodies() -> dict[str, str]:
     return bodies
 
 
+def gpu_rules() -> set[str]:
+    """The rules that declare the `gpu` resource."""
+    return {rule for rule, body in rule_bodies().items() if re.search(r"^\s+gpu\s*=", body, re.M)}
+
+
 def copy_workflow(workdir: Path) -> Path:
     """A copy of the workflow inside `workdir` (`workdir/workflow`), which snakemake_cmd then runs: a test
     may edit its code without touching the checkout."""

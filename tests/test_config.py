@@ -1,11 +1,10 @@
 """Config merging and validation: defaults, precedence, and one-line errors that name the key."""
 
-import re
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, rule_bodies
+from conftest import REPO, gpu_rules
 
 from negflow.config import dataset_settings, load_schema, scatter_counts, setting_defaults
 from negflow.errors import ConfigError
@@ -205,8 +204,8 @@ def test_the_slurm_profile_sends_every_gpu_rule_to_the_gpu_partition_with_one_gp
     """A rule declaring the `gpu` resource without an entry here would ask the cpu partition for a GPU
     (train_round had none)."""
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    gpu_rules = {rule for rule, body in rule_bodies().items() if re.search(r"^        gpu=1,$", body, re.M)}
-    assert {"embed", "score_pairs", "train_round"} <= gpu_rules
+    declared = gpu_rules()
+    assert {"embed", "score_pairs", "audit", "finetune", "train_round"} <= declared
     entries = profile["set-resources"]
-    assert {rule for rule in gpu_rules if entries.get(rule, {}).get("slurm_partition") != "gpu"} == set()
-    assert all(entries[rule]["gpu"] == 1 for rule in gpu_rules)
+    assert {rule for rule in declared if entries.get(rule, {}).get("slurm_partition") != "gpu"} == set()
+    assert all(entries[rule]["gpu"] == 1 for rule in declared)

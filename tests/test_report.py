@@ -139,9 +139,9 @@ def _round_files(tmp_path, r: int, pairs: list[tuple[int, int]], fallback: bool)
     import json
 
     candidates = tmp_path / f"candidates-{r}.parquet"
-    query_rows, doc_rows = zip(*pairs, strict=True)
+    query_rows, doc_rows = [q for q, _ in pairs], [d for _, d in pairs]
     table = pa.table({"query_row": pa.array(query_rows, pa.int32()), "doc_row": pa.array(doc_rows, pa.int32())})
-    pq.write_table(table, candidates, row_group_size=2)
+    pq.write_table(table, candidates)
     selection = tmp_path / f"selection-{r}.json"
     dist = {"negative_rank": {"q50": 10 - r}, "negative_cosine": {"q50": 0.5}}
     selection.write_text(json.dumps({"counts": {"negatives": 4 * r, "queries_short": 0}, "distributions": dist}))
@@ -160,16 +160,20 @@ def _round_files(tmp_path, r: int, pairs: list[tuple[int, int]], fallback: bool)
 
 
 def test_the_rounds_summary_counts_shared_candidates_block_by_block_and_shows_each_calibration(tmp_path):
-    """The overlap is the same whatever the block of queries (blocks of 1 and 2 cut inside the Parquet row
-    groups of 2), and each round carries its calibration's estimate, None where auto kept the configured
-    selection."""
+    """The overlap is the same whatever the block of queries and the rows read at once (blocks and batches
+    of 1 and 2 rows cut between and inside queries), None for a round without candidates, 0 against an
+    empty round before; and each round carries its calibration's estimate, None where auto kept the
+    configured selection."""
     from negflow.report import candidate_overlap, plot_rounds, summarize_rounds
 
     round_1 = [(0, 5), (0, 6), (1, 7), (2, 8), (2, 9), (4, 1)]
     round_2 = [(0, 6), (0, 5), (1, 3), (2, 9), (3, 3), (4, 1), (4, 2)]  # 4 of 7 round 1 had
     files = [_round_files(tmp_path, 1, round_1, fallback=True), _round_files(tmp_path, 2, round_2, fallback=False)]
     for block in (1, 2, 100):
-        assert candidate_overlap(files[0][0], files[1][0], block_queries=block) == 4 / 7
+        for batch in (1, 2, 1000):
+            assert candidate_overlap(files[0][0], files[1][0], block_queries=block, batch_rows=batch) == 4 / 7
+    empty = _round_files(tmp_path, 3, [], fallback=True)[0]
+    assert candidate_overlap(files[0][0], empty) is None and candidate_overlap(empty, files[1][0]) == 0
     candidates, selections, calibrations = (list(column) for column in zip(*files, strict=True))
     rows = summarize_rounds(candidates, selections, [], calibrations)
     assert [row["candidates_in_previous_round"] for row in rows] == [None, 4 / 7]

@@ -165,9 +165,10 @@ def test_sources_other_than_the_dense_one_run_once_for_every_round(tmp_path, dat
 def test_under_selection_auto_each_round_is_calibrated_and_the_rounds_page_reads_each_calibration(
     tmp_path, dataset_block
 ):
+    """A dry run: one calibration per round, none for the dataset itself, and plot_rounds reads both."""
     write_config(tmp_path, {"fx": {**dataset_block, **ROUNDS, "selection": "auto"}})
     plan = snakemake(tmp_path, "-n")
-    assert planned_jobs(plan)["calibrate_selection"] == 2  # the dataset's own export reads round 2's
+    assert planned_jobs(plan)["calibrate_selection"] == 2  # the dataset's own plot_calibration reads round 2's
     (page,) = job_inputs(plan.stdout, "plot_rounds")
     assert all(f"results/fx/rounds/{r}/calibrate/calibration.json" in page for r in (1, 2))
 
@@ -206,10 +207,10 @@ if sys.argv and sys.argv[0].endswith(".train_round.py"):
 @pytest.mark.slow
 def test_round_2_killed_mid_training_resumes_to_the_same_model_and_negatives(two_rounds, own_groups):
     """Round 2 mined afresh (its folder removed) and the run SIGKILLed (Snakemake and its jobs) while round
-    2's model trains: no model is left, only the job's scratch; `--rerun-incomplete` trains again from the
-    start (seeded, no checkpoint), clears the scratch, and the model and every file after it come out
-    byte-identical. Catches the killed job's scratch left behind (train_round not clearing it) and a
-    retraining that is not reproducible."""
+    2's model trains: no model is left, only the job's scratch; the rerun trains again from the start
+    (seeded, no checkpoint), train_round clears the killed job's scratch, and the model and every file after
+    it come out byte-identical. Catches the killed job's scratch left behind (train_round not clearing it)
+    and a retraining that is not reproducible."""
     run, _ = two_rounds
     results = run / "results/fx"
     files = ["rounds/2/model/model.safetensors", "rounds/2/negatives.jsonl", "negatives.jsonl"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, assert_same_negatives, fused_in_one_piece, snakemake, write_config
+from conftest import REPO, assert_same_negatives, fused_in_one_piece, gpu_rules, snakemake, write_config
 
 from negflow.negatives import read_negatives
 
@@ -36,7 +36,8 @@ pytestmark = [
     ),
 ]
 
-GPU_RULES = {"embed", "score_pairs", "audit", "train_round"}
+GPU_RULES = gpu_rules()
+LOCAL_RULES = {"take_last_round", "take_last_audit"}  # copies: Snakemake runs them itself (Snakefile's localrules)
 DAY = 86400.0
 # On PYTHONPATH, so every Python process of the run loads it: a status file (progress) stamped a day behind,
 # as a compute node whose clock is off stamps it on a shared filesystem.
@@ -137,15 +138,19 @@ def test_fixture_run_through_slurm_equals_the_local_run(tmp_path, dataset_block,
 
 
 def slurm_devices(workdir, shown: list[str]) -> set[str]:
-    """Check that every job the run showed ran as a SLURM job of its own that completed, GPU rules with
-    `--gpus=1` on the gpu partition and on the GPU SLURM assigned, the others on the cpu partition; the GPUs
-    the GPU jobs used."""
+    """Check that every job the run showed ran as a SLURM job of its own that completed (the local rules'
+    without one), GPU rules with `--gpus=1` on the gpu partition and on the GPU SLURM assigned, the others on
+    the cpu partition; the GPUs the GPU jobs used."""
     planned = started(shown)
+    for rule in LOCAL_RULES & set(planned):
+        for log in (workdir / "logs" / rule).rglob("*.log"):
+            assert "running as SLURM job" not in log.read_text(), log
+        del planned[rule]
     jobs: dict[str, list[str]] = {}
     devices = set()
     for log in sorted((workdir / "logs").rglob("*.log")):
         rule = log.relative_to(workdir / "logs").parts[0]
-        if rule == "slurm":  # sbatch's own output files
+        if rule == "slurm" or rule in LOCAL_RULES:  # sbatch's own output files; jobs run by Snakemake itself
             continue
         text = log.read_text()
         found = re.search(r"running as SLURM job (\d+) on ", text)
@@ -215,7 +220,7 @@ def test_two_rounds_through_slurm_train_round_2_on_the_gpu_slurm_assigned(tmp_pa
     write_config(tmp_path, {"fx": block})
     shown = slurm_run(tmp_path)
     planned = started(shown)
-    assert planned["prepare"] == planned["train_round"] == 1 and planned["embed"] == 2
+    assert planned["prepare"] == planned["train_round"] == planned["take_last_round"] == 1 and planned["embed"] == 2
     slurm_devices(tmp_path, shown)
     results = tmp_path / "results" / "fx"
     provenance = json.loads((results / "negatives.provenance.json").read_text())

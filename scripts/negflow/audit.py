@@ -26,6 +26,15 @@ from negflow.store import load_table, read_manifest
 log = logging.getLogger("negflow")
 
 
+# the audit's names for the run's own selection: as configured, or chosen by `selection: auto`
+OWN_STRATEGIES = ("negflow (configured)", "negflow (selection: auto)")
+
+
+def own_strategy(report: dict) -> dict:
+    """An audit report's figures for the run's own selection (fixed or `selection: auto`)."""
+    return next(report["strategies"][name] for name in OWN_STRATEGIES if name in report["strategies"])
+
+
 def audit_selection(
     candidates: Candidates,
     strategies: dict[str, SelectionSettings],
@@ -109,7 +118,7 @@ def audit(inputs: Mapping, settings: dict, batch: tuple[int, int | str], out_pat
         source = {"audit_holdout": f"{sum(map(len, judged.values()))} hidden positives of {len(judged)} queries"}
     candidates = Candidates.from_inputs(inputs, settings)
     selected, choice = read_choice(inputs, settings)
-    name = "negflow (configured)" if choice is None else "negflow (selection: auto)"
+    name = OWN_STRATEGIES[0] if choice is None else OWN_STRATEGIES[1]
     strategies = anchor_strategies(selected, has_ce=candidates.has_ce, name=name)
     relevant = relevant_docs(judged, settings["min_positive_score"])
     report = {

@@ -418,12 +418,16 @@ def calibration_report(calibration_path: str, out_path: str, dataset: str) -> di
     return {"settings": len(calibration["grid"]), "fallback": int(calibration["choice"]["fallback"])}
 
 
-def candidate_overlap(previous: str | Path, current: str | Path, block_queries: int = 65_536) -> float:
-    """The share of a round's (query, document) candidates that the round before also had: how much
-    re-mining with the trained model changed what the search returns. Both tables are sorted by query, so
-    they are joined a block of queries at a time (memory: a block, not two rounds' tables)."""
+def candidate_overlap(
+    previous: str | Path, current: str | Path, block_queries: int = 65_536, batch_rows: int = 262_144
+) -> float | None:
+    """The share of a round's (query, document) candidates that the round before also had (None when it has
+    none): how much re-mining with the trained model changed what the search returns. Both tables are
+    sorted by query, so they are joined a block of queries at a time (memory: a block, not two rounds'
+    tables; `batch_rows`: the rows read at once)."""
     columns = ["query_row", "doc_row"]
-    now, before = SortedRows(str(current), "query_row", columns), SortedRows(str(previous), "query_row", columns)
+    now = SortedRows(str(current), "query_row", columns, batch_rows)
+    before = SortedRows(str(previous), "query_row", columns, batch_rows)
     rows = kept = 0
     stop = block_queries
     while True:
@@ -433,7 +437,7 @@ def candidate_overlap(previous: str | Path, current: str | Path, block_queries: 
         if now.exhausted:
             break
         stop += block_queries
-    return kept / rows if rows else float("nan")
+    return kept / rows if rows else None
 
 
 def calibration_estimate(calibration_path: str | Path) -> dict:
@@ -467,8 +471,10 @@ def summarize_rounds(
         if calibrations:
             row |= calibration_estimate(calibrations[r - 1])
         if audits:
+            from negflow.audit import own_strategy
+
             audit = json.loads(Path(audits[r - 1]).read_text(encoding="utf-8"))
-            mine = next(v for k, v in audit["strategies"].items() if k.startswith("negflow"))
+            mine = own_strategy(audit)
             row["false_negative_rate"] = mine["false_negative_rate"]
             row["ndcg@10"] = (audit.get("retrieval") or {}).get("ndcg@10")
         rows.append(row)
@@ -491,7 +497,8 @@ def plot_rounds(rows: list[dict], path: str | Path, dataset: str) -> None:
     fig, axes = _figure(len(panels))
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         points = [(row["round"], row[key]) for row in rows if row.get(key) is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label="audit" if estimates else None)
+        label = "audit" if estimates and key == "false_negative_rate" and points else None
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         if key == "false_negative_rate" and estimates:
             x = [r for r, _ in estimates]
             y = [e["estimate"] for _, e in estimates]
